@@ -1,0 +1,90 @@
+"""The model artifact: a state_dict plus a JSON description, never a pickled model.
+
+Layout of SM_MODEL_DIR (and of model.tar.gz):
+    model.pth       the network's state_dict (load with weights_only=True)
+    metadata.json   everything needed to rebuild the network and its input transform
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from classifier.backbones import build_model
+from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, resize_size_for
+
+WEIGHTS_FILENAME = "model.pth"
+METADATA_FILENAME = "metadata.json"
+
+
+@dataclass
+class ModelMetadata:
+    backbone: str
+    num_classes: int
+    class_names: list[str]
+    image_size: int
+    resize_size: int = 0
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    finetune: str = "head"
+    torch_version: str = torch.__version__
+    torchvision_version: str = torchvision.__version__
+    # Free-form facts about training (best epoch, validation loss, ...).
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.resize_size:
+            self.resize_size = resize_size_for(self.image_size)
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"metadata lists {len(self.class_names)} class names but num_classes is {self.num_classes}"
+            )
+
+    def eval_preset(self) -> EvalPreset:
+        return EvalPreset(self.image_size, self.resize_size, tuple(self.mean), tuple(self.std))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        return cls(**json.loads(text))
+
+
+def readable_class_name(folder_name: str) -> str:
+    """`001.Affenpinscher` -> `Affenpinscher`, `017.Bull_terrier` -> `Bull terrier`."""
+    prefix, dot, rest = folder_name.partition(".")
+    name = rest if dot and prefix.isdigit() else folder_name
+    return name.replace("_", " ")
+
+
+def save_artifact(model_dir: str | Path, model: nn.Module, metadata: ModelMetadata) -> None:
+    """Write the weights and metadata; each file appears whole or not at all."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    weights_tmp = model_dir / (WEIGHTS_FILENAME + ".tmp")
+    torch.save(model.state_dict(), weights_tmp)
+    weights_tmp.replace(model_dir / WEIGHTS_FILENAME)
+    metadata_tmp = model_dir / (METADATA_FILENAME + ".tmp")
+    metadata_tmp.write_text(metadata.to_json())
+    metadata_tmp.replace(model_dir / METADATA_FILENAME)
+
+
+def load_metadata(model_dir: str | Path) -> ModelMetadata:
+    return ModelMetadata.from_json((Path(model_dir) / METADATA_FILENAME).read_text())
+
+
+def load_artifact(
+    model_dir: str | Path, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelMetadata]:
+    """Rebuild the network from metadata (no download) and load its weights, in eval mode."""
+    metadata = load_metadata(model_dir)
+    model = build_model(metadata.backbone, metadata.num_classes, pretrained=False, finetune="full")
+    state = torch.load(Path(model_dir) / WEIGHTS_FILENAME, map_location=device, weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), metadata

@@ -1,0 +1,73 @@
+"""Build a torchvision classification network with a new head for our classes."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models
+
+# The backbones the template offers. Any torchvision classification model whose
+# last module is an nn.Linear works; these are the ones that are tested.
+SUPPORTED_BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet_b0",
+    "mobilenet_v3_large",
+    "convnext_tiny",
+)
+FINETUNE_MODES = ("head", "full")
+
+
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the final nn.Linear: `fc` (ResNet), `classifier.1` (EfficientNet), ..."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            last = name
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to replace")
+    return last
+
+
+def _set_submodule(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    finetune: str = "head",
+) -> nn.Module:
+    """The backbone with its last layer replaced by a `num_classes` linear layer.
+
+    `pretrained=True` downloads the ImageNet weights torchvision recommends
+    (`weights="DEFAULT"`). In `head` mode every parameter but the new layer is frozen.
+    """
+    if backbone not in models.list_models(module=models):
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {', '.join(SUPPORTED_BACKBONES)}")
+    if finetune not in FINETUNE_MODES:
+        raise ValueError(f"unknown finetune mode {finetune!r}; choose one of {', '.join(FINETUNE_MODES)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    model = models.get_model(backbone, weights="DEFAULT" if pretrained else None)
+    name = head_name(model)
+    old_head = model.get_submodule(name)
+    _set_submodule(model, name, nn.Linear(old_head.in_features, num_classes))
+    if finetune == "head":
+        for param_name, param in model.named_parameters():
+            param.requires_grad = param_name.startswith(name + ".")
+    return model
+
+
+def head(model: nn.Module) -> nn.Linear:
+    """The classification layer `build_model` put in."""
+    return model.get_submodule(head_name(model))
+
+
+def trainable_parameters(model: nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]

@@ -1,0 +1,58 @@
+"""Shared fixtures: the project itself, tiny generated datasets, staged source directories.
+
+Everything runs on the CPU with small images, one epoch, no downloads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import tomllib
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The package's name is data (config.toml), so no test file hard-codes it.
+PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+
+
+def project_module(name: str) -> ModuleType:
+    """`project_module("cli")` imports `<package>.cli`."""
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+ProjectConfig = project_module("config").ProjectConfig
+stage_sources = project_module("sources").stage_sources
+make_dataset = project_module("synthetic").make_dataset
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return PROJECT_ROOT
+
+
+@pytest.fixture(scope="session")
+def project_config() -> ProjectConfig:
+    return ProjectConfig.load(PROJECT_ROOT)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """3 classes of 48x40 JPEGs: 6 train, 2 valid, 2 test each."""
+    return make_dataset(tmp_path_factory.mktemp("data") / "dogImages", num_classes=3)
+
+
+@pytest.fixture(scope="session")
+def training_source(tmp_path_factory) -> Path:
+    """training/ + classifier/, exactly as uploaded in sourcedir.tar.gz."""
+    return stage_sources(PROJECT_ROOT, "training", tmp_path_factory.mktemp("staged") / "training")
+
+
+@pytest.fixture(scope="session")
+def inference_source(tmp_path_factory) -> Path:
+    """inference/ + classifier/, exactly as placed under code/ in the repacked model.tar.gz."""
+    return stage_sources(PROJECT_ROOT, "inference", tmp_path_factory.mktemp("staged") / "inference")
