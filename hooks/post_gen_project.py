@@ -45,4 +45,4 @@ def main(answers: dict, project: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(json.loads(r'''{{ cookiecutter | tojson }}'''), Path.cwd()))
+    sys.exit(main(json.loads(r"""{{ cookiecutter | tojson }}"""), Path.cwd()))

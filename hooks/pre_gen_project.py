@@ -41,7 +41,9 @@ FLOAT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$")
 INT_RE = re.compile(r"^[0-9]+$")
 VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$")
 PY_VERSION_RE = re.compile(r"^py3[0-9]{1,2}$")
-IMAGE_URI_RE = re.compile(r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$")
+IMAGE_URI_RE = re.compile(
+    r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$"
+)
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -75,7 +77,9 @@ def check_identifiers(answers: dict, problems: list[str]) -> None:
             "letters, digits and '_' (at most 64 characters)"
         )
     elif keyword.iskeyword(package) or keyword.issoftkeyword(package) or package in sys.stdlib_module_names:
-        problems.append(f"package_name: {package!r} is a Python keyword or standard-library module; pick another")
+        problems.append(
+            f"package_name: {package!r} is a Python keyword or standard-library module; pick another"
+        )
     elif package in {"classifier", "training", "inference", "tests", "sagemaker", "torch", "torchvision"}:
         problems.append(f"package_name: {package!r} would shadow a module the project uses; pick another")
 
@@ -86,7 +90,9 @@ def check_free_text(answers: dict, problems: list[str]) -> None:
         if not value.strip():
             problems.append(f"{key}: must not be empty")
         elif any(unicodedata.category(ch) in {"Cc", "Cs"} for ch in value):
-            problems.append(f"{key}: {value!r} holds a control character (newline, tab, ...); use one plain line")
+            problems.append(
+                f"{key}: {value!r} holds a control character (newline, tab, ...); use one plain line"
+            )
         elif len(value) > 200:
             problems.append(f"{key}: {len(value)} characters; at most 200 are allowed")
     email = str(answers["author_email"])
@@ -139,19 +145,25 @@ def check_tuning(answers: dict, problems: list[str]) -> None:
         problems.append(f"objective_metric_regex: {regex!r} is not a regular expression ({error})")
     else:
         if groups != 1 or len(regex) > 500:
-            problems.append(f"objective_metric_regex: {regex!r} must have exactly one group (the number), 500 chars max")
+            problems.append(
+                f"objective_metric_regex: {regex!r} must have exactly one group (the number), 500 chars max"
+            )
 
 
 def check_instances(answers: dict, problems: list[str]) -> None:
     for role in ("tuning", "training", "endpoint"):
         key = f"{role}_instance_type"
         if not INSTANCE_TYPE_RE.match(str(answers[key])):
-            problems.append(f"{key}: {answers[key]!r} is not an instance type like ml.g4dn.xlarge (ml.<family>.<size>)")
+            problems.append(
+                f"{key}: {answers[key]!r} is not an instance type like ml.g4dn.xlarge (ml.<family>.<size>)"
+            )
         as_int(answers, f"{role}_instance_count", problems, 1, 100)
     max_run = as_int(answers, "max_run_seconds", problems, 60, 28 * 24 * 3600)
     max_wait = as_int(answers, "max_wait_seconds", problems, 60, 28 * 24 * 3600)
     if answers["use_spot"] is True and max_run and max_wait and max_wait < max_run:
-        problems.append(f"max_wait_seconds: {max_wait} must be at least max_run_seconds ({max_run}) with use_spot")
+        problems.append(
+            f"max_wait_seconds: {max_wait} must be at least max_run_seconds ({max_run}) with use_spot"
+        )
 
 
 def check_debugger(answers: dict, problems: list[str]) -> None:
@@ -225,10 +237,12 @@ def main(context_json: str) -> int:
     for problem in problems:
         print(f"ERROR: {problem}", file=sys.stderr)
     if problems:
-        print(f"Nothing was generated: fix the {len(problems)} answer(s) above and run again.", file=sys.stderr)
+        print(
+            f"Nothing was generated: fix the {len(problems)} answer(s) above and run again.", file=sys.stderr
+        )
         return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(r'''{{ cookiecutter | tojson }}'''))
+    sys.exit(main(r"""{{ cookiecutter | tojson }}"""))

@@ -29,10 +29,18 @@ echo "==> serving the model on 127.0.0.1:$PORT with inference.py and predicting"
 "$CLI" serve --model-data runs/demo/model.tar.gz --port "$PORT" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 60); do
-    curl -fs "http://127.0.0.1:$PORT/ping" >/dev/null 2>&1 && break
-    sleep 1
-done
+python - "$PORT" <<'PY'
+import sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}/ping"
+for _ in range(120):
+    try:
+        urllib.request.urlopen(url, timeout=1)
+        break
+    except OSError:
+        time.sleep(0.5)
+else:
+    sys.exit(f"the local endpoint did not answer {url}")
+PY
 IMAGE="$(find data/synthetic/test -name '*.jpg' | sort | head -n 1)"
 "$CLI" predict --local --url "http://127.0.0.1:$PORT" "$IMAGE"
 echo "==> done: the project is in $PROJECT"

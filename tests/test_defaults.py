@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import nbformat
+import tomllib
 import yaml
-
 from conftest import read_config
 
 REFERENCE = {

@@ -6,7 +6,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from conftest import QUESTIONS, TEMPLATE_DIR
 
 
@@ -116,7 +115,9 @@ def test_valid_optional_values_pass() -> None:
         "role_arn": "arn:aws:iam::123456789012:role/service-role/AmazonSageMaker-ExecutionRole",
         "s3_bucket": "my-team.sagemaker-data",
         "aws_region": "eu-central-1",
-        "training_image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py312",
+        "training_image_uri": (
+            "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py312"
+        ),
         "lr_min": "1e-4",
         "tuning_instance_type": "ml.p3.16xlarge",
     }

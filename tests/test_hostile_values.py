@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from conftest import bake_ok, read_config
 
 MARKER = "/tmp/cookiecutter-injection-marker"
@@ -36,7 +35,9 @@ REFUSED = {
 def test_value_round_trips(cookies, name: str) -> None:
     value = ROUND_TRIP[name]
     # project_slug is derived from the name; give one when the name slugifies to nothing usable.
-    project = bake_ok(cookies, project_name=value, description=value, author_name=value, project_slug="hostile")
+    project = bake_ok(
+        cookies, project_name=value, description=value, author_name=value, project_slug="hostile"
+    )
     config = read_config(project)
     assert config["project"]["name"] == value
     assert config["project"]["description"] == value

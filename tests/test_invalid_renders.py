@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TEMPLATE_DIR
 
 INVALID = [
@@ -30,7 +29,16 @@ INVALID = [
 @pytest.mark.parametrize(("key", "value"), INVALID, ids=[f"{k}={v!r}" for k, v in INVALID])
 def test_refused_cleanly(tmp_path: Path, key: str, value: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(tmp_path), str(TEMPLATE_DIR), f"{key}={value}"],
+        [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            "--no-input",
+            "-o",
+            str(tmp_path),
+            str(TEMPLATE_DIR),
+            f"{key}={value}",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

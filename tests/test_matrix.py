@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from allpairspy import AllPairs
-
 from conftest import PROJECT_TEMPLATE, QUESTIONS, bake_ok, read_config
 
 AXES = {
@@ -52,7 +50,9 @@ def expected_files(case: dict, package: str) -> set[str]:
     files = set()
     for path in PROJECT_TEMPLATE.rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            files.add(str(path.relative_to(PROJECT_TEMPLATE)).replace("{{cookiecutter.package_name}}", package))
+            files.add(
+                str(path.relative_to(PROJECT_TEMPLATE)).replace("{{cookiecutter.package_name}}", package)
+            )
     if not case["include_notebook"]:
         files.discard("train_and_deploy.ipynb")
     if not case["include_github_actions"]:

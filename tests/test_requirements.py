@@ -1,15 +1,17 @@
-"""requirements-dev.txt installs everything a rendered project needs, so renders are tested in one environment."""
+"""requirements-dev.txt installs what a rendered project needs, so renders are tested in one environment."""
 
 from __future__ import annotations
 
 import re
-import tomllib
 
+import tomllib
 from conftest import TEMPLATE_DIR
 
 
 def names(requirements: list[str]) -> set[str]:
-    return {re.split(r"[<>=!~;\[ ]", line.strip(), maxsplit=1)[0].lower() for line in requirements if line.strip()}
+    return {
+        re.split(r"[<>=!~;\[ ]", line.strip(), maxsplit=1)[0].lower() for line in requirements if line.strip()
+    }
 
 
 def test_dev_requirements_cover_the_rendered_project(default_project) -> None:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import TEMPLATE_DIR, read_config
 
 GIT_ENV = {
@@ -35,7 +34,9 @@ def template_repo(tmp_path: Path) -> Path:
     shutil.copytree(
         TEMPLATE_DIR,
         repo,
-        ignore=shutil.ignore_patterns(".git", ".venv", "build", "site", "__pycache__", ".pytest_cache", ".ruff_cache"),
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "site", "__pycache__", ".pytest_cache", ".ruff_cache"
+        ),
     )
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", "-A")
@@ -48,7 +49,9 @@ def test_cruft_update_brings_template_changes_and_keeps_local_edits(tmp_path: Pa
     cruft = pytest.importorskip("cruft")
     repo = template_repo(tmp_path)
     out = tmp_path / "projects"
-    project = Path(cruft.create(str(repo), output_dir=out, no_input=True, extra_context={"backbone": "resnet50"}))
+    project = Path(
+        cruft.create(str(repo), output_dir=out, no_input=True, extra_context={"backbone": "resnet50"})
+    )
     git(project, "init", "-q", "-b", "main")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "generated")
@@ -74,13 +77,24 @@ def test_cruft_update_brings_template_changes_and_keeps_local_edits(tmp_path: Pa
 
 
 def test_replay_file_recreates_the_same_project(cookies, tmp_path: Path) -> None:
-    result = cookies.bake(extra_context={"backbone": "convnext_tiny", "rule_set": "minimal", "num_classes": "7"})
+    result = cookies.bake(
+        extra_context={"backbone": "convnext_tiny", "rule_set": "minimal", "num_classes": "7"}
+    )
     assert result.exception is None
     project = Path(result.project_path)
     replay = project / ".cookiecutter.json"
     again = tmp_path / "again"
     subprocess.run(
-        [sys.executable, "-m", "cookiecutter", "--replay-file", str(replay), "-o", str(again), str(TEMPLATE_DIR)],
+        [
+            sys.executable,
+            "-m",
+            "cookiecutter",
+            "--replay-file",
+            str(replay),
+            "-o",
+            str(again),
+            str(TEMPLATE_DIR),
+        ],
         check=True,
         capture_output=True,
     )

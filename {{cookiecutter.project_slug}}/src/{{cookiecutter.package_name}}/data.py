@@ -1,0 +1,317 @@
+"""Get the dataset ready: check and lay it out (`prepare`), put it in S3 (`upload`), or generate one.
+
+The layout everything expects is dogImages': `train/`, `valid/`, `test/`, one
+folder per class inside each (`001.Affenpinscher/`, ...). `prepare` writes it
+plus `manifest.json` (counts per split and class, what was excluded and why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import tempfile
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, track
+
+from .config import ProjectConfig
+
+SPLITS = ("train", "valid", "test")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+MANIFEST_FILENAME = "manifest.json"
+
+
+class DataError(Exception):
+    """The source is not a dataset this project can use; the message says why."""
+
+
+@dataclass
+class Manifest:
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    excluded: list[dict[str, str]] = field(default_factory=list)
+    resized_to: int | None = None
+    source: str = ""
+
+    def total(self, split: str) -> int:
+        return sum(self.counts.get(split, {}).values())
+
+
+# --- finding the images ---------------------------------------------------------------------------
+
+
+def _is_url(source: str) -> bool:
+    return urllib.parse.urlsplit(source).scheme in ("http", "https")
+
+
+def download(url: str, destination: Path) -> Path:
+    """Fetch `url` into `destination` (a file), with a progress bar; kept if already there."""
+    if destination.is_file():
+        return destination
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_suffix(destination.suffix + ".part")
+    columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with urllib.request.urlopen(url) as response, partial.open("wb") as sink, Progress(*columns) as progress:
+        task = progress.add_task(
+            f"download {destination.name}", total=int(response.headers.get("Content-Length", 0)) or None
+        )
+        while chunk := response.read(1 << 20):
+            sink.write(chunk)
+            progress.advance(task, len(chunk))
+    partial.replace(destination)
+    return destination
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    return sorted(
+        path for path in folder.iterdir() if path.is_dir() and not path.name.startswith((".", "__"))
+    )
+
+
+def find_dataset_root(folder: Path) -> Path:
+    """The folder holding train/valid/test or the class folders (a zip often wraps it in one more folder)."""
+    current = folder
+    while True:
+        if all((current / split).is_dir() for split in SPLITS):
+            return current
+        children = _class_folders(current)
+        if children and any(_images_in(child) for child in children):
+            return current
+        if len(children) != 1:
+            raise DataError(
+                f"{folder} has neither train/valid/test folders nor one folder of images per class"
+            )
+        current = children[0]
+
+
+def _split_by_ratio(root: Path, ratios: Iterable[float], seed: int) -> dict[str, dict[str, list[Path]]]:
+    """Each class's images shuffled with `seed` and cut by `ratios` (train, valid, test)."""
+    ratios = list(ratios)
+    if len(ratios) != 3 or abs(sum(ratios) - 1) > 1e-6:
+        raise DataError(f"split ratios must be three numbers adding up to 1, got {ratios}")
+    rng = random.Random(seed)
+    splits: dict[str, dict[str, list[Path]]] = {split: {} for split in SPLITS}
+    for class_folder in _class_folders(root):
+        images = _images_in(class_folder)
+        rng.shuffle(images)
+        n_train = round(len(images) * ratios[0])
+        n_valid = round(len(images) * ratios[1])
+        parts = (images[:n_train], images[n_train : n_train + n_valid], images[n_train + n_valid :])
+        for split, part in zip(SPLITS, parts, strict=True):
+            splits[split][class_folder.name] = part
+    return splits
+
+
+def _existing_splits(root: Path) -> dict[str, dict[str, list[Path]]]:
+    return {
+        split: {folder.name: _images_in(folder) for folder in _class_folders(root / split)}
+        for split in SPLITS
+    }
+
+
+# --- checking and writing -------------------------------------------------------------------------
+
+
+def check_image(path: Path) -> str | None:
+    """None when the image decodes completely, else the reason it does not."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _write_image(source: Path, target: Path, resize_to: int | None) -> None:
+    if resize_to is None:
+        shutil.copy2(source, target)
+        return
+    with Image.open(source) as image:
+        image = image.convert("RGB")
+        scale = resize_to / min(image.size)
+        if scale < 1:
+            image = image.resize(
+                (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR
+            )
+        image.save(target.with_suffix(".jpg"), format="JPEG", quality=90)
+
+
+def prepare(
+    source: str | Path,
+    destination: Path,
+    *,
+    ratios: Iterable[float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    resize_to: int | None = None,
+    download_dir: Path | None = None,
+) -> Manifest:
+    """Check every image of `source`; write the train/valid/test layout and manifest.json to `destination`.
+
+    `source` is a URL or path of a zip (e.g. dogImages.zip), or a folder. Images
+    that do not decode are listed in the manifest and left out. `resize_to` writes
+    JPEGs whose shorter side is at most that many pixels (faster training input).
+    """
+    destination = Path(destination)
+    if destination.exists() and any(destination.iterdir()):
+        raise DataError(f"{destination} is not empty; remove it or choose another --out")
+    with tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
+        text = str(source)
+        if _is_url(text):
+            name = Path(urllib.parse.urlsplit(text).path).name or "dataset.zip"
+            source_path = download(text, Path(download_dir or Path(scratch)) / name)
+        else:
+            source_path = Path(source)
+        if not source_path.exists():
+            raise DataError(f"{source_path} does not exist")
+        if source_path.is_file():
+            if not zipfile.is_zipfile(source_path):
+                raise DataError(f"{source_path} is not a zip file or a folder")
+            with zipfile.ZipFile(source_path) as archive:
+                members = archive.infolist()
+                for member in track(members, description=f"unzip {source_path.name}"):
+                    archive.extract(member, scratch)
+            root = find_dataset_root(Path(scratch))
+        else:
+            root = find_dataset_root(source_path)
+        has_splits = all((root / split).is_dir() for split in SPLITS)
+        splits = _existing_splits(root) if has_splits else _split_by_ratio(root, ratios, seed)
+        manifest = _write_checked(splits, destination, resize_to)
+    manifest.source = text
+    (destination / MANIFEST_FILENAME).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return manifest
+
+
+def _write_checked(
+    splits: dict[str, dict[str, list[Path]]], destination: Path, resize_to: int | None
+) -> Manifest:
+    classes = sorted({name for per_class in splits.values() for name in per_class})
+    counts: dict[str, dict[str, int]] = {split: dict.fromkeys(classes, 0) for split in SPLITS}
+    excluded = []
+    work = [
+        (split, name, image) for split in SPLITS for name, images in splits[split].items() for image in images
+    ]
+    for split, name, image in track(work, description="check images"):
+        reason = check_image(image)
+        if reason:
+            excluded.append({"path": f"{split}/{name}/{image.name}", "reason": reason})
+            continue
+        target = destination / split / name / image.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_image(image, target, resize_to)
+        counts[split][name] += 1
+    return Manifest(classes=classes, counts=counts, excluded=excluded, resized_to=resize_to)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    return Manifest(**json.loads((Path(folder) / MANIFEST_FILENAME).read_text()))
+
+
+# --- upload ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class UploadResult:
+    destination: str
+    uploaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _unchanged(path: Path, remote: dict[str, Any] | None) -> bool:
+    """Same size, and the same MD5 where S3's ETag is one (single-part uploads)."""
+    if remote is None or remote["Size"] != path.stat().st_size:
+        return False
+    etag = remote["ETag"].strip('"')
+    return "-" in etag or etag == _md5(path)
+
+
+def upload(
+    config: ProjectConfig,
+    data_dir: Path | None = None,
+    *,
+    dry_run_dir: Path | None = None,
+    aws: Any = None,
+) -> UploadResult:
+    """Copy `data_dir` (default: [data] local_dir) to `s3://<bucket>/<prefix>/data/`, skipping unchanged ones.
+
+    `aws` runs it inside an existing `AwsContext` (e.g. one dry-run session for several steps).
+    """
+    from .aws import aws_context
+
+    data_dir = Path(data_dir) if data_dir else config.root / config.section("data")["local_dir"]
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir} does not exist; run `data prepare` or `data synthetic` first")
+    files = sorted(path for path in data_dir.rglob("*") if path.is_file())
+    if aws is None:
+        with aws_context(config, Path(dry_run_dir) if dry_run_dir else None) as context:
+            return _upload_files(context, data_dir, files)
+    return _upload_files(aws, data_dir, files)
+
+
+def _upload_files(context: Any, data_dir: Path, files: list[Path]) -> UploadResult:
+    s3 = context.client("s3")
+    destination = context.s3_uri("data")
+    prefix = destination.split("/", 3)[3] + "/"
+    remote = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=context.bucket, Prefix=prefix):
+        remote.update({item["Key"]: item for item in page.get("Contents", [])})
+    result = UploadResult(destination=destination + "/")
+    for path in track(files, description=f"upload to {destination}/"):
+        key = prefix + path.relative_to(data_dir).as_posix()
+        if _unchanged(path, remote.get(key)):
+            result.skipped.append(key)
+        else:
+            s3.upload_file(str(path), context.bucket, key)
+            result.uploaded.append(key)
+    return result
+
+
+# --- synthetic ------------------------------------------------------------------------------------
+
+
+def synthetic(
+    destination: Path,
+    *,
+    num_classes: int = 3,
+    size: tuple[int, int] = (48, 40),
+    per_class: tuple[int, int, int] = (6, 2, 2),
+    seed: int = 0,
+) -> Manifest:
+    """A small generated dataset in the same layout, with its manifest (for demos and dry runs)."""
+    from .synthetic import make_dataset
+
+    destination = Path(destination)
+    make_dataset(
+        destination,
+        num_classes=num_classes,
+        images_per_class=dict(zip(SPLITS, per_class, strict=True)),
+        size=size,
+        seed=seed,
+    )
+    splits = _existing_splits(destination)
+    counts = {split: {name: len(images) for name, images in splits[split].items()} for split in SPLITS}
+    manifest = Manifest(classes=sorted(counts["train"]), counts=counts, source="synthetic")
+    (destination / MANIFEST_FILENAME).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    return manifest

@@ -1,0 +1,400 @@
+"""Every use of the SageMaker Python SDK, in one module.
+
+The SDK is pinned to v2 (`>=2.257,<3`): v3 removed the estimator, tuner and
+debugger APIs used here, so a move to v3 rewrites this file and nothing else.
+Nothing imports this module at start-up (the CLI imports it inside commands),
+so `--help` does not pay for importing the SDK.
+
+Inputs are the project config, an `AwsContext` and plain values; outputs are
+names and S3 URIs, so callers never hold SDK objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+# The SDK logs where it looked for its own optional config file on every import.
+logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+
+import sagemaker  # noqa: E402
+from sagemaker.debugger import (  # noqa: E402
+    CollectionConfig,
+    DebuggerHookConfig,
+    ProfilerConfig,
+    ProfilerRule,
+    Rule,
+    rule_configs,
+)
+from sagemaker.deserializers import JSONDeserializer  # noqa: E402
+from sagemaker.predictor import Predictor  # noqa: E402
+from sagemaker.pytorch import PyTorch, PyTorchModel  # noqa: E402
+from sagemaker.serializers import IdentitySerializer  # noqa: E402
+from sagemaker.tuner import (  # noqa: E402
+    CategoricalParameter,
+    ContinuousParameter,
+    HyperparameterTuner,
+    IntegerParameter,
+)
+from sagemaker.utils import name_from_base  # noqa: E402
+
+from .aws import AwsContext  # noqa: E402
+from .config import ConfigError, ProjectConfig  # noqa: E402
+
+# The single input channel; the scripts read SM_CHANNEL_TRAINING/{train,valid,test}.
+DATA_CHANNEL = "training"
+TUNING_ENTRY_POINT = "hpo.py"
+TRAINING_ENTRY_POINT = "train_model.py"
+INFERENCE_ENTRY_POINT = "inference.py"
+
+# The scripts print `validation:loss=0.123456 validation:accuracy=0.912345` once per epoch.
+METRIC_REGEXES = {
+    "validation:loss": r"validation:loss=([0-9\.]+)",
+    "validation:accuracy": r"validation:accuracy=([0-9\.]+)",
+}
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Built-in rules by their `rule_configs` names: debugger rules (functions), profiler rules (classes)."""
+
+    debugger: tuple[str, ...]
+    profiler: tuple[str, ...]
+
+
+_STANDARD = RuleSet(
+    debugger=(
+        "vanishing_gradient",
+        "overfit",
+        "overtraining",
+        "poor_weight_initialization",
+        "loss_not_decreasing",
+    ),
+    profiler=("LowGPUUtilization", "ProfilerReport"),
+)
+RULE_SETS: dict[str, RuleSet] = {
+    "standard": _STANDARD,
+    "minimal": RuleSet(debugger=("loss_not_decreasing",), profiler=("ProfilerReport",)),
+    "extended": RuleSet(
+        debugger=(*_STANDARD.debugger, "exploding_tensor", "dead_relu", "class_imbalance"),
+        profiler=(*_STANDARD.profiler, "CPUBottleneck"),
+    ),
+    "none": RuleSet(debugger=(), profiler=()),
+}
+
+_RANGE_TYPES = {"continuous": ContinuousParameter, "integer": IntegerParameter}
+
+
+# --- session, role, bucket -----------------------------------------------------------------------
+
+
+def sagemaker_session(aws: AwsContext) -> sagemaker.Session:
+    return sagemaker.Session(boto_session=aws.boto_session, default_bucket=aws.bucket)
+
+
+def execution_role(boto_session: Any) -> str | None:
+    """The notebook's or Studio's execution role; None outside SageMaker."""
+    try:
+        return sagemaker.get_execution_role(sagemaker.Session(boto_session=boto_session))
+    except Exception:  # ValueError, or a botocore error, outside SageMaker
+        return None
+
+
+def default_bucket(boto_session: Any) -> str:
+    """The SDK's default bucket, `sagemaker-<region>-<account>` (created when missing)."""
+    return sagemaker.Session(boto_session=boto_session).default_bucket()
+
+
+# --- configuration turned into SDK objects ---------------------------------------------------------
+
+
+def metric_definitions(config: ProjectConfig) -> list[dict[str, str]]:
+    """Loss and accuracy, with the config's regex for the objective metric."""
+    tuning = config.section("tuning")
+    regexes = {**METRIC_REGEXES, tuning["objective_metric_name"]: tuning["objective_metric_regex"]}
+    return [{"Name": name, "Regex": regex} for name, regex in regexes.items()]
+
+
+def hyperparameter_ranges(config: ProjectConfig) -> dict[str, Any]:
+    """[tuning.ranges.<name>] tables as SDK parameter ranges."""
+    ranges = {}
+    for name, spec in config.section("tuning").get("ranges", {}).items():
+        kind = spec.get("type")
+        if kind == "categorical":
+            ranges[name] = CategoricalParameter(list(spec["values"]))
+        elif kind in _RANGE_TYPES:
+            ranges[name] = _RANGE_TYPES[kind](
+                spec["min"], spec["max"], scaling_type=spec.get("scaling", "Auto")
+            )
+        else:
+            raise ConfigError(
+                f"[tuning.ranges.{name}] type is {kind!r}; choose continuous, integer or categorical"
+            )
+    return ranges
+
+
+def rule_set(config: ProjectConfig) -> RuleSet:
+    name = config.section("debugger")["rule_set"]
+    try:
+        return RULE_SETS[name]
+    except KeyError:
+        raise ConfigError(f"[debugger] rule_set is {name!r}; choose one of {', '.join(RULE_SETS)}") from None
+
+
+def rule_collections(
+    base_config: dict[str, Any], train_interval: int, eval_interval: int
+) -> list[CollectionConfig]:
+    """The collections a built-in rule reads, saved at the hook's intervals.
+
+    `rule_configs.<rule>()` asks for its collections with `save_interval: 500`;
+    the SDK merges those into the hook config, where they override the hook's
+    own intervals. With ~170 steps per epoch on dogImages that saves one step
+    per few epochs and the rules see (almost) nothing. Keep each collection's
+    other parameters (e.g. include_regex) and replace its intervals.
+    """
+    collections = []
+    for item in base_config.get("CollectionConfigurations", []):
+        parameters = {
+            key: value
+            for key, value in item.get("CollectionParameters", {}).items()
+            if "save_interval" not in key
+        }
+        parameters["train.save_interval"] = str(train_interval)
+        parameters["eval.save_interval"] = str(eval_interval)
+        collections.append(CollectionConfig(name=item["CollectionName"], parameters=parameters))
+    return collections
+
+
+def debugger_rules(config: ProjectConfig) -> list[Any]:
+    """`Rule.sagemaker` and `ProfilerRule.sagemaker` objects for the configured rule set."""
+    debugger = config.section("debugger")
+    selected = rule_set(config)
+    rules: list[Any] = []
+    for name in selected.debugger:
+        base_config = getattr(rule_configs, name)()
+        collections = rule_collections(
+            base_config, debugger["train_save_interval"], debugger["eval_save_interval"]
+        )
+        rules.append(Rule.sagemaker(base_config, collections_to_save=collections or None))
+    rules.extend(ProfilerRule.sagemaker(getattr(rule_configs, name)()) for name in selected.profiler)
+    return rules
+
+
+def _image_arguments(config: ProjectConfig, role: str) -> dict[str, str]:
+    images = config.section("images")[role]
+    if images.get("image_uri"):
+        return {"image_uri": images["image_uri"]}
+    return {"framework_version": images["framework_version"], "py_version": images["py_version"]}
+
+
+def job_name(config: ProjectConfig, kind: str, max_length: int = 63) -> str:
+    """`<slug>-<kind>-<timestamp>` within SageMaker's limits (63 characters; 32 for tuning jobs).
+
+    The slug is shortened first so the kind survives; every name starts with
+    (part of) the slug, which is what the IAM policy's resource patterns match.
+    """
+    short = max_length < 40
+    timestamp_length = 12 if short else 24  # "-yyMMdd-HHmm" or "-yyyy-mm-dd-HH-MM-SS-mmm"
+    slug = config.section("project")["slug"][: max_length - timestamp_length - len(kind) - 1].rstrip("-")
+    return name_from_base(f"{slug}-{kind}", max_length=max_length, short=short)
+
+
+def pytorch_estimator(
+    config: ProjectConfig,
+    aws: AwsContext,
+    source_dir: Path,
+    entry_point: str,
+    hyperparameters: dict[str, Any],
+    *,
+    instances: str,
+    debugger: bool,
+    checkpoint_job_name: str | None = None,
+) -> PyTorch:
+    """The PyTorch estimator both tuning (`instances="tuning"`) and training use.
+
+    `debugger=True` adds the configured rule set, the hook's save intervals and
+    system profiling; otherwise the debugger hook and profiler are off.
+    `checkpoint_job_name` turns on checkpoint upload (needed to resume spot jobs).
+    """
+    machines = config.section("instances")[instances]
+    jobs = config.section("jobs")
+    arguments: dict[str, Any] = {
+        "entry_point": entry_point,
+        "source_dir": str(source_dir),
+        "role": aws.role_arn,
+        "sagemaker_session": sagemaker_session(aws),
+        "instance_type": machines["type"],
+        "instance_count": machines["count"],
+        "hyperparameters": dict(hyperparameters),  # the SDK adds its own entries to it
+        "metric_definitions": metric_definitions(config),
+        "output_path": aws.s3_uri("output"),
+        "code_location": aws.s3_uri("code"),
+        "max_run": jobs["max_run_seconds"],
+        "environment": {str(key): str(value) for key, value in config.data.get("environment", {}).items()},
+        **_image_arguments(config, "training"),
+    }
+    if jobs["use_spot"]:
+        arguments.update(
+            use_spot_instances=True, max_wait=max(jobs["max_wait_seconds"], jobs["max_run_seconds"])
+        )
+    if checkpoint_job_name:
+        arguments["checkpoint_s3_uri"] = aws.s3_uri("checkpoints", checkpoint_job_name)
+    if machines["count"] > 1:
+        arguments["distribution"] = {"torch_distributed": {"enabled": True}}
+    selected = rule_set(config)
+    if debugger and (selected.debugger or selected.profiler):
+        intervals = config.section("debugger")
+        arguments["rules"] = debugger_rules(config)
+        arguments["debugger_hook_config"] = (
+            DebuggerHookConfig(
+                s3_output_path=aws.s3_uri("debug-output"),
+                hook_parameters={
+                    "train.save_interval": str(intervals["train_save_interval"]),
+                    "eval.save_interval": str(intervals["eval_save_interval"]),
+                },
+            )
+            if selected.debugger
+            else False
+        )
+        # System metrics only: framework profiling collects nothing on PyTorch >= 2.
+        arguments["profiler_config"] = ProfilerConfig(
+            s3_output_path=aws.s3_uri("profiler-output"),
+            system_monitor_interval_millis=config.section("profiler")["system_monitor_interval_millis"],
+        )
+    else:
+        arguments["debugger_hook_config"] = False
+        arguments["disable_profiler"] = True
+    return PyTorch(**arguments)
+
+
+# --- tuning and training ---------------------------------------------------------------------------
+
+
+def launch_tuning(
+    config: ProjectConfig, aws: AwsContext, source_dir: Path, *, tuning_job_name: str, wait: bool
+) -> None:
+    """Start the tuning job over hpo.py; with `wait`, block (printing progress) until it ends."""
+    tuning = config.section("tuning")
+    ranges = hyperparameter_ranges(config)
+    static = {key: value for key, value in config.script_hyperparameters().items() if key not in ranges}
+    estimator = pytorch_estimator(
+        config, aws, source_dir, TUNING_ENTRY_POINT, static, instances="tuning", debugger=False
+    )
+    tuner = HyperparameterTuner(
+        estimator,
+        objective_metric_name=tuning["objective_metric_name"],
+        hyperparameter_ranges=ranges,
+        metric_definitions=metric_definitions(config),
+        objective_type=tuning["objective_type"],
+        max_jobs=tuning["max_jobs"],
+        max_parallel_jobs=tuning["max_parallel_jobs"],
+        early_stopping_type=tuning.get("early_stopping_type", "Off"),
+    )
+    tuner.fit({DATA_CHANNEL: aws.s3_uri("data")}, job_name=tuning_job_name, wait=False)
+    if wait:
+        tuner.wait()
+
+
+def wait_for_tuning(aws: AwsContext, tuning_job_name: str) -> None:
+    """Block until the tuning job ends, printing a dot per poll (the SDK's progress)."""
+    sagemaker_session(aws).wait_for_tuning_job(tuning_job_name)
+
+
+@dataclass(frozen=True)
+class TrainingLaunch:
+    job_name: str
+    model_data: str
+
+
+def launch_training(
+    config: ProjectConfig,
+    aws: AwsContext,
+    source_dir: Path,
+    hyperparameters: dict[str, Any],
+    *,
+    training_job_name: str,
+    wait: bool,
+) -> TrainingLaunch:
+    """Start the training job over train_model.py with the debugger; with `wait`, stream its logs."""
+    estimator = pytorch_estimator(
+        config,
+        aws,
+        source_dir,
+        TRAINING_ENTRY_POINT,
+        hyperparameters,
+        instances="training",
+        debugger=True,
+        checkpoint_job_name=training_job_name,
+    )
+    estimator.fit(
+        {DATA_CHANNEL: aws.s3_uri("data")},
+        job_name=training_job_name,
+        wait=wait,
+        logs="All" if wait else "None",
+    )
+    return TrainingLaunch(
+        training_job_name, aws.s3_uri("output", training_job_name, "output", "model.tar.gz")
+    )
+
+
+# --- deployment and prediction ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    model_name: str
+    endpoint_config_name: str
+    endpoint_name: str
+    # The model.tar.gz with code/ added, as the endpoint loads it.
+    repacked_model_data: str
+
+
+def deploy_model(
+    config: ProjectConfig,
+    aws: AwsContext,
+    model_data: str,
+    source_dir: Path,
+    *,
+    model_name: str,
+    endpoint_name: str,
+    wait: bool,
+) -> Deployment:
+    """Repack `model_data` (an S3 URI) with inference.py and its sources, and start an endpoint."""
+    machines = config.section("instances")["endpoint"]
+    model = PyTorchModel(
+        model_data=model_data,
+        role=aws.role_arn,
+        entry_point=INFERENCE_ENTRY_POINT,
+        source_dir=str(source_dir),
+        sagemaker_session=sagemaker_session(aws),
+        code_location=aws.s3_uri("code"),
+        name=model_name,
+        **_image_arguments(config, "inference"),
+    )
+    model.deploy(
+        initial_instance_count=machines["count"],
+        instance_type=machines["type"],
+        endpoint_name=endpoint_name,
+        serializer=IdentitySerializer("image/jpeg"),
+        deserializer=JSONDeserializer(),
+        wait=wait,
+    )
+    # The SDK names the endpoint config after the endpoint.
+    return Deployment(model_name, endpoint_name, endpoint_name, model.repacked_model_data or model_data)
+
+
+def invoke_endpoint(
+    aws: AwsContext, endpoint_name: str, payload: bytes, content_type: str, accept: str
+) -> Any:
+    """Send raw image bytes; the endpoint's JSON answer, decoded."""
+    predictor = Predictor(
+        endpoint_name,
+        sagemaker_session=sagemaker_session(aws),
+        serializer=IdentitySerializer(content_type),
+        deserializer=JSONDeserializer(),
+    )
+    return predictor.predict(payload, initial_args={"ContentType": content_type, "Accept": accept})

@@ -1,0 +1,298 @@
+"""Dry runs of tune, train, deploy, predict and teardown: the exact requests and uploads, offline.
+
+Expectations come from config.toml, so the same tests check every render;
+the rule sets are spelled out here, independently of the code, as the issue defines them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import project_module
+from launch_helpers import (
+    archive_names,
+    archive_text,
+    calls_of,
+    copy_project,
+    model_archive,
+    only,
+    requirements,
+    s3_object,
+    validation_errors,
+)
+
+launcher = project_module("launcher")
+dryrun = project_module("dryrun")
+aws_module = project_module("aws")
+ProjectConfig = project_module("config").ProjectConfig
+ProjectState = project_module("state").ProjectState
+
+EXPECTED_RULES = {
+    "standard": (
+        {"VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"},
+        {"LowGPUUtilization", "ProfilerReport"},
+    ),
+    "minimal": ({"LossNotDecreasing"}, {"ProfilerReport"}),
+    "extended": (
+        {
+            "VanishingGradient",
+            "Overfit",
+            "Overtraining",
+            "PoorWeightInitialization",
+            "LossNotDecreasing",
+            "ExplodingTensor",
+            "DeadRelu",
+            "ClassImbalance",
+        },
+        {"LowGPUUtilization", "ProfilerReport", "CPUBottleneck"},
+    ),
+    "none": (set(), set()),
+}
+
+
+@pytest.fixture(scope="module")
+def config(project_root, tmp_path_factory) -> ProjectConfig:
+    return ProjectConfig.load(copy_project(project_root, tmp_path_factory.mktemp("project") / "project"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_real_credentials():
+    """Dry runs must not need (or find) an account: hide any from the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
+        patch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
+        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def tune_run(config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dry-tune")
+    result = launcher.tune(config, dry_run_dir=out)
+    assert result.status == "InProgress"
+    return out
+
+
+@pytest.fixture(scope="module")
+def train_run(config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dry-train")
+    launcher.train(config, dry_run_dir=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def deploy_run(config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("dry-deploy")
+    launcher.deploy(config, model_archive(out.parent / "model.tar.gz"), dry_run_dir=out)
+    return out
+
+
+def requests_of(out: Path) -> list[dict]:
+    return dryrun.load_requests(out)
+
+
+@pytest.mark.parametrize("run", ["tune_run", "train_run", "deploy_run"])
+def test_every_request_is_valid_for_botocore(run, request):
+    calls = requests_of(request.getfixturevalue(run))
+    assert calls
+    for call in calls:
+        assert validation_errors(call) == "", f"{call['operation']}: {validation_errors(call)}"
+
+
+def test_nothing_was_recorded_in_the_project_state(config, tune_run, train_run, deploy_run):
+    assert ProjectState(config.state_dir).resources() == []
+
+
+# --- tune -----------------------------------------------------------------------------------------
+
+
+def test_tuning_job_carries_the_configured_search(config, tune_run):
+    job = only(requests_of(tune_run), "CreateHyperParameterTuningJob")
+    tuning = config.section("tuning")
+    settings = job["HyperParameterTuningJobConfig"]
+    assert settings["ResourceLimits"] == {
+        "MaxNumberOfTrainingJobs": tuning["max_jobs"],
+        "MaxParallelTrainingJobs": tuning["max_parallel_jobs"],
+    }
+    assert settings["HyperParameterTuningJobObjective"] == {
+        "Type": tuning["objective_type"],
+        "MetricName": tuning["objective_metric_name"],
+    }
+    assert settings["TrainingJobEarlyStoppingType"] == tuning["early_stopping_type"]
+    lr = tuning["ranges"]["lr"]
+    assert settings["ParameterRanges"]["ContinuousParameterRanges"] == [
+        {"Name": "lr", "MinValue": str(lr["min"]), "MaxValue": str(lr["max"]), "ScalingType": lr["scaling"]}
+    ]
+    (batch,) = settings["ParameterRanges"]["CategoricalParameterRanges"]
+    assert batch["Name"] == "batch_size"
+    assert [json.loads(value) for value in batch["Values"]] == [
+        str(v) for v in tuning["ranges"]["batch_size"]["values"]
+    ]
+    definition = job["TrainingJobDefinition"]
+    metrics = {m["Name"]: m["Regex"] for m in definition["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert metrics[tuning["objective_metric_name"]] == tuning["objective_metric_regex"]
+    assert metrics["validation:accuracy"] == r"validation:accuracy=([0-9\.]+)"
+    machines = config.section("instances")["tuning"]
+    assert definition["HyperParameterTuningResourceConfig"]["InstanceType"] == machines["type"]
+    assert definition["HyperParameterTuningResourceConfig"]["InstanceCount"] == machines["count"]
+    static = definition["StaticHyperParameters"]
+    assert json.loads(static["sagemaker_program"]) == "hpo.py"
+    script_names = set(config.script_hyperparameters())
+    assert {n for n in static if not n.startswith("sagemaker_")} == script_names - {"lr", "batch_size"}
+    assert definition["InputDataConfig"][0]["ChannelName"] == "training"
+
+
+def test_tuning_source_archive_holds_what_the_container_runs(tune_run):
+    job = only(requests_of(tune_run), "CreateHyperParameterTuningJob")
+    uri = json.loads(job["TrainingJobDefinition"]["StaticHyperParameters"]["sagemaker_submit_directory"])
+    names = archive_names(s3_object(tune_run, uri))
+    assert {"hpo.py", "train_model.py", "requirements.txt", "classifier/__init__.py"} <= names
+    assert "smdebug" in requirements(archive_text(s3_object(tune_run, uri), "requirements.txt"))
+
+
+# --- train ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training_job(train_run) -> dict:
+    return only(requests_of(train_run), "CreateTrainingJob")
+
+
+def test_training_job_runs_train_model_with_the_configured_hyperparameters(config, training_job):
+    parameters = training_job["HyperParameters"]
+    assert json.loads(parameters["sagemaker_program"]) == "train_model.py"
+    script = {
+        name: json.loads(value) for name, value in parameters.items() if not name.startswith("sagemaker_")
+    }
+    assert script == config.script_hyperparameters()
+    machines = config.section("instances")["training"]
+    assert training_job["ResourceConfig"]["InstanceType"] == machines["type"]
+    assert training_job["ResourceConfig"]["InstanceCount"] == machines["count"]
+    distributed = parameters.get("sagemaker_torch_distributed_enabled")
+    assert (distributed == "true") == (machines["count"] > 1)
+    images = config.section("images")["training"]
+    image = training_job["AlgorithmSpecification"]["TrainingImage"]
+    if images["image_uri"]:
+        assert image == images["image_uri"]
+    else:
+        assert f"pytorch-training:{images['framework_version']}-" in image
+
+
+def test_spot_training_checkpoints_and_waits(config, training_job):
+    jobs = config.section("jobs")
+    assert training_job["StoppingCondition"]["MaxRuntimeInSeconds"] == jobs["max_run_seconds"]
+    assert training_job.get("EnableManagedSpotTraining", False) == jobs["use_spot"]
+    if jobs["use_spot"]:
+        assert training_job["StoppingCondition"]["MaxWaitTimeInSeconds"] >= jobs["max_run_seconds"]
+    checkpoint = training_job["CheckpointConfig"]["S3Uri"]
+    assert checkpoint.endswith(f"/checkpoints/{training_job['TrainingJobName']}")
+
+
+def test_training_job_has_the_rule_set_of_the_config(config, training_job):
+    debugger_rules, profiler_rules = EXPECTED_RULES[config.section("debugger")["rule_set"]]
+    names = {rule["RuleConfigurationName"] for rule in training_job.get("DebugRuleConfigurations", [])}
+    assert names == debugger_rules
+    names = {rule["RuleConfigurationName"] for rule in training_job.get("ProfilerRuleConfigurations", [])}
+    assert names == profiler_rules
+
+
+def test_debugger_collections_are_saved_at_the_hook_intervals(config, training_job):
+    """The SDK's rule defaults (save_interval 500) must not reach the request."""
+    debugger = config.section("debugger")
+    if not EXPECTED_RULES[debugger["rule_set"]][0]:
+        assert "DebugHookConfig" not in training_job
+        return
+    hook = training_job["DebugHookConfig"]
+    intervals = {
+        "train.save_interval": str(debugger["train_save_interval"]),
+        "eval.save_interval": str(debugger["eval_save_interval"]),
+    }
+    assert hook["HookParameters"] == intervals
+    collections = hook["CollectionConfigurations"]
+    assert collections, "the rules read collections; they must be configured"
+    for collection in collections:
+        parameters = collection["CollectionParameters"]
+        assert {k: parameters[k] for k in intervals} == intervals, collection
+        assert "save_interval" not in parameters, collection
+
+
+def test_profiler_monitors_the_system_only(config, training_job):
+    profiler = training_job["ProfilerConfig"]
+    if config.section("debugger")["rule_set"] == "none":
+        assert profiler.get("DisableProfiler") is True
+        return
+    assert (
+        profiler["ProfilingIntervalInMilliseconds"]
+        == config.section("profiler")["system_monitor_interval_millis"]
+    )
+    assert "ProfilingParameters" not in profiler
+
+
+# --- deploy ---------------------------------------------------------------------------------------
+
+
+def test_deployment_repacks_the_model_with_the_inference_sources(config, deploy_run):
+    calls = requests_of(deploy_run)
+    container = only(calls, "CreateModel")["PrimaryContainer"]
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    images = config.section("images")["inference"]
+    if images["image_uri"]:
+        assert container["Image"] == images["image_uri"]
+    else:
+        assert f"pytorch-inference:{images['framework_version']}-" in container["Image"]
+    repacked = s3_object(deploy_run, container["ModelDataUrl"])
+    names = archive_names(repacked)
+    assert {
+        "model.pth",
+        "metadata.json",
+        "code/inference.py",
+        "code/requirements.txt",
+        "code/classifier/__init__.py",
+    } <= names
+    assert not any(name.startswith("code/training") or name.endswith("hpo.py") for name in names)
+    assert "smdebug" not in requirements(archive_text(repacked, "code/requirements.txt"))
+    variant = only(calls, "CreateEndpointConfig")["ProductionVariants"][0]
+    machines = config.section("instances")["endpoint"]
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == (machines["type"], machines["count"])
+
+
+# --- predict and teardown, sharing one offline session -------------------------------------------
+
+
+def test_predict_sends_raw_image_bytes_and_reads_the_top_k(config, tiny_dataset, tmp_path):
+    image = next((tiny_dataset / "test").rglob("*.jpg"))
+    results = launcher.predict(config, [image], endpoint_name="some-endpoint", top_k=3, dry_run_dir=tmp_path)
+    assert results[0]["image"] == str(image)
+    assert len(results[0]["top_k"]) == min(3, config.model["num_classes"])
+    call = only(dryrun.load_requests(tmp_path), "InvokeEndpoint")
+    assert call["EndpointName"] == "some-endpoint"
+    assert call["ContentType"] == "image/jpeg"
+    assert call["Accept"] == "application/json;top_k=3"
+    assert call["Body"] == f"<{image.stat().st_size} bytes>"
+
+
+def test_teardown_removes_exactly_what_deploy_created(config, tmp_path):
+    state = ProjectState(tmp_path / "state")
+    state.record("endpoint", "someone-elses-endpoint-that-is-gone")
+    with aws_module.offline(config, tmp_path / "out") as aws:
+        deployment = launcher.deploy(config, model_archive(tmp_path / "model.tar.gz"), aws=aws, state=state)
+        created = {
+            "endpoint": deployment.endpoint_name,
+            "endpoint-config": deployment.endpoint_config_name,
+            "model": deployment.model_name,
+        }
+        assert {r["kind"]: r["name"] for r in state.resources() if r["name"] in created.values()} == created
+        actions = launcher.teardown(config, aws=aws, state=state)
+        client = aws.client("sagemaker")
+        assert client.list_endpoints()["Endpoints"] == []
+        assert client.list_endpoint_configs()["EndpointConfigs"] == []
+        assert client.list_models()["Models"] == []
+        calls = list(aws.offline.calls)
+    assert {(kind, name) for kind, name, outcome in actions if outcome == "deleted"} == set(created.items())
+    assert ("endpoint", "someone-elses-endpoint-that-is-gone", "already gone") in actions
+    assert len(calls_of(calls, "DeleteEndpoint")) == 2
+    assert state.resources() == []
