@@ -11,7 +11,11 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The package's name is data (config.toml), so no test file hard-codes it.
@@ -56,3 +60,41 @@ def training_source(tmp_path_factory) -> Path:
 def inference_source(tmp_path_factory) -> Path:
     """inference/ + classifier/, exactly as placed under code/ in the repacked model.tar.gz."""
     return stage_sources(PROJECT_ROOT, "inference", tmp_path_factory.mktemp("staged") / "inference")
+
+
+# Classes of the tiny served model: index order, as training writes them into metadata.json.
+SERVED_CLASS_NAMES = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
+
+
+@pytest.fixture(scope="session")
+def model_artifact_dir(tmp_path_factory) -> Path:
+    """What training leaves in SM_MODEL_DIR: model.pth + metadata.json (random resnet18, 3 classes, 32 px)."""
+    import torch
+
+    from classifier.artifact import ModelMetadata, save_artifact
+    from classifier.backbones import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(SERVED_CLASS_NAMES), pretrained=False, finetune="full")
+    metadata = ModelMetadata(
+        backbone="resnet18",
+        num_classes=len(SERVED_CLASS_NAMES),
+        class_names=SERVED_CLASS_NAMES,
+        image_size=32,
+    )
+    model_dir = tmp_path_factory.mktemp("artifact") / "model"
+    save_artifact(model_dir, model, metadata)
+    return model_dir
+
+
+@pytest.fixture(scope="session")
+def model_archive(tmp_path_factory, model_artifact_dir, inference_source) -> Path:
+    """model.tar.gz as PyTorchModel repacks it: the artifact at the root, inference_source under code/."""
+    import tarfile
+
+    archive = tmp_path_factory.mktemp("repacked") / "model.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for path in sorted(model_artifact_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+        tar.add(inference_source, arcname="code")
+    return archive

@@ -8,7 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 CONFIG_FILENAME = "config.toml"
 # Set to point the CLI at a project from elsewhere (tests, notebooks in another folder).

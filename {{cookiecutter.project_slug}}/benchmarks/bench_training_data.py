@@ -1,0 +1,209 @@
+"""How fast the training data pipeline is, against the reference project's loader.
+
+On the same generated JPEGs (dogImages-like, 500x375 by default), in one run:
+  1. images per second of a reference-style loader (ImageFolder, full PIL decode,
+     RandomResizedCrop(224), ToTensor, Normalize) and of ours (reduced decode,
+     uint8 from the workers, scaling on whole batches), on the originals and on a
+     pre-resized copy (what `data prepare --resize` writes: same layout, smaller files);
+  2. a head-only epoch with and without the feature cache.
+Both loaders get the same number of workers, so the ratio is per-image work.
+
+    python benchmarks/bench_training_data.py                 # about a minute on 2 cores
+    python benchmarks/bench_training_data.py --images 2000 --workers 8 --backbone resnet50
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageFilter
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The training scripts' own modules, imported as SageMaker runs them: from the training folder.
+sys.path[:0] = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT)]
+
+from data import ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
+from engine import feature_preparer, image_preparer  # noqa: E402
+from feature_cache import extract_features  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import datasets  # noqa: E402
+from torchvision import transforms as v1  # noqa: E402
+
+from classifier.backbones import build_model, head  # noqa: E402
+from classifier.presets import EvalPreset, TrainPreset, resize_size_for  # noqa: E402
+
+
+def photo_like(size: tuple[int, int], rng: random.Random) -> bytes:
+    """A smooth, textured picture: compresses and decodes like a photo, unlike flat colour."""
+    small = Image.frombytes(
+        "RGB", (size[0] // 16, size[1] // 16), rng.randbytes(size[0] // 16 * (size[1] // 16) * 3)
+    )
+    image = small.resize(size, Image.BICUBIC).filter(ImageFilter.DETAIL)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def make_images(root: Path, images: int, classes: int, size: tuple[int, int]) -> Path:
+    rng = random.Random(0)
+    for split, count in (("train", images), ("valid", classes), ("test", classes)):
+        for n in range(count):
+            folder = root / split / f"{n % classes + 1:03d}.Class_{n % classes + 1:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{n:05d}.jpg").write_bytes(photo_like(size, rng))
+    return root
+
+
+def resized_copy(source: Path, destination: Path, shorter_side: int) -> Path:
+    """Same layout, shorter side `shorter_side`: what a pre-resized dataset looks like."""
+    for path in source.rglob("*.jpg"):
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(path) as image:
+            image.draft("RGB", (shorter_side, shorter_side))
+            scale = shorter_side / min(image.size)
+            image.convert("RGB").resize(
+                (round(image.width * scale), round(image.height * scale)), Image.BICUBIC
+            ).save(target, "JPEG", quality=90)
+    return destination
+
+
+def images_per_second(loader, finish=lambda batch: batch, epochs: int = 2) -> float:
+    """Best epoch of `epochs`, after one warm-up epoch that starts the workers."""
+    best = 0.0
+    for epoch in range(epochs + 1):
+        count, started = 0, time.perf_counter()
+        for batch in loader:
+            finish(batch)
+            count += len(batch[1]) if isinstance(batch, list | tuple) else len(batch.labels)
+        if epoch:
+            best = max(best, count / (time.perf_counter() - started))
+    return best
+
+
+def reference_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
+    transform = v1.Compose(
+        [v1.RandomResizedCrop(224), v1.ToTensor(), v1.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
+    return DataLoader(
+        datasets.ImageFolder(root / "train", transform),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+
+
+def our_loader(root: Path, batch_size: int, workers: int, transform):
+    _, splits = discover_splits(root)
+    return make_loader(
+        ImageFiles(splits["train"], transform),
+        batch_size,
+        shuffle=True,
+        seed=0,
+        num_workers=workers,
+        distributed=False,
+        pin_memory=False,
+    )
+
+
+def head_epochs(
+    root: Path, backbone: str, batch_size: int, workers: int, epochs: int
+) -> tuple[float, float, float]:
+    """Seconds per head-only epoch decoding every time, the one-off cache build, seconds per cached epoch."""
+    model = build_model(backbone, 4, pretrained=False, finetune="head")
+    preset = EvalPreset(224)
+    device = torch.device("cpu")
+    prepare_images = image_preparer(device, preset.scaling, channels_last=False)
+    loader = our_loader(root, batch_size, workers, preset.uint8)
+    classifier = head(model)
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=1e-3)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def epoch(batches, prepare, module) -> float:
+        started = time.perf_counter()
+        for batch in batches:
+            inputs, labels = prepare(batch)
+            loss = criterion(module(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - started
+
+    model.eval()
+    uncached = epoch(loader, prepare_images, model)
+    started = time.perf_counter()
+    features = extract_features(model, classifier, loader, prepare_images, lambda _failed: None)
+    build = time.perf_counter() - started
+    cached_loader = make_loader(
+        features, batch_size, shuffle=True, seed=0, num_workers=0, distributed=False, pin_memory=False
+    )
+    cached = min(epoch(cached_loader, feature_preparer(device), classifier) for _ in range(epochs))
+    return uncached, build, cached
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=240, help="training images to generate")
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--batch_size", type=int, default=40)
+    parser.add_argument(
+        "--workers", type=int, default=auto_num_workers(), help="loader workers, both loaders"
+    )
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--head_images", type=int, default=80, help="images for the head-only epochs")
+    parser.add_argument("--cached_epochs", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        originals = make_images(Path(tmp) / "dogImages", args.images, 4, (args.width, args.height))
+        resized = resized_copy(originals, Path(tmp) / "resized", resize_size_for(224))
+        train = TrainPreset(224)
+        print(
+            f"{args.images} JPEGs of {args.width}x{args.height}, batch {args.batch_size}, "
+            f"{args.workers} workers per loader",
+            flush=True,
+        )
+        reference = images_per_second(reference_loader(originals, args.batch_size, args.workers))
+        # As the reference project ran it: DataLoader's default, no worker processes.
+        reference_as_shipped = images_per_second(reference_loader(originals, args.batch_size, 0))
+        ours = images_per_second(
+            our_loader(originals, args.batch_size, args.workers, train.uint8),
+            lambda batch: train.scaling(batch.inputs),
+        )
+        ours_resized = images_per_second(
+            our_loader(resized, args.batch_size, args.workers, train.uint8),
+            lambda batch: train.scaling(batch.inputs),
+        )
+        print(f"loader, reference as shipped (0 workers):    {reference_as_shipped:8.1f} images/s")
+        print(f"loader, reference (ImageFolder + ToTensor):  {reference:8.1f} images/s")
+        print(f"loader, ours on the originals:               {ours:8.1f} images/s  ({ours / reference:.2f}x)")
+        print(
+            f"loader, ours on the pre-resized copy:        {ours_resized:8.1f} images/s  "
+            f"({ours_resized / reference:.2f}x; {ours_resized / reference_as_shipped:.2f}x the reference as "
+            "shipped)",
+            flush=True,
+        )
+
+        head_data = make_images(Path(tmp) / "head", args.head_images, 4, (args.width, args.height))
+        uncached, build, cached = head_epochs(
+            head_data, args.backbone, args.batch_size, args.workers, args.cached_epochs
+        )
+        print(f"head-only epoch ({args.backbone}, CPU), decoding every epoch: {uncached:7.2f} s")
+        print(
+            f"feature cache: built once in {build:.2f} s, then {cached:.4f} s per epoch "
+            f"({uncached / cached:.0f}x faster epochs)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""inference.py as the SageMaker PyTorch serving container runs it, plus train-vs-serve parity.
+
+The container tier drives the real sagemaker-inference Transformer through the PyTorch toolkit's
+HandlerService, from a model.tar.gz laid out as PyTorchModel repacks it, with a context shaped like
+the one TorchServe passes. The unit tier calls the four functions directly.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import io
+import json
+import random
+import struct
+import sys
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SERVED_CLASS_NAMES, project_module
+from PIL import Image
+
+from classifier.artifact import readable_class_name
+from classifier.presets import EvalPreset
+
+load_handler = project_module("local_endpoint").load_handler
+make_image = project_module("synthetic").make_image
+
+
+# --- images, well-formed and hostile ----------------------------------------------------------------
+
+
+def photo(size: tuple[int, int] = (96, 80), hue: float = 0.1, seed: int = 0) -> Image.Image:
+    return make_image(hue, size, random.Random(seed))
+
+
+def encode(image: Image.Image, image_format: str = "JPEG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def raw_png(width: int, height: int, bit_depth: int, color_type: int, pixel_rows: bytes) -> bytes:
+    """A PNG written by hand: for 16-bit colour, and for headers that lie about the size."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(pixel_rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def jpeg_claiming(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header claims `width` x `height`: a decompression bomb's shape."""
+    data = bytearray(encode(photo((16, 16))))
+    frame = data.index(b"\xff\xc0")  # SOF0: marker, length, precision, height, width
+    data[frame + 5 : frame + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def json_body(**document) -> bytes:
+    return json.dumps(document).encode("utf-8")
+
+
+JPEG = encode(photo())
+PNG = encode(photo(hue=0.6), "PNG")
+INVALID_UTF8_JSON = b'{"images": ["\xff\xfe"]}'
+
+# (id, Content-Type, Accept, body, expected status). Every one must leave the worker serving.
+HOSTILE_REQUESTS = [
+    ("empty-body", "image/jpeg", None, b"", 400),
+    ("truncated-jpeg", "image/jpeg", None, JPEG[: len(JPEG) // 2], 400),
+    ("truncated-png", "image/png", None, PNG[: len(PNG) // 2], 400),
+    ("text-not-image", "image/jpeg", None, b"certainly not an image", 400),
+    ("html-as-octet-stream", "application/octet-stream", None, b"<html><body>hi</body></html>", 400),
+    ("tiff-not-allowed", "application/x-image", None, encode(photo(), "TIFF"), 400),
+    ("jpeg-header-3.6-gigapixels", "image/jpeg", None, jpeg_claiming(60_000, 60_000), 413),
+    ("jpeg-header-49-megapixels", "image/jpeg", None, jpeg_claiming(7_000, 7_000), 413),
+    ("png-header-49-megapixels", "image/png", None, raw_png(7_000, 7_000, 8, 2, b""), 413),
+    ("text-plain", "text/plain", None, JPEG, 415),
+    ("unlisted-image-type", "image/webp", None, JPEG, 415),
+    ("no-content-type", None, None, JPEG, 415),
+    ("accept-csv", "image/jpeg", "text/csv", JPEG, 406),
+    ("accept-list-unsupported", "image/jpeg", "application/xml, text/html", JPEG, 406),
+    ("accept-top-k-word", "image/jpeg", "application/json;top_k=three", JPEG, 400),
+    ("accept-top-k-zero", "image/jpeg", "application/json;top_k=0", JPEG, 400),
+    ("json-malformed", "application/json", None, b'{"images": [', 400),
+    ("json-not-object", "application/json", None, b'["abc"]', 400),
+    ("json-nested-100k", "application/json", None, b"[" * 100_000 + b"]" * 100_000, 400),
+    ("json-unknown-key", "application/json", None, json_body(imgs=[b64(JPEG)]), 400),
+    ("json-image-and-images", "application/json", None, json_body(image=b64(JPEG), images=[]), 400),
+    ("json-images-empty", "application/json", None, json_body(images=[]), 400),
+    ("json-images-not-list", "application/json", None, json_body(images=b64(JPEG)), 400),
+    ("json-bad-base64", "application/json", None, json_body(images=["***"]), 400),
+    ("json-base64-not-image", "application/json", None, json_body(images=[b64(b"hello")]), 400),
+    ("json-top-k-string", "application/json", None, json_body(images=[b64(JPEG)], top_k="3"), 400),
+    ("json-top-k-bool", "application/json", None, json_body(images=[b64(JPEG)], top_k=True), 400),
+    ("json-17-images", "application/json", None, json_body(images=[b64(JPEG)] * 17), 413),
+    (
+        "json-batch-one-truncated",
+        "application/json",
+        None,
+        json_body(images=[b64(JPEG), b64(JPEG[:200])]),
+        400,
+    ),
+    ("json-charset-invalid-utf8", "application/json; charset=utf-8", None, INVALID_UTF8_JSON, 400),
+    # The toolkit decodes exactly `application/json` bodies to str before input_fn is called, so
+    # invalid UTF-8 fails inside the toolkit: the one 500 the handler cannot turn into a 400.
+    ("json-invalid-utf8", "application/json", None, INVALID_UTF8_JSON, 500),
+]
+
+ODD_BUT_VALID_IMAGES = {
+    "grayscale-jpeg": ("image/jpeg", encode(photo().convert("L"))),
+    "cmyk-jpeg": ("image/jpeg", encode(photo().convert("CMYK"))),
+    "progressive-jpeg": ("image/jpeg", encode(photo((300, 200)), progressive=True)),
+    "rgba-png": ("image/png", encode(photo().convert("RGBA"), "PNG")),
+    "grey-alpha-png": ("image/png", encode(photo().convert("LA"), "PNG")),
+    "palette-gif": ("application/octet-stream", encode(photo().convert("P"), "GIF")),
+    "16-bit-grey-png": ("image/png", encode(Image.fromarray(np.full((40, 48), 30_000, np.uint16)), "PNG")),
+    "16-bit-rgb-png": ("image/png", raw_png(8, 8, 16, 2, (b"\0" + struct.pack(">HHH", 9, 3, 6) * 8) * 8)),
+    "one-pixel-png": ("image/png", encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")),
+    "wide-strip-jpeg": ("image/jpeg", encode(photo((600, 8)))),
+    "bmp": ("application/x-image", encode(photo(), "BMP")),
+    "webp": ("application/octet-stream", encode(photo(), "WEBP")),
+    "png-sent-as-jpeg": ("image/jpeg", PNG),
+}
+
+
+# --- the container tier -----------------------------------------------------------------------------
+
+
+class RequestProcessor:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    def get_request_properties(self) -> dict[str, str]:
+        return self._headers
+
+
+class ServerContext:
+    """What the toolkit reads and writes of TorchServe's `ts.context.Context`."""
+
+    def __init__(self, model_dir: Path, headers: dict[str, str]) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": 0, "batch_size": 1}
+        self.request_processor = [RequestProcessor(headers)]
+        self.status_code = 200
+        self.phrase = ""
+        self.content_types: dict[int, str] = {}
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status_code, self.phrase = code, phrase
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+
+@dataclass
+class Response:
+    status: int
+    content_type: str | None
+    body: bytes
+
+
+@dataclass
+class Container:
+    service: object
+    model_dir: Path
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None = None) -> Response:
+        headers = {"Content-Type": content_type} if content_type is not None else {}
+        if accept is not None:
+            headers["Accept"] = accept
+        context = ServerContext(self.model_dir, headers)
+        # TorchServe hands the body over as a bytearray (decode_input_request=false in the toolkit's config).
+        [result] = self.service.handle([{"body": bytearray(body)}], context)
+        payload = result.encode("utf-8") if isinstance(result, str) else bytes(result)
+        return Response(context.status_code, context.content_types.get(0), payload)
+
+
+HANDLER_PACKAGES = ("inference", "classifier")
+
+
+def _handler_modules() -> dict[str, object]:
+    return {name: mod for name, mod in sys.modules.items() if name.partition(".")[0] in HANDLER_PACKAGES}
+
+
+@pytest.fixture(scope="module")
+def container(tmp_path_factory, model_archive) -> Iterator[Container]:
+    """The serving container's worker: /opt/ml/model unpacked from model.tar.gz, code/ on the path."""
+    from sagemaker_pytorch_serving_container.handler_service import HandlerService
+
+    model_dir = tmp_path_factory.mktemp("opt-ml") / "model"
+    with tarfile.open(model_archive) as tar:
+        tar.extractall(model_dir, filter="data")
+    code_dir = model_dir / "code"
+    saved_modules = _handler_modules()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SAGEMAKER_PROGRAM", "inference.py")  # what PyTorchModel(entry_point=...) sets
+        patch.setenv("PYTHONPATH", "")  # HandlerService.initialize prepends code/ to it
+        patch.syspath_prepend(str(code_dir))  # the worker process starts with code/ on PYTHONPATH
+        for name in saved_modules:  # import inference and classifier from code/, as the worker does
+            del sys.modules[name]
+        try:
+            service = HandlerService()
+            service.initialize(ServerContext(model_dir, {}))
+            yield Container(service, model_dir)
+        finally:
+            for name in _handler_modules():
+                del sys.modules[name]
+            sys.modules.update(saved_modules)
+
+
+def predictions(response: Response) -> list[list[dict]]:
+    assert response.status == 200, response.body[:500]
+    assert response.content_type == "application/json"
+    return [image["top_k"] for image in json.loads(response.body)["predictions"]]
+
+
+def test_container_imports_handler_and_classifier_from_code_dir(container):
+    code_dir = container.model_dir / "code"
+    assert Path(sys.modules["inference"].__file__).parent == code_dir
+    assert Path(sys.modules["classifier"].__file__).parent == code_dir / "classifier"
+
+
+def test_container_answers_jpeg_with_readable_breeds(container):
+    [top] = predictions(container.invoke(JPEG, "image/jpeg"))
+    # k defaults to 5, capped at the 3 classes.
+    assert sorted(entry["class_name"] for entry in top) == SERVED_CLASS_NAMES
+    for entry in top:
+        assert entry["label"] == readable_class_name(entry["class_name"])
+        assert SERVED_CLASS_NAMES[entry["index"]] == entry["class_name"]
+    probabilities = [entry["probability"] for entry in top]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-4)
+    assert {entry["label"] for entry in top} == {"Affenpinscher", "Afghan hound", "Airedale terrier"}
+
+
+def test_container_reads_top_k_from_accept_and_names_the_chosen_type(container):
+    response = container.invoke(JPEG, "image/jpeg", "application/json;top_k=2")
+    [top] = predictions(response)
+    assert len(top) == 2
+    response = container.invoke(JPEG, "image/jpeg", "text/html, application/x-npy;q=0.9, application/json")
+    assert response.content_type == "application/x-npy"
+
+
+def test_container_npy_logits_agree_with_json(container):
+    [top] = predictions(container.invoke(JPEG, "image/jpeg", "application/json;top_k=3"))
+    response = container.invoke(JPEG, "image/jpeg", "application/x-npy")
+    assert response.status == 200
+    logits = np.load(io.BytesIO(response.body), allow_pickle=False)
+    assert logits.shape == (1, len(SERVED_CLASS_NAMES)) and logits.dtype == np.float32
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1)[0]
+    assert [entry["index"] for entry in top] == probabilities.argsort(descending=True).tolist()
+    expected = probabilities.sort(descending=True).values.tolist()
+    assert [entry["probability"] for entry in top] == pytest.approx(expected, abs=1e-5)
+
+
+def test_container_json_batch_matches_single_requests(container):
+    body = json_body(images=[b64(JPEG), b64(PNG)], top_k=1)
+    batch = predictions(container.invoke(body, "application/json"))
+    singles = [predictions(container.invoke(image, "image/jpeg"))[0] for image in (JPEG, PNG)]
+    assert len(batch) == 2 and all(len(top) == 1 for top in batch)
+    for batched, single in zip(batch, singles, strict=True):
+        assert batched[0]["index"] == single[0]["index"]
+        assert batched[0]["probability"] == pytest.approx(single[0]["probability"], abs=1e-4)
+
+
+def test_container_json_top_k_wins_over_accept_and_data_urls_work(container):
+    body = json_body(image="data:image/png;base64," + b64(PNG), top_k=1)
+    [top] = predictions(container.invoke(body, "application/json", "application/json;top_k=3"))
+    assert len(top) == 1
+
+
+@pytest.mark.parametrize(
+    ("content_type", "accept", "body", "status"),
+    [case[1:] for case in HOSTILE_REQUESTS],
+    ids=[case[0] for case in HOSTILE_REQUESTS],
+)
+def test_container_refuses_hostile_request_and_keeps_serving(container, content_type, accept, body, status):
+    response = container.invoke(body, content_type, accept)
+    assert response.status == status
+    if status < 500:
+        # The toolkit appends a traceback: the message is the first line, one JSON object.
+        message = json.loads(response.body.decode("utf-8").partition("\n")[0])
+        assert message["status"] == status and message["error"]
+    assert predictions(container.invoke(JPEG, "image/jpeg"))  # the worker still answers
+
+
+@pytest.mark.parametrize("name", list(ODD_BUT_VALID_IMAGES))
+def test_container_converts_odd_images(container, name):
+    content_type, body = ODD_BUT_VALID_IMAGES[name]
+    [top] = predictions(container.invoke(body, content_type))
+    assert len(top) == len(SERVED_CLASS_NAMES)
+
+
+# --- the unit tier: the four functions, no toolkit -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def handler(inference_source):
+    return load_handler(inference_source)
+
+
+@pytest.fixture(scope="module")
+def loaded_model(handler, model_artifact_dir):
+    return handler.model_fn(str(model_artifact_dir))
+
+
+def network_input(handler, model, body: bytes, content_type: str) -> torch.Tensor:
+    """The batch the network receives for this request body, captured by a forward pre-hook."""
+    captured: list[torch.Tensor] = []
+    hook = model.network.register_forward_pre_hook(lambda _, args: captured.append(args[0].cpu().clone()))
+    try:
+        handler.predict_fn(handler.input_fn(body, content_type), model)
+    finally:
+        hook.remove()
+    return captured[0]
+
+
+@pytest.mark.parametrize(
+    ("size", "image_format"), [((640, 480), "JPEG"), ((90, 70), "JPEG"), ((300, 200), "PNG")]
+)
+def test_serving_preprocessing_equals_training_evaluation(
+    tmp_path, handler, loaded_model, size, image_format
+):
+    """Same file, same tensor: the endpoint sees what evaluation saw during training.
+
+    640x480 is large enough for the JPEG decoder to decode at reduced scale (draft mode).
+    """
+    path = tmp_path / f"dog.{image_format.lower()}"
+    photo(size, hue=0.3).save(path, format=image_format, quality=90)
+    # As training builds its evaluation transform, and as its dataset hands over each file (opened lazily,
+    # so the JPEG decoder can skip detail); training scales whole uint8 batches, which must not matter.
+    preset = EvalPreset(loaded_model.metadata.image_size)
+    training_tensor = preset(Image.open(path))
+    training_batch = preset.scaling(preset.uint8(Image.open(path)).unsqueeze(0))
+    serving_batch = network_input(handler, loaded_model, path.read_bytes(), f"image/{image_format.lower()}")
+    assert serving_batch.shape == (1, 3, 32, 32)
+    assert torch.equal(serving_batch[0], training_tensor)
+    assert torch.equal(serving_batch, training_batch)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(handler, loaded_model):
+    sixteen_bit = encode(Image.fromarray(np.full((40, 48), 257 * 100, np.uint16)), "PNG")
+    eight_bit = encode(Image.new("L", (48, 40), 100), "PNG")
+    assert torch.equal(
+        network_input(handler, loaded_model, sixteen_bit, "image/png"),
+        network_input(handler, loaded_model, eight_bit, "image/png"),
+    )
+
+
+def test_model_fn_builds_an_eval_network_and_its_preset_once(loaded_model, model_artifact_dir):
+    assert not loaded_model.network.training
+    assert loaded_model.metadata.class_names == SERVED_CLASS_NAMES
+    assert loaded_model.preset.crop_size == 32
+    assert loaded_model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_errors_derive_from_the_toolkit_base_class_when_it_is_installed(handler):
+    from sagemaker_inference.errors import BaseInferenceToolkitError
+
+    with pytest.raises(BaseInferenceToolkitError) as raised:
+        handler.input_fn(JPEG, "text/plain")
+    assert raised.value.status_code == 415
+    assert "text/plain" in json.loads(raised.value.message)["error"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_model_and_cpu_logits(handler, model_artifact_dir):
+    model = handler.model_fn(str(model_artifact_dir))
+    assert next(model.network.parameters()).is_cuda
+    prediction = handler.predict_fn(handler.input_fn(JPEG, "image/jpeg"), model)
+    assert prediction.logits.device.type == "cpu"
+
+
+# --- what the source directory may depend on -------------------------------------------------------
+
+# What the PyTorch serving image has; training-only packages (smdebug) must never be needed.
+SERVING_IMAGE_MODULES = {"torch", "torchvision", "PIL", "numpy", "sagemaker_inference", "classifier"}
+
+
+def imported_top_level_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_inference_sources_need_only_the_serving_image(inference_source):
+    sources = sorted(inference_source.rglob("*.py"))
+    assert {path.name for path in sources} >= {"inference.py", "artifact.py", "presets.py", "backbones.py"}
+    for path in sources:
+        outside = imported_top_level_modules(path) - SERVING_IMAGE_MODULES - set(sys.stdlib_module_names)
+        assert not outside, f"{path.name} imports {outside}"
+    requirements = (inference_source / "requirements.txt").read_text().splitlines()
+    assert [line for line in requirements if line.strip() and not line.startswith("#")] == []

@@ -1,0 +1,214 @@
+"""The local endpoint: the serving container's HTTP contract on localhost, with the same handler."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import random
+import socket
+import tarfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import SERVED_CLASS_NAMES, project_module
+from PIL import Image
+
+from classifier.artifact import readable_class_name
+
+local_endpoint = project_module("local_endpoint")
+make_image = project_module("synthetic").make_image
+
+
+def encode(image: Image.Image, image_format: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def photo(hue: float, size: tuple[int, int] = (96, 80)) -> Image.Image:
+    return make_image(hue, size, random.Random(0))
+
+
+JPEG = encode(photo(0.1))
+
+
+@contextmanager
+def running(server) -> Iterator:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def endpoint(model_archive) -> Iterator:
+    with running(local_endpoint.make_server(model_archive, port=0)) as server:
+        yield server
+
+
+def request(
+    server, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str | None, bytes]:
+    host, port = server.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.getheader("Content-Type"), response.read()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """A JPEG, a PNG and a JPEG with no telling extension (sent as octet-stream, sniffed)."""
+    folder = tmp_path_factory.mktemp("to-predict")
+    paths = [folder / "first.jpg", folder / "second.png", folder / "third.upload"]
+    for hue, path, image_format in zip((0.1, 0.5, 0.8), paths, ("JPEG", "PNG", "JPEG"), strict=True):
+        photo(hue).save(path, format=image_format)
+    return paths
+
+
+def test_ping_says_healthy(endpoint):
+    assert request(endpoint, "GET", "/ping")[0] == 200
+
+
+def test_invoke_local_returns_top_k_breeds_per_image(endpoint, images):
+    results = local_endpoint.invoke_local(endpoint.url, images, top_k=2)
+    assert [result["image"] for result in results] == [str(path) for path in images]
+    for result in results:
+        assert len(result["top_k"]) == 2
+        assert {entry["class_name"] for entry in result["top_k"]} <= set(SERVED_CLASS_NAMES)
+        assert all(entry["label"] == readable_class_name(entry["class_name"]) for entry in result["top_k"])
+    assert local_endpoint.image_content_type(images[2]) == "application/octet-stream"
+
+
+def test_twenty_parallel_requests_all_succeed_and_agree(endpoint, images):
+    expected = local_endpoint.invoke_local(endpoint.url, images, top_k=3)
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(
+            pool.map(lambda n: local_endpoint.invoke_local(endpoint.url, [images[n % 3]], 3), range(20))
+        )
+    for n, [answer] in enumerate(answers):
+        reference = expected[n % 3]["top_k"]
+        assert [entry["index"] for entry in answer["top_k"]] == [entry["index"] for entry in reference]
+        assert [entry["probability"] for entry in answer["top_k"]] == pytest.approx(
+            [entry["probability"] for entry in reference], abs=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"Content-Type": "image/jpeg"}, JPEG[: len(JPEG) // 2], 400),
+        ({"Content-Type": "image/jpeg"}, b"", 400),
+        ({"Content-Type": "text/plain"}, JPEG, 415),
+        ({"Content-Type": "image/jpeg", "Accept": "text/csv"}, JPEG, 406),
+        ({"Content-Type": "application/json"}, b'{"images": [', 400),
+        ({"Content-Type": "application/json"}, json.dumps({"images": ["x"] * 17}).encode(), 413),
+        # As in the container: the toolkit's UTF-8 decode fails before the handler runs.
+        ({"Content-Type": "application/json"}, b'{"images": ["\xff"]}', 500),
+    ],
+    ids=["truncated-jpeg", "empty", "text-plain", "accept-csv", "bad-json", "17-images", "json-not-utf8"],
+)
+def test_handler_errors_map_to_status_codes_with_a_json_message(endpoint, headers, body, status):
+    got_status, content_type, payload = request(endpoint, "POST", "/invocations", body, headers)
+    assert got_status == status
+    assert content_type == "application/json"
+    assert json.loads(payload)["status"] == status
+    assert request(endpoint, "POST", "/invocations", JPEG, {"Content-Type": "image/jpeg"})[0] == 200
+
+
+def test_npy_and_default_accept(endpoint):
+    status, content_type, _ = request(
+        endpoint, "POST", "/invocations", JPEG, {"Content-Type": "image/jpeg", "Accept": "application/x-npy"}
+    )
+    assert (status, content_type) == (200, "application/x-npy")
+    status, content_type, body = request(
+        endpoint, "POST", "/invocations", JPEG, {"Content-Type": "image/jpeg", "Accept": "*/*"}
+    )
+    assert (status, content_type) == (200, "application/json")
+    assert len(json.loads(body)["predictions"][0]["top_k"]) == len(SERVED_CLASS_NAMES)
+
+
+def test_http_level_refusals(endpoint):
+    assert request(endpoint, "GET", "/nowhere")[0] == 404
+    assert request(endpoint, "GET", "/invocations")[0] == 405
+    host, port = endpoint.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.putrequest("POST", "/invocations")
+        connection.putheader("Content-Type", "image/jpeg")
+        connection.putheader("Content-Length", str(local_endpoint.MAX_REQUEST_BYTES + 1))
+        connection.endheaders()  # the body is never sent: the size alone is refused
+        assert connection.getresponse().status == 413
+    finally:
+        connection.close()
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.putrequest("POST", "/invocations")
+        connection.endheaders()
+        assert connection.getresponse().status == 411
+    finally:
+        connection.close()
+
+
+def test_invoke_local_reports_refused_images_and_unreachable_endpoints(endpoint, tmp_path):
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("just text")
+    with pytest.raises(local_endpoint.LocalEndpointError, match=r"notes\.jpg: HTTP 400: .*not an image"):
+        local_endpoint.invoke_local(endpoint.url, [not_an_image])
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with pytest.raises(local_endpoint.LocalEndpointError, match="is `serve` running"):
+        local_endpoint.invoke_local(closed_url, [not_an_image])
+
+
+def test_archive_without_code_serves_the_project_sources(tmp_path, model_artifact_dir, project_root, images):
+    """`train --local` writes model.tar.gz with the artifact only; the project's inference/ is used."""
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+        for path in model_artifact_dir.iterdir():
+            tar.add(path, arcname=path.name)
+    with running(local_endpoint.make_server(archive, port=0, project_root=project_root)) as server:
+        code_dir = Path(server.handler.__file__).parent
+        assert code_dir.name == "code" and (code_dir / "classifier" / "artifact.py").is_file()
+        [result] = local_endpoint.invoke_local(server.url, images[:1], top_k=1)
+        assert len(result["top_k"]) == 1
+
+
+def test_model_folder_is_served_without_writing_into_it(model_artifact_dir, project_root, images):
+    before = sorted(path.name for path in model_artifact_dir.iterdir())
+    with running(local_endpoint.make_server(model_artifact_dir, port=0, project_root=project_root)) as server:
+        assert len(local_endpoint.invoke_local(server.url, images[:1])) == 1
+    assert sorted(path.name for path in model_artifact_dir.iterdir()) == before
+
+
+def test_archive_escaping_its_folder_is_refused(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"owned"
+        member = tarfile.TarInfo("../escaped.txt")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with pytest.raises(local_endpoint.LocalEndpointError, match="not a model.tar.gz"):
+        local_endpoint.prepare_model_dir(archive, workdir)
+    assert not (tmp_path / "escaped.txt").exists() and not (workdir / "escaped.txt").exists()
+
+
+def test_taken_port_is_a_one_line_error(endpoint, model_artifact_dir, project_root):
+    taken_port = endpoint.server_address[1]
+    with pytest.raises(local_endpoint.LocalEndpointError, match=f"cannot listen on 127.0.0.1:{taken_port}"):
+        local_endpoint.make_server(model_artifact_dir, port=taken_port, project_root=project_root)

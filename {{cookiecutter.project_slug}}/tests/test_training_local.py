@@ -1,0 +1,195 @@
+"""`run_local_training` and SageMaker's training toolkit: one contract, checked against the real toolkit.
+
+One local run of hpo.py (module fixture) feeds several checks; a second run goes
+through `sagemaker_training.trainer.train()` itself, with the debugger hook on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+
+import pytest
+import torch
+from conftest import make_dataset, project_module
+from PIL import Image
+
+from classifier.artifact import load_artifact
+
+local_training = project_module("local_training")
+
+TINY = {
+    "epochs": 2,
+    "batch_size": 6,
+    "test_batch_size": 6,
+    "image_size": 32,
+    "pretrained": False,
+    "finetune": "full",
+    "num_workers": 0,
+    "lr": 0.0003,
+    "num_classes": 3,
+}
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_BASE_DIR", "PYTHONPATH"))
+    }
+    return {**env, "SAGEMAKER_SUPPRESS_V2_WARNING": "1", **extra}
+
+
+@pytest.fixture(scope="module")
+def hpo_run(project_config, tiny_dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("local-hpo")
+    archive = local_training.run_local_training(
+        project_config, tiny_dataset, output_dir, TINY, entry_point="hpo.py"
+    )
+    return archive, output_dir
+
+
+@pytest.mark.slow
+def test_model_tar_gz_is_laid_out_as_sagemaker_makes_it(hpo_run):
+    archive, _ = hpo_run
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == ["metadata.json", "model.pth"]
+
+
+@pytest.mark.slow
+def test_objective_is_printed_each_epoch_and_the_saved_epoch_last(hpo_run, project_config):
+    _, output_dir = hpo_run
+    regex = project_config.section("tuning")["objective_metric_regex"]
+    log = (output_dir / "training.log").read_text()
+    values = [float(v) for v in re.findall(regex, log)]
+    assert len(values) == TINY["epochs"] + 1
+    assert values[-1] == min(values[:-1])
+    metadata = json.loads((output_dir / "opt_ml" / "model" / "metadata.json").read_text())
+    assert metadata["training"]["validation_loss"] == pytest.approx(values[-1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_artifact_loads_with_weights_only_and_predicts(hpo_run, tiny_dataset, tmp_path):
+    archive, _ = hpo_run
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    model, metadata = load_artifact(tmp_path)
+    assert metadata.class_names == ["001.Class_001", "002.Class_002", "003.Class_003"]
+    assert (metadata.backbone, metadata.num_classes, metadata.image_size, metadata.finetune) == (
+        "resnet18",
+        3,
+        32,
+        "full",
+    )
+    assert metadata.torch_version == torch.__version__
+    image = next((tiny_dataset / "test" / "002.Class_002").iterdir())
+    with torch.no_grad():
+        logits = model(metadata.eval_preset()(Image.open(image)).unsqueeze(0))
+    assert logits.shape == (1, 3)
+
+
+@pytest.mark.slow
+def test_local_tree_gives_the_toolkit_the_same_arguments_and_variables(hpo_run):
+    """The real toolkit, pointed at our /opt/ml tree, derives the command line and SM_* values we used."""
+    _, output_dir = hpo_run
+    base_dir = output_dir / "opt_ml"
+    code = (
+        "import json\n"
+        "from sagemaker_training import environment\n"
+        "env = environment.Environment()\n"
+        "print(json.dumps({'args': env.to_cmd_args(), 'env': env.to_env_vars()}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=subprocess_env(SAGEMAKER_BASE_DIR=str(base_dir)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    toolkit = json.loads(result.stdout.strip().splitlines()[-1])
+    ours = local_training.training_environment(base_dir, "hpo.py", base_dir / "code")
+    assert json.loads(ours["SM_USER_ARGS"]) == toolkit["args"]
+    assert (
+        "--pretrained" in toolkit["args"]
+        and toolkit["args"][toolkit["args"].index("--pretrained") + 1] == "False"
+    )
+    same = {key for key in ours if key.startswith("SM_")} - {"SM_USER_ENTRY_POINT", "SM_MODULE_NAME"}
+    assert {k: ours[k] for k in same} == {k: toolkit["env"][k] for k in same}
+
+
+@pytest.fixture(scope="module")
+def toolkit_run(project_config, tmp_path_factory):
+    """train_model.py run by sagemaker_training's own trainer, with a hook config as SageMaker writes it."""
+    root = tmp_path_factory.mktemp("toolkit")
+    # Hue-separable classes: a correct loop reaches high accuracy in a few epochs.
+    data_dir = make_dataset(
+        root / "data", num_classes=4, images_per_class={"train": 10, "valid": 3, "test": 3}, size=(40, 32)
+    )
+    base_dir = root / "opt_ml"
+    code_dir = project_module("sources").stage_sources(project_config.root, "training", base_dir / "code")
+    hyperparameters = project_config.script_hyperparameters(
+        {**TINY, "epochs": 4, "batch_size": 8, "augment": False, "num_classes": 4}
+    )
+    local_training.prepare_training_tree(
+        base_dir,
+        data_dir,
+        code_dir,
+        hyperparameters,
+        "train_model.py",
+        hook_config=local_training.debug_hook_config(project_config, base_dir / "output" / "tensors"),
+    )
+    env = subprocess_env(
+        SAGEMAKER_BASE_DIR=str(base_dir),
+        SMDEBUG_CONFIG_FILE_PATH=str(base_dir / "input" / "config" / "debughookconfig.json"),
+        SM_STUDIO_LOCAL_MODE="true",  # skip the toolkit's wait for algo-N hostnames to resolve
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from sagemaker_training import trainer; trainer.train()"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return base_dir, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_toolkit_runs_train_model_and_it_learns(toolkit_run):
+    base_dir, log = toolkit_run
+    assert (base_dir / "output" / "success").is_file()
+    assert {p.name for p in (base_dir / "model").iterdir()} == {"model.pth", "metadata.json"}
+    test_accuracy = float(
+        re.search(r"^test:loss=[0-9.]+ test:accuracy=([0-9.]+)$", log, re.MULTILINE).group(1)
+    )
+    assert test_accuracy >= 0.9
+
+
+@pytest.mark.slow
+def test_debugger_hook_saves_train_and_eval_losses(toolkit_run):
+    from smdebug import modes
+    from smdebug.trials import create_trial
+
+    base_dir, log = toolkit_run
+    assert "debugger: hook created from" in log
+    trial = create_trial(str(base_dir / "output" / "tensors"))
+    losses = trial.tensor_names(collection="losses")
+    assert losses
+    assert trial.steps(mode=modes.TRAIN) and trial.steps(mode=modes.EVAL)
+    first_eval = trial.steps(mode=modes.EVAL)[0]
+    assert trial.tensor(losses[0]).value(first_eval, mode=modes.EVAL) > 0
+    # Few steps in this tiny run: the script must say the rules cannot judge them.
+    # 40 images / batch 8 x 4 epochs; (12 / 6) x 4 validation + 12 / 6 test.
+    assert "debugger (saved): TRAIN 20 steps, 1 saved, EVAL 10 steps, 1 saved" in log
+    assert "WARNING debugger: only" in log
+
+
+def test_failed_entry_point_raises_with_the_last_lines(project_config, tiny_dataset, tmp_path):
+    with pytest.raises(
+        local_training.LocalTrainingError, match="exited with status .*\n.*unknown optimizer 'adm'"
+    ):
+        local_training.run_local_training(
+            project_config, tiny_dataset, tmp_path, {**TINY, "optimizer": "adm"}, entry_point="hpo.py"
+        )

@@ -1,0 +1,117 @@
+"""SageMaker Debugger (smdebug) hook, created from the configuration SageMaker writes.
+
+SageMaker writes the DebuggerHookConfig of the estimator to
+/opt/ml/input/config/debughookconfig.json (smdebug reads $SMDEBUG_CONFIG_FILE_PATH
+first). Without smdebug or without that file the script runs the same and says so.
+
+A rule can only judge what was saved: the built-in rules compare saved loss
+values over several steps, so too few saved steps means "no issues found" for
+the wrong reason. The hook counts the steps it will save and warns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+CONFIG_PATH_ENV = "SMDEBUG_CONFIG_FILE_PATH"
+DEFAULT_CONFIG_PATH = "/opt/ml/input/config/debughookconfig.json"
+# Saved loss steps the default rules need to reach a verdict. Overtraining waits
+# patience_train=5 and patience_validation=10 saved steps after a first one; the
+# others (LossNotDecreasing, Overfit) need fewer.
+MIN_SAVED_STEPS = {"TRAIN": 6, "EVAL": 11}
+
+
+def hook_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH))
+
+
+class DebuggerHook:
+    """The smdebug hook, or a stand-in that does nothing when there is none."""
+
+    def __init__(self, hook: object | None = None) -> None:
+        self.hook = hook
+
+    @classmethod
+    def from_sagemaker_config(cls, enabled: bool = True) -> DebuggerHook:
+        if not enabled:
+            return cls()
+        path = hook_config_path()
+        try:
+            import smdebug.pytorch as smd
+        except ImportError:
+            print("debugger: smdebug is not installed; training without the debugger hook", flush=True)
+            return cls()
+        if not path.is_file():
+            print(
+                f"debugger: no hook configuration at {path}; training without the debugger hook", flush=True
+            )
+            return cls()
+        hook = smd.Hook.create_from_json_file(str(path))
+        print(f"debugger: hook created from {path}, writing to {hook.out_dir}", flush=True)
+        return cls(hook)
+
+    @property
+    def active(self) -> bool:
+        return self.hook is not None
+
+    def register(self, module: nn.Module, loss: nn.Module) -> None:
+        """Register the network and the loss once; every forward of `module` is one step."""
+        if self.hook is not None:
+            self.hook.register_module(module)
+            self.hook.register_loss(loss)
+
+    def set_mode(self, mode: str) -> None:
+        """`mode` is "TRAIN" or "EVAL"."""
+        if self.hook is not None:
+            import smdebug.pytorch as smd
+
+            self.hook.set_mode(smd.modes[mode])
+
+    def saved_loss_steps(self, planned_steps: dict[str, int]) -> dict[str, int]:
+        """How many of `planned_steps` (per mode) the losses collection saves under this config."""
+        if self.hook is None:
+            return {}
+        import smdebug.pytorch as smd
+
+        save_config = self.hook.collection_manager.get("losses").save_config
+        return {
+            mode: sum(save_config.should_save_step(smd.modes[mode], step) for step in range(count))
+            for mode, count in planned_steps.items()
+        }
+
+    def check_saved_steps(self, planned_steps: dict[str, int], when: str) -> None:
+        """Print the saved loss steps per mode; warn where a rule would have too few to judge."""
+        if self.hook is None:
+            return
+        saved = self.saved_loss_steps(planned_steps)
+        print(
+            f"debugger ({when}): "
+            + ", ".join(
+                f"{mode} {count} steps, {saved[mode]} saved" for mode, count in planned_steps.items()
+            ),
+            flush=True,
+        )
+        for mode, count in saved.items():
+            needed = MIN_SAVED_STEPS.get(mode, 0)
+            if count < needed:
+                print(
+                    f"WARNING debugger: only {count} {mode} loss steps saved; the rules need at least "
+                    f"{needed} to judge. Lower {mode.lower()}.save_interval, or train longer.",
+                    flush=True,
+                )
+
+    def actual_steps(self) -> dict[str, int]:
+        """Steps the hook has seen per mode so far."""
+        if self.hook is None:
+            return {}
+        import smdebug.pytorch as smd
+
+        # mode_steps holds the number of the last step, counted from 0 (-1 before the first).
+        return {mode: self.hook.mode_steps.get(smd.modes[mode], -1) + 1 for mode in ("TRAIN", "EVAL")}
+
+    def close(self) -> None:
+        if self.hook is not None:
+            self.hook.close()
