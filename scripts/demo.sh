@@ -18,12 +18,13 @@ cd "$PROJECT"
 python -m pip install --quiet --no-deps -e .
 CLI="dog-breed-classifier"
 
-echo "==> generating a small dataset (4 classes of 64x48 JPEGs)"
-"$CLI" data synthetic data/synthetic --classes 4 --size 64x48 --per-class 8,3,3
+echo "==> generating a small dataset (4 classes of 48x40 JPEGs)"
+"$CLI" data synthetic data/synthetic --classes 4 --size 48x40 --per-class 10,3,3
 
-echo "==> training locally under the SageMaker contract (1 epoch, no pretrained download)"
+echo "==> training locally under the SageMaker contract (4 epochs, all layers, no pretrained download)"
 "$CLI" train --local --data data/synthetic --out runs/demo \
-    --hp epochs=1 --hp pretrained=false --hp image_size=64 --hp batch_size=8 --hp test_batch_size=8
+    --hp epochs=4 --hp pretrained=false --hp finetune=full --hp num_classes=4 --hp image_size=32 \
+    --hp batch_size=8 --hp test_batch_size=8 --hp lr=0.0003 --hp augment=false
 
 echo "==> serving the model on 127.0.0.1:$PORT with inference.py and predicting"
 "$CLI" serve --model-data runs/demo/model.tar.gz --port "$PORT" &
