@@ -38,8 +38,9 @@ def _expected_error_types() -> tuple[type[BaseException], ...]:
         pass
     try:
         from .local_endpoint import LocalEndpointError
+        from .local_training import LocalTrainingError
 
-        types.append(LocalEndpointError)
+        types += [LocalEndpointError, LocalTrainingError]
     except ImportError:
         pass
     return tuple(types)
@@ -297,6 +298,64 @@ def train(
         _report_dry_run(folder)
 
 
+@main.command()
+@click.option("--job", "training_job_name", help="Training job; default: the last one `train` started.")
+@click.option(
+    "--local", is_flag=True, help="Only plot the tensors of `train --local --debugger`; no AWS calls."
+)
+@click.option(
+    "--tensors", help="Debugger output to read: a folder or s3:// URI; default: the job's (or runs/local's)."
+)
+@click.option(
+    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Save the loss curves as this PNG file."
+)
+@click.pass_context
+def report(
+    ctx: click.Context, training_job_name: str | None, local: bool, tensors: str | None, plot: Path | None
+) -> None:
+    """Rule verdicts, loss curves and the profiler report's location of a training job."""
+    from . import report as report_module
+    from .aws import connect
+    from .state import ProjectState
+
+    config = _config(ctx)
+    if local:
+        source = tensors or str(report_module.local_tensors_dir(config.root / "runs" / "local"))
+    else:
+        name = training_job_name or report_module.latest_training_job(ProjectState(config.state_dir))
+        context = connect(config)
+        result = report_module.training_report(context, name, curves=False)
+        table = Table(title=f"training job {name}: {result.status}")
+        for column in ("rule", "kind", "verdict", "details"):
+            table.add_column(column)
+        for verdict in result.verdicts:
+            table.add_row(verdict.rule, verdict.kind, verdict.status, verdict.details)
+        console.print(table)
+        artifacts = result.artifacts
+        if artifacts.profiler_report:
+            console.print(f"profiler report: {artifacts.profiler_report}")
+            link = report_module.console_url(artifacts.profiler_report, context.region)
+            console.print(f"  in the console: {link}")
+        console.print(f"rule output: {artifacts.rule_output}")
+        source = tensors or artifacts.debugger_output
+        if source is None:
+            console.print("no debugger output: the job ran without the debugger hook")
+            return
+    curves = report_module.loss_curves(source)
+    for curve in curves:
+        console.print(
+            f"{curve.mode.lower()} loss ({curve.tensor}): {len(curve.steps)} steps saved, "
+            f"{curve.values[0]:.4f} at step {curve.steps[0]} -> "
+            f"{curve.values[-1]:.4f} at step {curve.steps[-1]}"
+        )
+    if not curves:
+        console.print(f"no loss values saved in {source}")
+    if plot:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        report_module.plot_loss_curves(curves, title=f"loss per step: {source}").savefig(plot, dpi=120)
+        console.print(f"loss curves: {plot}")
+
+
 # --- deployment and prediction --------------------------------------------------------------------
 
 
@@ -323,7 +382,9 @@ def deploy(ctx: click.Context, model_data: str | None, wait: bool, dry_run: bool
 
 def _print_predictions(results: list[dict[str, Any]]) -> None:
     for result in results:
-        table = Table(title=result["image"])
+        # The path as a line of its own: a table title would wrap it to the table's width.
+        console.print(f"[bold]{result['image']}[/bold]", soft_wrap=True)
+        table = Table()
         table.add_column("breed")
         table.add_column("probability", justify="right")
         for row in result["top_k"]:
@@ -379,11 +440,12 @@ def predict(
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
-def serve(model_data: Path, host: str, port: int) -> None:
+@click.pass_context
+def serve(ctx: click.Context, model_data: Path, host: str, port: int) -> None:
     """Serve a model.tar.gz locally with inference.py, like the endpoint (Ctrl-C stops)."""
     from .local_endpoint import serve as serve_locally
 
-    serve_locally(model_data, host=host, port=port)
+    serve_locally(model_data, host=host, port=port, project_root=_config(ctx).root)
 
 
 # --- cost, IAM, status, teardown ------------------------------------------------------------------

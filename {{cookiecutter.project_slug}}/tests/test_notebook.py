@@ -1,0 +1,141 @@
+"""train_and_deploy.ipynb: a thin, stripped, Jinja-free driver, executed top to bottom in dry-run mode."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+
+import pytest
+from conftest import PROJECT_ROOT, project_module
+
+nbformat = pytest.importorskip("nbformat")
+
+NOTEBOOK = PROJECT_ROOT / "train_and_deploy.ipynb"
+MAX_CODE_LINES = 15
+# Spelled in pieces: this file is itself rendered by the template engine.
+JINJA_MARKERS = ("{" + "{", "{" + "%", "cookie" + "cutter")
+
+pytestmark = pytest.mark.skipif(not NOTEBOOK.exists(), reason="rendered without the notebook")
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def code_cells(notebook) -> list:
+    return [cell for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def test_notebook_is_valid_stripped_and_runs_on_python3(notebook):
+    nbformat.validate(notebook)
+    assert notebook.nbformat == 4
+    assert notebook.metadata.kernelspec.name == "python3"
+    for cell in code_cells(notebook):
+        assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_notebook_is_not_a_template(notebook):
+    # Copied without rendering: project values are read from config.toml when it runs.
+    for cell in notebook.cells:
+        for marker in JINJA_MARKERS:
+            assert marker not in cell.source, cell.source
+
+
+def test_cells_are_thin_and_leave_the_sdk_to_the_package(notebook):
+    for cell in code_cells(notebook):
+        assert len(cell.source.splitlines()) <= MAX_CODE_LINES, cell.source
+        assert not re.search(r"^\s*(import|from)\s+sagemaker\b", cell.source, re.MULTILINE), cell.source
+        assert "boto3" not in cell.source
+
+
+def test_first_code_cell_is_the_dry_run_switch_and_the_last_tears_down(notebook):
+    cells = code_cells(notebook)
+    assert re.search(r"^DRY_RUN = .*NOTEBOOK_DRY_RUN", cells[0].source, re.MULTILINE)
+    assert "teardown()" in cells[-1].source
+    assert notebook.cells[-2].cell_type == "markdown" and "Tear down" in notebook.cells[-2].source
+
+
+def test_dry_run_config_saves_every_step_and_leaves_the_rest(project_config):
+    notebook_module = project_module("notebook")
+    config = notebook_module.dry_run_config(project_config)
+    assert config.section("debugger")["train_save_interval"] == 1
+    assert config.section("debugger")["eval_save_interval"] == 1
+    assert config.section("debugger")["rule_set"] == project_config.section("debugger")["rule_set"]
+    # The session's config is not changed underneath the AWS steps.
+    assert project_config.section("debugger") == type(project_config).load(project_config.root).section(
+        "debugger"
+    )
+    assert config.model == project_config.model
+
+
+def test_cost_table_total_matches_the_estimate(project_config):
+    notebook_module = project_module("notebook")
+    costs = project_module("costs")
+    table = notebook_module.cost_table(project_config, endpoint_hours=5)
+    expected = costs.total(costs.estimate(project_config, endpoint_hours=5))
+    assert table.loc["total", "USD (at most)"] == pytest.approx(round(expected, 2))
+    assert list(table.index) == ["tuning", "training", "endpoint", "total"]
+
+
+def _outputs_text(cell) -> str:
+    parts = []
+    for output in cell.outputs:
+        parts.append(output.get("text", ""))
+        parts.append(output.get("data", {}).get("text/plain", ""))
+        parts.append(output.get("data", {}).get("text/html", ""))
+    return "\n".join(parts)
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom_offline(notebook, tmp_path, monkeypatch):
+    nbclient = pytest.importorskip("nbclient")
+    dry_run_dir = tmp_path / "dry-run"
+    # The kernel inherits this process's environment: the dry-run switch, and the project importable
+    # the way an installed project would be.
+    monkeypatch.setenv("NOTEBOOK_DRY_RUN", "1")
+    monkeypatch.setenv("NOTEBOOK_DRY_RUN_DIR", str(dry_run_dir))
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    monkeypatch.delenv("IMAGE_CLASSIFIER_PROJECT_DIR", raising=False)
+    executed = copy.deepcopy(notebook)
+    nbclient.NotebookClient(
+        executed, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(PROJECT_ROOT)}}
+    ).execute()
+
+    cells = code_cells(executed)
+    assert all(cell.execution_count for cell in cells)
+    assert not [output for cell in cells for output in cell.outputs if output.output_type == "error"]
+    figures = [output for cell in cells for output in cell.outputs if "image/png" in output.get("data", {})]
+    assert len(figures) >= 2  # the loss curves and the predictions
+
+    text = "\n".join(_outputs_text(cell) for cell in cells)
+    assert "dry run (offline" in text
+    if project_module("config").ProjectConfig.load(PROJECT_ROOT).section("debugger")["rule_set"] != "none":
+        assert "not evaluated offline" in text
+    # The predictions name the generated classes (readable names, as the endpoint answers them).
+    prediction_cell = next(cell for cell in cells if "predictions_table" in cell.source)
+    assert re.search(r"Class 00[123]", _outputs_text(prediction_cell))
+
+    calls = json.loads((dry_run_dir / "aws" / "requests.json").read_text())
+    operations = [call["operation"] for call in calls]
+    for operation in (
+        "CreateHyperParameterTuningJob",
+        "CreateTrainingJob",
+        "CreateEndpoint",
+        "DeleteEndpoint",
+        "DeleteEndpointConfig",
+        "DeleteModel",
+    ):
+        assert operation in operations
+    # Teardown ran last and left nothing recorded as running.
+    state = json.loads((dry_run_dir / "state" / "resources.json").read_text())
+    assert not [
+        item for item in state["resources"] if item["kind"] in ("endpoint", "endpoint-config", "model")
+    ]
+    assert (dry_run_dir / "training" / "model.tar.gz").is_file()
