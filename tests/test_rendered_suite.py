@@ -1,7 +1,8 @@
 """Each chosen render passes its own test suite, in this environment (dependencies installed once).
 
-The default render runs everything, the slow tier included; other renders run the fast tier, which
-still covers the dry-run requests their options produce.
+The default render and a non-default backbone render run everything, the slow tier included (training,
+serving, the notebook executed offline); other renders run the fast tier, which still covers the
+dry-run requests their options produce.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ RENDERS = {
             "endpoint_instance_type": "ml.c5.2xlarge",
             "num_classes": "4",
         },
-        ["-m", "not slow"],
+        [],
     ),
     "convnext-none-no-notebook": (
         {
