@@ -2,11 +2,13 @@
 
 On the same generated JPEGs (dogImages-like, 500x375 by default), in one run:
   1. images per second of a reference-style loader (ImageFolder, full PIL decode,
-     RandomResizedCrop(224), ToTensor, Normalize) and of ours (reduced decode,
-     uint8 from the workers, scaling on whole batches), on the originals and on a
-     pre-resized copy (what `data prepare --resize` writes: same layout, smaller files);
-  2. a head-only epoch with and without the feature cache.
-Both loaders get the same number of workers, so the ratio is per-image work.
+     RandomResizedCrop(224), ToTensor, Normalize) and of ours (crop box drawn first,
+     only what it needs decoded, uint8 from the workers, scaling on whole batches into
+     the normalised float batch the model takes), on the same JPEGs and on a pre-resized
+     copy (what `data prepare --resize` writes: same layout, smaller files);
+  2. what each step costs per image, on one thread (what dominates);
+  3. a head-only epoch with and without the feature cache.
+Both loaders get the same images, batch size and number of workers, so the ratio is per-image work.
 
     python benchmarks/bench_training_data.py                 # about a minute on 2 cores
     python benchmarks/bench_training_data.py --images 2000 --workers 8 --backbone resnet50
@@ -20,6 +22,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +38,7 @@ from feature_cache import extract_features  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets  # noqa: E402
 from torchvision import transforms as v1  # noqa: E402
+from torchvision.io import decode_jpeg  # noqa: E402
 
 from classifier.backbones import build_model, head  # noqa: E402
 from classifier.presets import EvalPreset, TrainPreset, resize_size_for  # noqa: E402
@@ -75,25 +79,76 @@ def resized_copy(source: Path, destination: Path, shorter_side: int) -> Path:
     return destination
 
 
-def images_per_second(loader, finish=lambda batch: batch, epochs: int = 2) -> float:
-    """Best epoch of `epochs`, after one warm-up epoch that starts the workers."""
-    best = 0.0
-    for epoch in range(epochs + 1):
-        count, started = 0, time.perf_counter()
-        for batch in loader:
-            finish(batch)
-            count += len(batch[1]) if isinstance(batch, list | tuple) else len(batch.labels)
-        if epoch:
-            best = max(best, count / (time.perf_counter() - started))
+def epoch_rate(loader: DataLoader, finish: Callable) -> float:
+    """Images per second over one epoch, `finish` applied to each batch."""
+    count, started = 0, time.perf_counter()
+    for batch in loader:
+        finish(batch)
+        count += len(batch[1]) if isinstance(batch, list | tuple) else len(batch.labels)
+    return count / (time.perf_counter() - started)
+
+
+def best_rates(loaders: dict[str, tuple[DataLoader, Callable]], rounds: int) -> dict[str, float]:
+    """Each loader's best epoch of `rounds`, after a warm-up epoch that starts its workers.
+
+    The loaders take turns epoch by epoch, so other work on the machine slows them alike,
+    and the best epoch is the least disturbed one.
+    """
+    for loader, finish in loaders.values():
+        epoch_rate(loader, finish)
+    best = dict.fromkeys(loaders, 0.0)
+    for _ in range(rounds):
+        for name, (loader, finish) in loaders.items():
+            best[name] = max(best[name], epoch_rate(loader, finish))
     return best
 
 
-def reference_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
-    transform = v1.Compose(
+def stage_times(folder: Path, train: TrainPreset, reference: v1.Compose) -> None:
+    """Milliseconds per image of each step, in this process (on one thread, as a worker)."""
+    bodies = [path.read_bytes() for path in sorted(folder.rglob("*.jpg"))[:40]]
+
+    def opened(i: int) -> Image.Image:  # header read, pixels not decoded: what a worker starts from
+        return Image.open(io.BytesIO(bodies[i]))
+
+    def raw(i: int) -> torch.Tensor:
+        return torch.frombuffer(bytearray(bodies[i]), dtype=torch.uint8)
+
+    decoded = [opened(i).convert("RGB") for i in range(len(bodies))]
+    crop, to_tensor, normalize = reference.transforms
+    crops = [crop(image) for image in decoded]
+    floats = [to_tensor(image) for image in crops]
+    batch = torch.stack([train.uint8(opened(i)) for i in range(len(bodies))])
+    steps = {
+        "reference: full PIL decode": lambda i: opened(i).convert("RGB"),
+        "reference: RandomResizedCrop (PIL)": lambda i: crop(decoded[i]),
+        "reference: ToTensor": lambda i: to_tensor(crops[i]),
+        "reference: Normalize": lambda i: normalize(floats[i]),
+        "ours: decode_jpeg (full scale)": lambda i: decode_jpeg(raw(i)),
+        "ours: TrainPreset.uint8 (decode, crop, resize, flip)": lambda i: train.uint8(opened(i)),
+        "ours: scaling, per image of a batch": lambda i: train.scaling(batch[i : i + 1]),
+    }
+    print("per image, one thread (best of 5):")
+    for name, step in steps.items():
+        best = min(_seconds(step, len(bodies)) for _ in range(5))
+        print(f"  {name:<54} {best * 1000:6.3f} ms")
+
+
+def _seconds(step: Callable[[int], object], count: int) -> float:
+    started = time.perf_counter()
+    for index in range(count):
+        step(index)
+    return (time.perf_counter() - started) / count
+
+
+def reference_transform() -> v1.Compose:
+    return v1.Compose(
         [v1.RandomResizedCrop(224), v1.ToTensor(), v1.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
     )
+
+
+def reference_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
     return DataLoader(
-        datasets.ImageFolder(root / "train", transform),
+        datasets.ImageFolder(root / "train", reference_transform()),
         batch_size=batch_size,
         shuffle=True,
         num_workers=workers,
@@ -158,6 +213,7 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=auto_num_workers(), help="loader workers, both loaders"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per loader, taking turns")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--head_images", type=int, default=80, help="images for the head-only epochs")
     parser.add_argument("--cached_epochs", type=int, default=3)
@@ -173,26 +229,32 @@ def main() -> None:
             f"{args.workers} workers per loader",
             flush=True,
         )
-        reference = images_per_second(reference_loader(originals, args.batch_size, args.workers))
-        # As the reference project ran it: DataLoader's default, no worker processes.
-        reference_as_shipped = images_per_second(reference_loader(originals, args.batch_size, 0))
-        ours = images_per_second(
-            our_loader(originals, args.batch_size, args.workers, train.uint8),
-            lambda batch: train.scaling(batch.inputs),
+        scale_batch = lambda batch: train.scaling(batch.inputs)  # noqa: E731 - the batch the model gets
+        # One thread in this process, for both loaders: on a GPU the scaling runs there, and a second
+        # OpenMP thread here would only spin on the cores the workers need.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        rates = best_rates(
+            {
+                "reference": (reference_loader(originals, args.batch_size, args.workers), lambda b: b),
+                "ours": (our_loader(originals, args.batch_size, args.workers, train.uint8), scale_batch),
+                "resized": (our_loader(resized, args.batch_size, args.workers, train.uint8), scale_batch),
+                # As the reference project ran it: DataLoader's default, no worker processes.
+                "shipped": (reference_loader(originals, args.batch_size, 0), lambda b: b),
+            },
+            args.rounds,
         )
-        ours_resized = images_per_second(
-            our_loader(resized, args.batch_size, args.workers, train.uint8),
-            lambda batch: train.scaling(batch.inputs),
-        )
-        print(f"loader, reference as shipped (0 workers):    {reference_as_shipped:8.1f} images/s")
+        reference, ours, resized_rate = rates["reference"], rates["ours"], rates["resized"]
+        print(f"loader, reference as shipped (0 workers):    {rates['shipped']:8.1f} images/s")
         print(f"loader, reference (ImageFolder + ToTensor):  {reference:8.1f} images/s")
-        print(f"loader, ours on the originals:               {ours:8.1f} images/s  ({ours / reference:.2f}x)")
+        print(f"loader, ours on the same JPEGs:              {ours:8.1f} images/s  ({ours / reference:.2f}x)")
         print(
-            f"loader, ours on the pre-resized copy:        {ours_resized:8.1f} images/s  "
-            f"({ours_resized / reference:.2f}x; {ours_resized / reference_as_shipped:.2f}x the reference as "
-            "shipped)",
+            f"loader, ours on the pre-resized copy:        {resized_rate:8.1f} images/s  "
+            f"({resized_rate / reference:.2f}x; a one-off copy with less detail, not the same input)",
             flush=True,
         )
+        stage_times(originals / "train", train, reference_transform())
+        torch.set_num_threads(threads)
 
         head_data = make_images(Path(tmp) / "head", args.head_images, 4, (args.width, args.height))
         uncached, build, cached = head_epochs(

@@ -34,9 +34,10 @@ from http import HTTPStatus
 import numpy as np
 import torch
 from PIL import Image
+from torch.fx.experimental.optimization import fuse
 
 from classifier.artifact import ModelMetadata, load_artifact, readable_class_name
-from classifier.presets import EvalPreset, decode_reduced
+from classifier.presets import EvalPreset
 
 try:
     from sagemaker_inference.errors import BaseInferenceToolkitError
@@ -105,6 +106,7 @@ def model_fn(model_dir: str) -> LoadedModel:
     """Rebuild the network from metadata.json + model.pth, on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network, metadata = load_artifact(model_dir, device)
+    network = _fold_batch_norms(network, metadata.image_size, device)
     # Convolutions run 10-20% faster in NHWC on CPUs (oneDNN) and on tensor-core GPUs; same results.
     network = network.to(memory_format=torch.channels_last)
     logger.info("loaded %s with %d classes on %s", metadata.backbone, metadata.num_classes, device)
@@ -130,8 +132,10 @@ def input_fn(request_body: bytes | bytearray | str, content_type: str | None) ->
 def predict_fn(request: ImageRequest, model: LoadedModel) -> Prediction:
     """Decode each image at the size the preset needs, transform, and run the network once."""
     preset = model.preset
-    tensors = [preset(_decode(image, preset, index)) for index, image in enumerate(request.images)]
-    batch = torch.stack(tensors).to(model.device, memory_format=torch.channels_last)
+    crops = [preset.geometry(_decode(image, preset, index)) for index, image in enumerate(request.images)]
+    # uint8 to the device (a quarter of the bytes), scaled there as one batch, as training does.
+    batch = preset.scaling(torch.stack(crops).to(model.device))
+    batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         logits = model.network(batch)
     return Prediction(logits.float().cpu(), model.metadata.class_names, request.top_k)
@@ -148,6 +152,33 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str]:
             np.save(buffer, prediction.logits.numpy(), allow_pickle=False)
             return buffer.getvalue(), NPY_TYPE
     raise RequestError(406, f"cannot answer with {_shorten(accept)}; accept {JSON_TYPE} or {NPY_TYPE}")
+
+
+# --- the network ----------------------------------------------------------------------------------
+
+
+def _fold_batch_norms(network: torch.nn.Module, image_size: int, device: torch.device) -> torch.nn.Module:
+    """The network with each BatchNorm merged into the convolution before it, if that changes nothing.
+
+    In eval mode a BatchNorm is a fixed per-channel scale and shift, so the convolution's weights and
+    bias can absorb it: one pass over the activations fewer per layer, 7-14% faster on a CPU for the
+    ResNets, EfficientNet and MobileNet (ConvNeXt has no BatchNorm). torch.fx traces torchvision's
+    classifiers; a network it cannot trace, or whose logits move beyond float rounding, is served as is.
+    """
+    try:
+        folded = fuse(network).eval()
+    except Exception:  # tracing fails on data-dependent control flow; any failure just means "no folding"
+        logger.info("serving %s without folding BatchNorm: torch.fx cannot trace it", type(network).__name__)
+        return network
+    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        expected, actual = network(example), folded(example)
+    if not torch.allclose(actual, expected, rtol=1e-4, atol=1e-4):
+        # TF32 convolutions on a GPU can round this far apart; the unfolded network is the reference.
+        difference = (actual - expected).abs().max().item()
+        logger.info("serving without folding BatchNorm: the logits differ by %.2g", difference)
+        return network
+    return folded
 
 
 # --- requests ---------------------------------------------------------------------------------------
@@ -244,10 +275,10 @@ def _open_image(data: bytes, where: str) -> Image.Image:
     return image
 
 
-def _decode(image: Image.Image, preset: EvalPreset, index: int) -> Image.Image:
+def _decode(image: Image.Image, preset: EvalPreset, index: int) -> torch.Tensor:
     """Decode the pixels; a truncated or corrupt file is the client's error (400), never a 500."""
     try:
-        return decode_reduced(image, preset.resize_size)
+        return preset.decode(image)
     except Exception:  # Corrupt data surfaces only now, as OSError, SyntaxError, zlib.error, ...
         logger.info("image %d could not be decoded", index, exc_info=True)
         raise RequestError(400, f"image {index} is truncated or corrupt") from None

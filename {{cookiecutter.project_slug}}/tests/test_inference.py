@@ -27,6 +27,7 @@ from conftest import SERVED_CLASS_NAMES, project_module
 from PIL import Image
 
 from classifier.artifact import readable_class_name
+from classifier.backbones import SUPPORTED_BACKBONES, build_model
 from classifier.presets import EvalPreset
 
 load_handler = project_module("local_endpoint").load_handler
@@ -369,6 +370,39 @@ def test_model_fn_builds_an_eval_network_and_its_preset_once(loaded_model, model
     assert loaded_model.metadata.class_names == SERVED_CLASS_NAMES
     assert loaded_model.preset.crop_size == 32
     assert loaded_model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("backbone", SUPPORTED_BACKBONES)
+def test_folding_batch_norm_into_convolutions_keeps_the_logits(handler, backbone):
+    torch.manual_seed(0)
+    network = build_model(backbone, 5, pretrained=False, finetune="full")
+    for module in network.modules():  # statistics like a trained network's, not a fresh BatchNorm's identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    network.eval()
+    folded = handler._fold_batch_norms(network, 32, torch.device("cpu"))
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in folded.modules())
+    images = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(images), network(images), rtol=1e-4, atol=1e-4)
+
+
+def test_a_network_that_does_not_trace_is_served_unfolded(handler):
+    class DataDependent(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.norm = torch.nn.BatchNorm2d(4)
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            features = self.norm(self.conv(images))
+            return features if features.sum() > 0 else -features  # torch.fx cannot trace this branch
+
+    network = DataDependent().eval()
+    assert handler._fold_batch_norms(network, 32, torch.device("cpu")) is network
 
 
 def test_errors_derive_from_the_toolkit_base_class_when_it_is_installed(handler):

@@ -6,14 +6,17 @@ The modules are imported from the staged training source directory, exactly what
 from __future__ import annotations
 
 import importlib
+import io
+import random
 import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import make_dataset, project_module
 from PIL import Image
+from torchvision.transforms import v2
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +142,45 @@ def test_training_loader_gives_serving_tensors(training, tiny_dataset):
     expected = torch.stack([preset(Image.open(path)) for path, _ in splits["valid"].samples[:4]])
     assert batch.inputs.dtype == torch.uint8
     assert torch.equal(preset.scaling(batch.inputs), expected)
+
+
+def jpeg_or_png(size: tuple[int, int], image_format: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    project_module("synthetic").make_image(0.3, size, random.Random(0)).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_train_preset_is_exactly_torchvisions_random_crop_and_flip(training, image_format):
+    """The box is drawn from the header before decoding; the crop is still torchvision's, seed for seed."""
+    preset = training("classifier.presets").TrainPreset(32)
+    reference = v2.Compose(
+        [v2.PILToTensor(), v2.RandomResizedCrop(32, antialias=True), v2.RandomHorizontalFlip()]
+    )
+    body = jpeg_or_png((64, 48), image_format)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        ours = preset.uint8(Image.open(io.BytesIO(body)))
+        torch.manual_seed(seed)
+        assert torch.equal(ours, reference(Image.open(io.BytesIO(body)).convert("RGB")))
+
+
+def test_a_large_crop_of_a_jpeg_is_decoded_at_reduced_scale_with_the_same_detail(training):
+    presets = training("classifier.presets")
+    body = jpeg_or_png((256, 192))
+    box = (40, 30, 40 + 160, 30 + 130)  # 130 px tall: a quarter-scale decode still spans 32 px
+    image = Image.open(io.BytesIO(body))
+    reduced = presets.resized_crop(image, box, 32)
+    assert image.size == (64, 48)  # the JPEG decoder skipped three quarters of each side
+    full = Image.open(io.BytesIO(body)).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR, box=box)
+    difference = (reduced.float() - v2.functional.pil_to_tensor(full).float()).abs()
+    assert difference.mean() < 0.75  # of 255: resampling noise; the box moved by 4 px differs by 1.1
+
+
+def test_a_truncated_jpeg_fails_augmentation_with_pillows_error(training):
+    body = jpeg_or_png((64, 48))
+    with pytest.raises(OSError):  # what ImageFiles catches to skip and report the file
+        training("classifier.presets").TrainPreset(32).uint8(Image.open(io.BytesIO(body[: len(body) // 2])))
 
 
 def test_corrupt_and_truncated_images_are_skipped_counted_and_reported(training, tmp_path, capsys):
