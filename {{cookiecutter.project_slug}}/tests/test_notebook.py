@@ -7,10 +7,10 @@ import json
 import os
 import re
 
+import nbclient
+import nbformat
 import pytest
 from conftest import PROJECT_ROOT, project_module
-
-nbformat = pytest.importorskip("nbformat")
 
 NOTEBOOK = PROJECT_ROOT / "train_and_deploy.ipynb"
 MAX_CODE_LINES = 15
@@ -91,7 +91,6 @@ def _outputs_text(cell) -> str:
 
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom_offline(notebook, tmp_path, monkeypatch):
-    nbclient = pytest.importorskip("nbclient")
     dry_run_dir = tmp_path / "dry-run"
     # The kernel inherits this process's environment: the dry-run switch, and the project importable
     # the way an installed project would be.

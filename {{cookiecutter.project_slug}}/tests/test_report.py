@@ -93,8 +93,9 @@ def test_console_url_points_at_the_object():
 @pytest.fixture(scope="module")
 def saved_losses(tmp_path_factory):
     """smdebug output of a tiny model: 4 TRAIN steps and 2 EVAL steps, loss saved every step."""
-    torch = pytest.importorskip("torch")
-    smd = pytest.importorskip("smdebug.pytorch")
+    import smdebug.pytorch as smd
+    import torch
+
     out_dir = tmp_path_factory.mktemp("tensors") / "tensors"
     hook = smd.Hook(
         out_dir=str(out_dir), save_config=smd.SaveConfig(save_interval=1), include_collections=["losses"]
@@ -146,7 +147,6 @@ def test_plot_without_curves_says_so():
 
 
 def test_missing_tensor_folder_is_a_clear_error(tmp_path):
-    pytest.importorskip("smdebug")
     with pytest.raises(report.ReportError, match="no debugger output"):
         report.loss_curves(tmp_path / "nothing-here")
 
