@@ -29,6 +29,19 @@ def project_module(name: str) -> ModuleType:
     return importlib.import_module(f"{PACKAGE}.{name}")
 
 
+# Hyperparameters of the tiny CPU training runs: one size fits the tests' 32 px images and seconds.
+TINY_TRAINING = {
+    "epochs": 2,
+    "batch_size": 6,
+    "test_batch_size": 6,
+    "image_size": 32,
+    "pretrained": False,
+    "finetune": "full",
+    "num_workers": 0,
+    "lr": 0.0003,
+    "num_classes": 3,
+}
+
 ProjectConfig = project_module("config").ProjectConfig
 stage_sources = project_module("sources").stage_sources
 make_dataset = project_module("synthetic").make_dataset

@@ -15,25 +15,12 @@ import tarfile
 
 import pytest
 import torch
-from conftest import make_dataset, project_module
+from conftest import TINY_TRAINING, make_dataset, project_module
 from PIL import Image
 
 from classifier.artifact import load_artifact
 
 local_training = project_module("local_training")
-
-TINY = {
-    "epochs": 2,
-    "batch_size": 6,
-    "test_batch_size": 6,
-    "image_size": 32,
-    "pretrained": False,
-    "finetune": "full",
-    "num_workers": 0,
-    "lr": 0.0003,
-    "num_classes": 3,
-}
-
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {
@@ -46,7 +33,7 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def hpo_run(project_config, tiny_dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("local-hpo")
     archive = local_training.run_local_training(
-        project_config, tiny_dataset, output_dir, TINY, entry_point="hpo.py"
+        project_config, tiny_dataset, output_dir, TINY_TRAINING, entry_point="hpo.py"
     )
     return archive, output_dir
 
@@ -64,7 +51,7 @@ def test_objective_is_printed_each_epoch_and_the_saved_epoch_last(hpo_run, proje
     regex = project_config.section("tuning")["objective_metric_regex"]
     log = (output_dir / "training.log").read_text()
     values = [float(v) for v in re.findall(regex, log)]
-    assert len(values) == TINY["epochs"] + 1
+    assert len(values) == TINY_TRAINING["epochs"] + 1
     assert values[-1] == min(values[:-1])
     metadata = json.loads((output_dir / "opt_ml" / "model" / "metadata.json").read_text())
     assert metadata["training"]["validation_loss"] == pytest.approx(values[-1], abs=1e-6)
@@ -132,7 +119,14 @@ def toolkit_run(project_config, tmp_path_factory):
     hyperparameters = project_config.script_hyperparameters(
         # resnet18 whatever the render's backbone: this proves the loop, labels and evaluation, and
         # resnet18 reliably learns these tiny images from scratch in 4 epochs (mobilenet_v3 does not).
-        {**TINY, "backbone": "resnet18", "epochs": 4, "batch_size": 8, "augment": False, "num_classes": 4}
+        {
+            **TINY_TRAINING,
+            "backbone": "resnet18",
+            "epochs": 4,
+            "batch_size": 8,
+            "augment": False,
+            "num_classes": 4,
+        }
     )
     local_training.prepare_training_tree(
         base_dir,
@@ -193,5 +187,9 @@ def test_failed_entry_point_raises_with_the_last_lines(project_config, tiny_data
         local_training.LocalTrainingError, match="exited with status .*\n.*unknown optimizer 'adm'"
     ):
         local_training.run_local_training(
-            project_config, tiny_dataset, tmp_path, {**TINY, "optimizer": "adm"}, entry_point="hpo.py"
+            project_config,
+            tiny_dataset,
+            tmp_path,
+            {**TINY_TRAINING, "optimizer": "adm"},
+            entry_point="hpo.py",
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import project_module
+from conftest import TINY_TRAINING, project_module
 
 from classifier.artifact import load_artifact
 from classifier.backbones import head
@@ -19,19 +19,7 @@ local_training = project_module("local_training")
 
 # mobilenet_v3_small: the smallest torchvision classifier (fast checkpoints), with dropout, so a
 # resume must restore the random state too.
-ARGS = {
-    "backbone": "mobilenet_v3_small",
-    "epochs": 2,
-    "batch_size": 6,
-    "test_batch_size": 6,
-    "image_size": 32,
-    "pretrained": False,
-    "finetune": "full",
-    "num_workers": 0,
-    "lr": 0.0003,
-    "num_classes": 3,
-    "patience": 0,
-}
+ARGS = {**TINY_TRAINING, "backbone": "mobilenet_v3_small", "patience": 0}
 
 
 def command(entry_point: str, data_dir: Path, out: Path, **extra) -> tuple[list[str], dict[str, str]]:
