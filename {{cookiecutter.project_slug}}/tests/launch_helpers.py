@@ -11,15 +11,6 @@ from typing import Any
 import botocore.session
 import botocore.validate
 
-# Entry points SageMaker runs; a stand-in is written only into a temporary copy, and only if missing.
-_PLACEHOLDERS = {
-    "training/hpo.py": "print('hpo')\n",
-    "training/train_model.py": "print('train')\n",
-    "training/requirements.txt": "smdebug==1.0.34\n",
-    "inference/inference.py": "def model_fn(model_dir):\n    return None\n",
-    "inference/requirements.txt": "\n",
-}
-
 
 def copy_project(project_root: Path, destination: Path) -> Path:
     """config.toml, classifier/, training/ and inference/ in a fresh folder (its own .state/)."""
@@ -27,13 +18,7 @@ def copy_project(project_root: Path, destination: Path) -> Path:
     shutil.copy2(project_root / "config.toml", destination / "config.toml")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("classifier", "training", "inference"):
-        if (project_root / folder).is_dir():
-            shutil.copytree(project_root / folder, destination / folder, ignore=ignore)
-    for relative, text in _PLACEHOLDERS.items():
-        path = destination / relative
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        shutil.copytree(project_root / folder, destination / folder, ignore=ignore)
     return destination
 
 

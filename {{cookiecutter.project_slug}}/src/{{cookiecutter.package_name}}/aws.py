@@ -47,10 +47,13 @@ class AwsContext:
             self._role_arn = self.role_resolver()
         return self._role_arn
 
+    def s3_key(self, *parts: str) -> str:
+        """`<prefix>/<parts...>`: the object key inside the bucket."""
+        return "/".join(part.strip("/") for part in (self.prefix, *parts) if part and part.strip("/"))
+
     def s3_uri(self, *parts: str) -> str:
         """`s3://<bucket>/<prefix>/<parts...>`."""
-        key = "/".join(part.strip("/") for part in (self.prefix, *parts) if part and part.strip("/"))
-        return f"s3://{self.bucket}/{key}"
+        return f"s3://{self.bucket}/{self.s3_key(*parts)}"
 
     def client(self, service: str) -> Any:
         return self.boto_session.client(service)

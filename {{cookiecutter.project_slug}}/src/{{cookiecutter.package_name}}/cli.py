@@ -146,15 +146,9 @@ def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int
     from . import data as data_module
 
     config = _config(ctx)
-    settings = config.section("data")
-    destination = dest or config.root / settings["local_dir"]
+    destination = dest or config.data_dir
     manifest = data_module.prepare(
-        source,
-        destination,
-        ratios=settings.get("split_ratios", (0.8, 0.1, 0.1)),
-        seed=settings.get("split_seed", 0),
-        resize_to=resize,
-        download_dir=config.root / "data" / "downloads",
+        source, destination, resize_to=resize, **data_module.prepare_options(config)
     )
     table = Table(title=f"{destination} ({len(manifest.classes)} classes)")
     for column in ("split", "images"):
@@ -284,7 +278,7 @@ def train(
     if local:
         from .local_training import run_local_training
 
-        data_dir = data_dir or config.root / config.section("data")["local_dir"]
+        data_dir = data_dir or config.data_dir
         model = run_local_training(
             config, data_dir, out or config.root / "runs" / "local", overrides, debugger=debugger
         )

@@ -98,6 +98,11 @@ class ProjectConfig:
         return merged
 
     @property
+    def data_dir(self) -> Path:
+        """The prepared dataset: [data] local_dir, relative to the project root."""
+        return self.root / self.section("data")["local_dir"]
+
+    @property
     def training_dir(self) -> Path:
         return self.root / "training"
 

@@ -24,8 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, track
 
 from .config import ProjectConfig
+from .synthetic import SPLITS
 
-SPLITS = ("train", "valid", "test")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MANIFEST_FILENAME = "manifest.json"
 
@@ -151,6 +151,16 @@ def _write_image(source: Path, target: Path, resize_to: int | None) -> None:
         image.save(target.with_suffix(".jpg"), format="JPEG", quality=90)
 
 
+def prepare_options(config: ProjectConfig) -> dict[str, Any]:
+    """`prepare`'s keyword arguments from [data]: split ratios and seed, and where downloads go."""
+    settings = config.section("data")
+    return {
+        "ratios": settings.get("split_ratios", (0.8, 0.1, 0.1)),
+        "seed": settings.get("split_seed", 0),
+        "download_dir": config.root / "data" / "downloads",
+    }
+
+
 def prepare(
     source: str | Path,
     destination: Path,
@@ -260,7 +270,7 @@ def upload(
     """
     from .aws import aws_context
 
-    data_dir = Path(data_dir) if data_dir else config.root / config.section("data")["local_dir"]
+    data_dir = Path(data_dir) if data_dir else config.data_dir
     if not data_dir.is_dir():
         raise DataError(f"{data_dir} does not exist; run `data prepare` or `data synthetic` first")
     files = sorted(path for path in data_dir.rglob("*") if path.is_file())
@@ -273,7 +283,7 @@ def upload(
 def _upload_files(context: Any, data_dir: Path, files: list[Path]) -> UploadResult:
     s3 = context.client("s3")
     destination = context.s3_uri("data")
-    prefix = destination.split("/", 3)[3] + "/"
+    prefix = context.s3_key("data") + "/"
     remote = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=context.bucket, Prefix=prefix):
         remote.update({item["Key"]: item for item in page.get("Contents", [])})

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .aws import AwsContext, connect, offline
+from .aws import AwsContext, aws_context
 from .config import ProjectConfig
 from .sources import stage_sources
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB, TUNING_JOB, ProjectState
@@ -41,11 +41,9 @@ def _session(
     reads = state or ProjectState(config.state_dir)
     if aws is not None:
         yield aws, reads, reads
-    elif dry_run_dir is not None:
-        with offline(config, Path(dry_run_dir)) as context:
-            yield context, reads, None
     else:
-        yield connect(config), reads, reads
+        with aws_context(config, Path(dry_run_dir) if dry_run_dir else None) as context:
+            yield context, reads, (None if dry_run_dir else reads)
 
 
 @contextmanager
@@ -136,7 +134,7 @@ def tune(
     ):
         name = sagemaker_api.job_name(config, "hpo", max_length=32)
         wait = wait and not context.dry_run
-        sagemaker_api.launch_tuning(config, context, source, tuning_job_name=name, wait=False)
+        sagemaker_api.launch_tuning(config, context, source, tuning_job_name=name)
         if records is not None:
             records.record(TUNING_JOB, name)
         if not wait:
@@ -224,7 +222,6 @@ def train(
 
 
 def _model_data_uri(
-    config: ProjectConfig,
     context: AwsContext,
     model_data: str | Path | None,
     reads: ProjectState,
@@ -240,9 +237,9 @@ def _model_data_uri(
     path = Path(model_data)
     if not path.is_file():
         raise LaunchError(f"--model-data {path} is neither an s3:// URI nor a file")
-    uri = context.s3_uri("models", model_name, "model.tar.gz")
-    context.client("s3").upload_file(str(path), context.bucket, uri.split("/", 3)[3])
-    return uri
+    key = context.s3_key("models", model_name, "model.tar.gz")
+    context.client("s3").upload_file(str(path), context.bucket, key)
+    return context.s3_uri("models", model_name, "model.tar.gz")
 
 
 def deploy(
@@ -265,7 +262,7 @@ def deploy(
         _staged(config, "inference") as source,
     ):
         model_name = sagemaker_api.job_name(config, "model")
-        uri = _model_data_uri(config, context, model_data, reads, model_name)
+        uri = _model_data_uri(context, model_data, reads, model_name)
         endpoint_name = sagemaker_api.job_name(config, "endpoint")
         deployment = sagemaker_api.deploy_model(
             config,
@@ -337,11 +334,10 @@ def predict(
             endpoint_name = latest["name"] if latest else f"{config.section('project')['slug']}-endpoint"
         if context.offline is not None:
             context.offline.answer_invocations_with(_fake_answer(config, top_k))
+        invoke = sagemaker_api.endpoint_invoker(context, endpoint_name)
         results = []
         for image, content_type in zip(images, content_types, strict=True):
-            answer = sagemaker_api.invoke_endpoint(
-                context,
-                endpoint_name,
+            answer = invoke(
                 Path(image).read_bytes(),
                 content_type,
                 f"application/json;top_k={top_k}",

@@ -112,7 +112,7 @@ class Workflow:
                 False,
                 connect(config),
                 ProjectState(config.state_dir),
-                config.root / config.section("data")["local_dir"],
+                config.data_dir,
             )
         workdir = Path(os.environ.get(DRY_RUN_DIR_ENV) or config.root / "dry-run" / "notebook").resolve()
         for part in DRY_RUN_PARTS:  # each run starts from nothing, as on a fresh account
@@ -151,13 +151,8 @@ class Workflow:
             )
         if (self.data_dir / data_module.MANIFEST_FILENAME).is_file():
             return data_module.read_manifest(self.data_dir)
-        settings = self.config.section("data")
         return data_module.prepare(
-            settings["url"],
-            self.data_dir,
-            ratios=settings.get("split_ratios", (0.8, 0.1, 0.1)),
-            seed=settings.get("split_seed", 0),
-            download_dir=self.config.root / "data" / "downloads",
+            self.config.section("data")["url"], self.data_dir, **data_module.prepare_options(self.config)
         )
 
     def upload_data(self) -> data_module.UploadResult:
@@ -356,11 +351,9 @@ def _tuning_request_summary(request: dict[str, Any]) -> dict[str, Any]:
         ),
         "requested: ranges": "; ".join(ranges),
         "requested: instances per job": f"{resources.get('InstanceCount')} x {resources.get('InstanceType')}",
-        "requested: fixed hyperparameters": {
-            key: _decoded(value)
-            for key, value in definition["StaticHyperParameters"].items()
-            if not key.startswith(("sagemaker_", "_tuning"))
-        },
+        "requested: fixed hyperparameters": launcher.clean_hyperparameters(
+            definition["StaticHyperParameters"]
+        ),
     }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,8 @@ def rule_collections(
     return collections
 
 
-def debugger_rules(config: ProjectConfig) -> list[Any]:
-    """`Rule.sagemaker` and `ProfilerRule.sagemaker` objects for the configured rule set."""
-    debugger = config.section("debugger")
-    selected = rule_set(config)
+def debugger_rules(selected: RuleSet, debugger: dict[str, Any]) -> list[Any]:
+    """`Rule.sagemaker` and `ProfilerRule.sagemaker` objects for a rule set, at [debugger]'s intervals."""
     rules: list[Any] = []
     for name in selected.debugger:
         base_config = getattr(rule_configs, name)()
@@ -248,7 +247,7 @@ def pytorch_estimator(
     selected = rule_set(config)
     if debugger and (selected.debugger or selected.profiler):
         intervals = config.section("debugger")
-        arguments["rules"] = debugger_rules(config)
+        arguments["rules"] = debugger_rules(selected, intervals)
         arguments["debugger_hook_config"] = (
             DebuggerHookConfig(
                 s3_output_path=aws.s3_uri("debug-output"),
@@ -274,10 +273,8 @@ def pytorch_estimator(
 # --- tuning and training ---------------------------------------------------------------------------
 
 
-def launch_tuning(
-    config: ProjectConfig, aws: AwsContext, source_dir: Path, *, tuning_job_name: str, wait: bool
-) -> None:
-    """Start the tuning job over hpo.py; with `wait`, block (printing progress) until it ends."""
+def launch_tuning(config: ProjectConfig, aws: AwsContext, source_dir: Path, *, tuning_job_name: str) -> None:
+    """Start the tuning job over hpo.py, without waiting (see `wait_for_tuning`)."""
     tuning = config.section("tuning")
     ranges = hyperparameter_ranges(config)
     static = {key: value for key, value in config.script_hyperparameters().items() if key not in ranges}
@@ -288,15 +285,13 @@ def launch_tuning(
         estimator,
         objective_metric_name=tuning["objective_metric_name"],
         hyperparameter_ranges=ranges,
-        metric_definitions=metric_definitions(config),
+        metric_definitions=estimator.metric_definitions,
         objective_type=tuning["objective_type"],
         max_jobs=tuning["max_jobs"],
         max_parallel_jobs=tuning["max_parallel_jobs"],
         early_stopping_type=tuning.get("early_stopping_type", "Off"),
     )
     tuner.fit({DATA_CHANNEL: aws.s3_uri("data")}, job_name=tuning_job_name, wait=False)
-    if wait:
-        tuner.wait()
 
 
 def wait_for_tuning(aws: AwsContext, tuning_job_name: str) -> None:
@@ -387,14 +382,19 @@ def deploy_model(
     return Deployment(model_name, endpoint_name, endpoint_name, model.repacked_model_data or model_data)
 
 
-def invoke_endpoint(
-    aws: AwsContext, endpoint_name: str, payload: bytes, content_type: str, accept: str
-) -> Any:
-    """Send raw image bytes; the endpoint's JSON answer, decoded."""
+def endpoint_invoker(aws: AwsContext, endpoint_name: str) -> Callable[[bytes, str, str], Any]:
+    """`invoke(payload, content_type, accept)`: send raw image bytes, get the JSON answer decoded.
+
+    One session and predictor serve every call; each request carries its own content type.
+    """
     predictor = Predictor(
         endpoint_name,
         sagemaker_session=sagemaker_session(aws),
-        serializer=IdentitySerializer(content_type),
+        serializer=IdentitySerializer(),
         deserializer=JSONDeserializer(),
     )
-    return predictor.predict(payload, initial_args={"ContentType": content_type, "Accept": accept})
+
+    def invoke(payload: bytes, content_type: str, accept: str) -> Any:
+        return predictor.predict(payload, initial_args={"ContentType": content_type, "Accept": accept})
+
+    return invoke
