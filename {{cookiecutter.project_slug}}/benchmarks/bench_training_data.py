@@ -17,6 +17,7 @@ Both loaders get the same images, batch size and number of workers, so the ratio
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import random
 import sys
@@ -28,9 +29,17 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageFilter
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The training scripts' own modules, imported as SageMaker runs them: from the training folder.
-sys.path[:0] = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT)]
+sys.path[:0] = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT), str(PROJECT_ROOT / "src")]
+# The package's name is data (config.toml), as in the tests; its `prepare` writes the pre-resized copy.
+PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
+prepare_dataset = importlib.import_module(f"{PACKAGE}.data").prepare
 
 from data import ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
 from engine import feature_preparer, image_preparer  # noqa: E402
@@ -41,7 +50,7 @@ from torchvision import transforms as v1  # noqa: E402
 from torchvision.io import decode_jpeg  # noqa: E402
 
 from classifier.backbones import build_model, head  # noqa: E402
-from classifier.presets import EvalPreset, TrainPreset, resize_size_for  # noqa: E402
+from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset, resize_size_for  # noqa: E402
 
 
 def photo_like(size: tuple[int, int], rng: random.Random) -> bytes:
@@ -66,16 +75,8 @@ def make_images(root: Path, images: int, classes: int, size: tuple[int, int]) ->
 
 
 def resized_copy(source: Path, destination: Path, shorter_side: int) -> Path:
-    """Same layout, shorter side `shorter_side`: what a pre-resized dataset looks like."""
-    for path in source.rglob("*.jpg"):
-        target = destination / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as image:
-            image.draft("RGB", (shorter_side, shorter_side))
-            scale = shorter_side / min(image.size)
-            image.convert("RGB").resize(
-                (round(image.width * scale), round(image.height * scale)), Image.BICUBIC
-            ).save(target, "JPEG", quality=90)
+    """What `data prepare --resize shorter_side` writes, by the package's own `prepare`."""
+    prepare_dataset(source, destination, resize_to=shorter_side)
     return destination
 
 
@@ -142,7 +143,7 @@ def _seconds(step: Callable[[int], object], count: int) -> float:
 
 def reference_transform() -> v1.Compose:
     return v1.Compose(
-        [v1.RandomResizedCrop(224), v1.ToTensor(), v1.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+        [v1.RandomResizedCrop(224), v1.ToTensor(), v1.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD))]
     )
 
 

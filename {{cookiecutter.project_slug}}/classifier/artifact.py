@@ -63,16 +63,30 @@ def readable_class_name(folder_name: str) -> str:
     return name.replace("_", " ")
 
 
+def atomic_save(obj: object, path: Path) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename it to `path`.
+
+    `path` then holds the old file or the new one whole, never half of one: a spot interruption or
+    a full disk can stop the process mid-write.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """`atomic_save` for text files."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def save_artifact(model_dir: str | Path, model: nn.Module, metadata: ModelMetadata) -> None:
     """Write the weights and metadata; each file appears whole or not at all."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
-    weights_tmp = model_dir / (WEIGHTS_FILENAME + ".tmp")
-    torch.save(model.state_dict(), weights_tmp)
-    weights_tmp.replace(model_dir / WEIGHTS_FILENAME)
-    metadata_tmp = model_dir / (METADATA_FILENAME + ".tmp")
-    metadata_tmp.write_text(metadata.to_json())
-    metadata_tmp.replace(model_dir / METADATA_FILENAME)
+    atomic_save(model.state_dict(), model_dir / WEIGHTS_FILENAME)
+    atomic_write_text(metadata.to_json(), model_dir / METADATA_FILENAME)
 
 
 def load_metadata(model_dir: str | Path) -> ModelMetadata:

@@ -42,25 +42,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_reduced(image: Image.Image, min_side: int) -> Image.Image:
-    """Let the JPEG decoder skip detail we are about to throw away.
+def decode_pixels(image: Image.Image, min_side: int) -> torch.Tensor:
+    """The pixels as uint8 CHW RGB, skipping detail that a resize to `min_side` would throw away.
 
-    `Image.draft` makes libjpeg decode at 1/2, 1/4 or 1/8 scale while the
-    shorter side stays >= `min_side`; it is a no-op for other formats.
-    Returns an RGB image.
+    A JPEG whose shorter side is at least twice `min_side` is decoded at 1/2, 1/4 or 1/8 scale
+    (`Image.draft` makes libjpeg do it) while its shorter side stays >= `min_side`; anything else
+    is decoded whole, by `full_pixels`.
     """
-    if image.format in JPEG_FORMATS:
+    if image.format in JPEG_FORMATS and min(image.size) >= 2 * min_side:
         width, height = image.size
         scale = min(width, height) / max(min_side, 1)
-        if scale >= 2:
-            image.draft("RGB", (int(width / scale), int(height / scale)))
-    return to_rgb(image)
-
-
-def decode_pixels(image: Image.Image, min_side: int) -> torch.Tensor:
-    """`decode_reduced` as a uint8 CHW tensor (JPEGs at full scale through `full_pixels`)."""
-    if image.format in JPEG_FORMATS and min(image.size) >= 2 * min_side:
-        return F.pil_to_tensor(decode_reduced(image, min_side))
+        image.draft("RGB", (int(width / scale), int(height / scale)))
+        return F.pil_to_tensor(to_rgb(image))
     return full_pixels(image)
 
 
@@ -107,11 +100,12 @@ class EvalPreset:
 
 
 class TrainPreset:
-    """Random resized crop and horizontal flip, then the same scaling as `EvalPreset`.
+    """Random resized crop and horizontal flip (`uint8`), then the same scaling as `EvalPreset`.
 
     The same augmentation as torchvision's `RandomResizedCrop` + `RandomHorizontalFlip`, in an
     order that decodes less: the crop box is drawn from the header's size first, then only as
-    much of the JPEG is decoded as that box needs (see `resized_crop`).
+    much of the JPEG is decoded as that box needs (see `resized_crop`). Training always scales
+    whole batches on the device, so there is no per-image call that does both.
     """
 
     def __init__(
@@ -128,9 +122,6 @@ class TrainPreset:
         self.ratio = ratio
         self.hflip_prob = hflip_prob
         self.scaling = Scaling(mean, std)
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.scaling(self.uint8(image))
 
     def uint8(self, image: Image.Image) -> torch.Tensor:
         """The randomly cropped, flipped uint8 CHW image; `scaling` (on one image or a batch) finishes it."""

@@ -28,7 +28,7 @@ import binascii
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import numpy as np
@@ -85,6 +85,11 @@ class LoadedModel:
     metadata: ModelMetadata
     preset: EvalPreset
     device: torch.device
+    # Readable class names in index order, worked out once rather than for every answer.
+    labels: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = [readable_class_name(name) for name in self.metadata.class_names]
 
 
 @dataclass
@@ -99,6 +104,7 @@ class ImageRequest:
 class Prediction:
     logits: torch.Tensor  # (images, classes), float32, on the CPU
     class_names: list[str]  # in index order, from the metadata
+    labels: list[str]  # readable class names, in the same order
     top_k: int | None = None
 
 
@@ -138,7 +144,7 @@ def predict_fn(request: ImageRequest, model: LoadedModel) -> Prediction:
     batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         logits = model.network(batch)
-    return Prediction(logits.float().cpu(), model.metadata.class_names, request.top_k)
+    return Prediction(logits.float().cpu(), model.metadata.class_names, model.labels, request.top_k)
 
 
 def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str]:
@@ -146,7 +152,7 @@ def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str]:
     for media_type, params in _parse_accept(accept or JSON_TYPE):
         if media_type in (JSON_TYPE, "application/*", "*/*"):
             top_k = prediction.top_k if prediction.top_k is not None else _accept_top_k(params)
-            return _encode_json(prediction.logits, prediction.class_names, top_k), JSON_TYPE
+            return _encode_json(prediction, top_k), JSON_TYPE
         if media_type == NPY_TYPE:
             buffer = io.BytesIO()
             np.save(buffer, prediction.logits.numpy(), allow_pickle=False)
@@ -287,14 +293,15 @@ def _decode(image: Image.Image, preset: EvalPreset, index: int) -> torch.Tensor:
 # --- responses --------------------------------------------------------------------------------------
 
 
-def _encode_json(logits: torch.Tensor, class_names: list[str], top_k: int | None) -> bytes:
+def _encode_json(prediction: Prediction, top_k: int | None) -> bytes:
+    logits, class_names, labels = prediction.logits, prediction.class_names, prediction.labels
     k = min(top_k or DEFAULT_TOP_K, logits.shape[1])
     probabilities, indices = torch.softmax(logits, dim=1).topk(k, dim=1)
     predictions = [
         {
             "top_k": [
                 {
-                    "label": readable_class_name(class_names[index]),
+                    "label": labels[index],
                     "class_name": class_names[index],
                     "index": index,
                     "probability": round(probability, 6),

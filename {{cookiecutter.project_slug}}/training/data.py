@@ -70,12 +70,13 @@ def discover_splits(root: Path, num_classes: int | None = None) -> tuple[list[st
         raise DatasetLayoutError(
             f"{root} has no {', '.join(s + '/' for s in missing)} folder; expected {', '.join(SPLITS)}"
         )
-    classes_per_split = {
-        split: sorted(p.name for p in (root / split).iterdir() if p.is_dir() and _image_files(p))
-        for split in SPLITS
-    }
-    class_names = sorted(set().union(*classes_per_split.values()))
-    for split, present in classes_per_split.items():
+    # Each class folder is listed once: its images say whether the class is present, and are the samples.
+    images_per_split: dict[str, dict[str, list[Path]]] = {}
+    for split in SPLITS:
+        listed = {folder.name: _image_files(folder) for folder in (root / split).iterdir() if folder.is_dir()}
+        images_per_split[split] = {name: images for name, images in listed.items() if images}
+    class_names = sorted(set().union(*images_per_split.values()))
+    for split, present in images_per_split.items():
         absent = sorted(set(class_names) - set(present))
         if absent:
             shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
@@ -93,7 +94,7 @@ def discover_splits(root: Path, num_classes: int | None = None) -> tuple[list[st
             [
                 (path, index)
                 for index, name in enumerate(class_names)
-                for path in _image_files(root / split / name)
+                for path in images_per_split[split][name]
             ],
         )
         for split in SPLITS
@@ -139,7 +140,6 @@ class SeededSampler(Sampler):
     def __init__(self, num_samples: int, seed: int, shuffle: bool, distributed: bool) -> None:
         self.seed = seed
         self.epoch = 0
-        self.shuffle = shuffle
         self.generator = torch.Generator()
         indices = range(num_samples)
         if distributed:
@@ -219,9 +219,9 @@ def make_loader(
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
-    sampler = loader.sampler
-    if isinstance(sampler, (SeededSampler, DistributedSampler)):
-        sampler.set_epoch(epoch)
+    """Order and augmentation seeds of `epoch`, for a loader from `make_loader` (others: unchanged)."""
+    if isinstance(loader.sampler, SeededSampler):
+        loader.sampler.set_epoch(epoch)
 
 
 class FailedFiles:

@@ -16,7 +16,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from feature_cache import extract_features
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from classifier.artifact import ModelMetadata, save_artifact
+from classifier.artifact import ModelMetadata, atomic_save, save_artifact
 from classifier.backbones import FINETUNE_MODES, build_model, head, trainable_parameters
 from classifier.presets import EvalPreset, TrainPreset
 
@@ -217,12 +217,13 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Stage:
-    """What one loop runs on: the network (or only its head, on cached features) and the data."""
+    """What every epoch runs: the network (or only its head, on cached features) and its loss."""
 
     module: nn.Module  # what is called on `inputs` (maybe DDP-wrapped)
     prepare: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
-    train_loader: object
-    valid_loader: object
+    criterion: nn.Module
+    amp: bool
+    cluster: Cluster
 
 
 def image_preparer(device: torch.device, scaling: nn.Module, channels_last: bool):
@@ -254,67 +255,67 @@ def set_train_mode(module: nn.Module, finetune: str) -> None:
         module.train()
 
 
-def train_one_epoch(
+def run_epoch(
     stage: Stage,
-    finetune: str,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    amp: bool,
-    cluster: Cluster,
+    loader: Iterable[Batch],
     on_failed: Callable[[list[int]], None],
-    debugger: DebuggerHook,
+    step: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[float, float]:
-    debugger.set_mode("TRAIN")
-    set_train_mode(stage.module, finetune)
-    loss_sum, correct, count = 0.0, 0, 0
-    for batch in stage.train_loader:
-        on_failed(batch.failed)
-        if not len(batch.labels):
-            continue
-        inputs, labels = stage.prepare(batch)
-        with torch.autocast(cluster.device.type, dtype=torch.float16, enabled=amp):
-            logits = stage.module(inputs)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += len(labels)
-    loss_sum, correct, count = cluster.all_sum([loss_sum, correct, count])
-    return loss_sum / max(count, 1), correct / max(count, 1)
+    """Mean loss and accuracy over every process's share of `loader`; `step` (training) gets each loss.
 
-
-@torch.no_grad()
-def evaluate(
-    module: nn.Module,
-    loader,
-    prepare: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
-    criterion: nn.Module,
-    amp: bool,
-    cluster: Cluster,
-    on_failed: Callable[[list[int]], None],
-    debugger: DebuggerHook,
-) -> tuple[float, float]:
-    """Mean loss and accuracy over every process's share of `loader`."""
-    debugger.set_mode("EVAL")
-    module.eval()
+    The caller sets the modes first: the debugger's (its steps are counted per mode) and the module's.
+    """
     loss_sum, correct, count = 0.0, 0, 0
     for batch in loader:
         on_failed(batch.failed)
         if not len(batch.labels):
             continue
-        inputs, labels = prepare(batch)
-        with torch.autocast(cluster.device.type, dtype=torch.float16, enabled=amp):
-            logits = module(inputs)
-            loss = criterion(logits, labels)
+        inputs, labels = stage.prepare(batch)
+        with torch.autocast(stage.cluster.device.type, dtype=torch.float16, enabled=stage.amp):
+            logits = stage.module(inputs)
+            loss = stage.criterion(logits, labels)
+        if step is not None:
+            step(loss)
         loss_sum += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
-    loss_sum, correct, count = cluster.all_sum([loss_sum, correct, count])
+    loss_sum, correct, count = stage.cluster.all_sum([loss_sum, correct, count])
     return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def train_one_epoch(
+    stage: Stage,
+    loader: Iterable[Batch],
+    finetune: str,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    on_failed: Callable[[list[int]], None],
+    debugger: DebuggerHook,
+) -> tuple[float, float]:
+    """One optimiser step per batch; returns the epoch's mean training loss and accuracy."""
+
+    def step(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    debugger.set_mode("TRAIN")
+    set_train_mode(stage.module, finetune)
+    return run_epoch(stage, loader, on_failed, step)
+
+
+@torch.no_grad()
+def evaluate(
+    stage: Stage,
+    loader: Iterable[Batch],
+    on_failed: Callable[[list[int]], None],
+    debugger: DebuggerHook,
+) -> tuple[float, float]:
+    """Mean loss and accuracy over every process's share of `loader`."""
+    debugger.set_mode("EVAL")
+    stage.module.eval()
+    return run_epoch(stage, loader, on_failed)
 
 
 def objective_line(loss: float, accuracy: float, split: str = "validation") -> str:
@@ -350,12 +351,6 @@ def class_weight_tensor(split: SplitFiles, num_classes: int) -> torch.Tensor:
 
 def run_signature(args: argparse.Namespace) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_RESULT_AFFECTING}
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def usable_checkpoint_dir(path: str | None) -> Path | None:
@@ -395,8 +390,8 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
     on_gpu = cluster.device.type == "cuda"
     amp = args.amp and on_gpu
     model = build_model(args.backbone, num_classes, pretrained=args.pretrained, finetune=args.finetune)
-    if on_gpu:
-        model = model.to(cluster.device, memory_format=torch.channels_last)
+    # Moved once. On a GPU channels-last, the layout `image_preparer` gives the batches there.
+    model = model.to(cluster.device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
     train_preset = TrainPreset(args.image_size)
     eval_preset = EvalPreset(args.image_size)
     augment = args.augment and not args.feature_cache
@@ -414,6 +409,10 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
         )
 
     failed = FailedFiles()
+
+    def note_failed(split: str) -> Callable[[list[int]], None]:
+        return lambda indices: failed.add(splits[split], indices)
+
     prepare_images = image_preparer(cluster.device, eval_preset.scaling, channels_last=on_gpu)
     train_transform = train_preset.uint8 if augment else eval_preset.uint8
     weights = class_weight_tensor(splits["train"], num_classes) if args.class_weights else None
@@ -422,14 +421,13 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
     if args.feature_cache:
         # The frozen backbone runs once per image; the loop then trains the head alone.
         t0 = time.perf_counter()
-        model.to(cluster.device)
         features = {
             split: extract_features(
                 model,
                 head(model),
                 loader(split, False, args.test_batch_size, eval_preset.uint8),
                 prepare_images,
-                lambda idx, split=split: failed.add(splits[split], idx),
+                note_failed(split),
             )
             for split in (("train", "valid", "test") if evaluate_test else ("train", "valid"))
         }
@@ -456,7 +454,7 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
         valid_loader = feature_loader("valid", False, args.test_batch_size)
         test_loader = feature_loader("test", False, args.test_batch_size) if evaluate_test else None
     else:
-        trained = model.to(cluster.device)
+        trained = model
         prepare = prepare_images
         train_loader = loader("train", True, args.batch_size, train_transform)
         valid_loader = loader("valid", False, args.test_batch_size, eval_preset.uint8)
@@ -469,7 +467,7 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
         if cluster.distributed
         else trained
     )
-    stage = Stage(module, prepare, train_loader, valid_loader)
+    stage = Stage(module, prepare, criterion, amp, cluster)
     optimizer = make_optimizer(args, trainable_parameters(trained))
     scheduler = make_scheduler(args, optimizer)
     scaler = torch.amp.GradScaler(cluster.device.type, enabled=amp)
@@ -509,9 +507,6 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
             if state.get("stopped_early"):
                 start_epoch = args.epochs
 
-    def note_failed(split: str) -> Callable[[list[int]], None]:
-        return lambda indices: failed.add(splits[split], indices)
-
     # ---- the loop
     best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(start_epoch, args.epochs):
@@ -519,11 +514,9 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
         torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout etc.: same after a restart
         set_loader_epoch(train_loader, epoch)
         train_loss, train_accuracy = train_one_epoch(
-            stage, args.finetune, criterion, optimizer, scaler, amp, cluster, note_failed("train"), debugger
+            stage, train_loader, args.finetune, optimizer, scaler, note_failed("train"), debugger
         )
-        valid_loss, valid_accuracy = evaluate(
-            module, valid_loader, prepare, criterion, amp, cluster, note_failed("valid"), debugger
-        )
+        valid_loss, valid_accuracy = evaluate(stage, valid_loader, note_failed("valid"), debugger)
         scheduler.step()
         history.append({"loss": valid_loss, "accuracy": valid_accuracy})
         log(
@@ -535,13 +528,13 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
         if valid_loss < best["loss"] - args.min_delta:
             best, stale_epochs = {"loss": valid_loss, "accuracy": valid_accuracy, "epoch": epoch}, 0
             if cluster.is_main and checkpoint_dir:
-                _atomic_save(trained.state_dict(), checkpoint_dir / BEST_FILENAME)
+                atomic_save(trained.state_dict(), checkpoint_dir / BEST_FILENAME)
             best_state = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
         else:
             stale_epochs += 1
         stop = args.patience > 0 and stale_epochs >= args.patience
         if cluster.is_main and checkpoint_dir:
-            _atomic_save(
+            atomic_save(
                 {
                     "model": trained.state_dict(),
                     "optimizer": optimizer.state_dict(),
@@ -580,9 +573,7 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
         "epochs_run": len(history),
     }
     if test_loader is not None:
-        test_loss, test_accuracy = evaluate(
-            module, test_loader, prepare, criterion, amp, cluster, note_failed("test"), debugger
-        )
+        test_loss, test_accuracy = evaluate(stage, test_loader, note_failed("test"), debugger)
         log(objective_line(test_loss, test_accuracy, split="test"), flush=True)
         result.update(test_loss=test_loss, test_accuracy=test_accuracy)
     if debugger.active:
@@ -600,8 +591,7 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
             backbone=args.backbone,
             num_classes=num_classes,
             class_names=class_names,
-            image_size=args.image_size,
-            resize_size=eval_preset.resize_size,
+            image_size=args.image_size,  # resize_size follows from it, as for `eval_preset`
             finetune=args.finetune,
             training={**result, "hyperparameters": run_signature(args)},
         )

@@ -142,11 +142,14 @@ def _toolkit_error_types(handler: ModuleType) -> tuple[type[BaseException], ...]
     return tuple(types)
 
 
-def _call_handler(function: Callable[..., Any], *args: Any) -> Any:
-    """Call a handler function as the toolkit does: with a trailing context argument if it takes one."""
-    if len(inspect.signature(function).parameters) == len(args) + 1:
-        return function(*args, None)
-    return function(*args)
+def _bind_handler(function: Callable[..., Any], num_args: int) -> Callable[..., Any]:
+    """`function` as the toolkit calls it: given a trailing context argument if it takes `num_args` + 1.
+
+    Bound once per server, so a request does not inspect the signature again.
+    """
+    if len(inspect.signature(function).parameters) == num_args + 1:
+        return lambda *args: function(*args, None)
+    return function
 
 
 # --- the server -------------------------------------------------------------------------------------
@@ -166,6 +169,9 @@ class LocalEndpoint(ThreadingHTTPServer):
         self.model = model
         self._workdir = workdir
         self._error_types = _toolkit_error_types(handler)
+        self._input_fn = _bind_handler(handler.input_fn, 2)
+        self._predict_fn = _bind_handler(handler.predict_fn, 2)
+        self._output_fn = _bind_handler(handler.output_fn, 2)
         super().__init__(address, _RequestHandler)
 
     @property
@@ -188,9 +194,9 @@ class LocalEndpoint(ThreadingHTTPServer):
             accept = os.environ.get(DEFAULT_ACCEPT_ENV, JSON_TYPE)
         try:
             data: bytes | str = body.decode("utf-8") if content_type in UTF8_TYPES else body
-            request = _call_handler(self.handler.input_fn, data, content_type)
-            prediction = _call_handler(self.handler.predict_fn, request, self.model)
-            result = _call_handler(self.handler.output_fn, prediction, accept)
+            request = self._input_fn(data, content_type)
+            prediction = self._predict_fn(request, self.model)
+            result = self._output_fn(prediction, accept)
         except self._error_types as error:
             logger.info("%s %s", error.status_code, error.message)
             return error.status_code, str(error.message).encode("utf-8"), JSON_TYPE
@@ -268,7 +274,7 @@ def make_server(
     try:
         model_dir, code_dir = prepare_model_dir(Path(model_data), workdir, project_root)
         handler = load_handler(code_dir)
-        model = _call_handler(handler.model_fn, str(model_dir))
+        model = _bind_handler(handler.model_fn, 1)(str(model_dir))
         try:
             return LocalEndpoint((host, port), handler, model, workdir)
         except OSError as error:  # port taken, address not on this machine, ...

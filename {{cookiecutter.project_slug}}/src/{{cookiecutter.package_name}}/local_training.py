@@ -189,7 +189,6 @@ def training_environment(base_dir: Path, entry_point: str, code_dir: Path) -> di
     env.update({f"hp_{name}": value for name, value in hps.items()})
     variables = {f"SM_{key.upper()}": _env_value(value) for key, value in env.items()}
     variables["SAGEMAKER_BASE_DIR"] = str(base_dir)
-    variables["SM_CURRENT_HOST"] = resource["current_host"]
     return variables
 
 
