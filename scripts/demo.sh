@@ -22,7 +22,7 @@ echo "==> generating a small dataset (4 classes of 48x40 JPEGs)"
 "$CLI" data synthetic data/synthetic --classes 4 --size 48x40 --per-class 10,3,3
 
 echo "==> training locally under the SageMaker contract (4 epochs, all layers, no pretrained download)"
-"$CLI" train --local --data data/synthetic --out runs/demo \
+"$CLI" train --local --data data/synthetic --run-dir runs/demo \
     --hp epochs=4 --hp pretrained=false --hp finetune=full --hp num_classes=4 --hp image_size=32 \
     --hp batch_size=8 --hp test_batch_size=8 --hp lr=0.0003 --hp augment=false
 

@@ -64,9 +64,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def training_source(tmp_path_factory) -> Path:
-    """training/ + classifier/, exactly as uploaded in sourcedir.tar.gz."""
-    return stage_sources(PROJECT_ROOT, "training", tmp_path_factory.mktemp("staged") / "training")
+def training_source(tmp_path_factory, project_config) -> Path:
+    """sourcedir.tar.gz as the estimator uploads it (training/ + classifier/), extracted as the toolkit does."""
+    import tarfile
+
+    folder = tmp_path_factory.mktemp("staged")
+    archive = project_module("sagemaker_api").training_source_archive(project_config, folder / "sourcedir.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder / "training", filter="data")
+    return folder / "training"
 
 
 @pytest.fixture(scope="session")

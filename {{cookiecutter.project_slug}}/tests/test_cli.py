@@ -82,14 +82,15 @@ def test_missing_credentials_is_one_line_naming_what_to_set(project):
 
 
 def test_missing_role_names_the_setting(project, monkeypatch):
-    aws = project_module("aws")
     sagemaker_api = project_module("sagemaker_api")
-    monkeypatch.setattr(sagemaker_api, "execution_role", lambda session: None)
-    config = ProjectConfig.load(project)
-    if config.aws["role_arn"]:
-        pytest.skip("this render sets a role")
-    with pytest.raises(aws.AwsSetupError, match=r"role_arn in config.toml or \$SAGEMAKER_ROLE_ARN"):
-        aws._resolve_real_role(config, boto_session=None)
+    context = project_module("context")
+
+    def outside_sagemaker(session):
+        raise ValueError("The current AWS identity is not a role")
+
+    monkeypatch.setattr(sagemaker_api.sagemaker, "get_execution_role", outside_sagemaker)
+    with pytest.raises(context.AwsSetupError, match=r"role_arn in config.toml or \$SAGEMAKER_ROLE_ARN"):
+        sagemaker_api._execution_role(boto_session=None)
 
 
 def test_no_project_is_a_clear_error(tmp_path, monkeypatch):
@@ -101,40 +102,65 @@ def test_no_project_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_train_dry_run_writes_requests_and_uploads(project, tmp_path):
-    result = run(project, "train", "--dry-run", "--out", str(tmp_path), "--hp", "lr=0.02", "--no-tuned")
+    dry = str(tmp_path)
+    result = run(project, "train", "--dry-run", "--dry-run-dir", dry, "--hp", "lr=0.02", "--no-tuned")
     assert result.exit_code == 0, result.output
-    calls = json.loads((tmp_path / "requests.json").read_text())
+    calls = json.loads((tmp_path / "aws" / "requests.json").read_text())
     (job,) = [call["params"] for call in calls if call["operation"] == "CreateTrainingJob"]
     assert json.loads(job["HyperParameters"]["lr"]) == 0.02
-    assert list((tmp_path / "s3").rglob("sourcedir.tar.gz"))
+    assert list((tmp_path / "aws" / "s3").rglob("sourcedir.tar.gz"))
     assert "CreateTrainingJob" in result.output
+    assert "captured, not run" in result.output
+    assert "InProgress" not in result.output and "Completed" not in result.output
+
+
+def test_dry_run_commands_chain_like_real_ones(project, tiny_dataset, tmp_path):
+    """tune -> train -> deploy -> predict -> status -> teardown, each its own command, all --dry-run."""
+    dry = ["--dry-run", "--dry-run-dir", str(tmp_path)]
+    image = next((tiny_dataset / "valid").rglob("*.jpg"))
+    outputs = {}
+    for command in (["tune"], ["train"], ["deploy"], ["predict", str(image)], ["status"], ["teardown"]):
+        result = run(project, *command, *dry)
+        assert result.exit_code == 0, f"{command}: {result.output}"
+        outputs[command[0]] = result.output
+    assert "captured, not run" in outputs["tune"] and "InProgress" not in outputs["tune"]
+    assert "No finished training job" not in outputs["tune"] + outputs["train"]
+    assert "captured, not run: no model answered" in outputs["predict"]
+    assert "endpoint" in outputs["status"] and "captured, not run" in outputs["status"]
+    assert "deleted" in outputs["teardown"]
+    # The real project state is untouched.
+    assert ProjectState(ProjectConfig.load(project).state_dir).resources() == []
 
 
 def test_train_uses_the_recorded_best_hyperparameters(project, tmp_path):
     config = ProjectConfig.load(project)
     state = ProjectState(tmp_path / "state")
     state.set_value(launcher.BEST_HYPERPARAMETERS, {"hyperparameters": {"lr": 0.0042, "batch_size": 60}})
-    assert launcher.best_hyperparameters(config, state) == {"lr": 0.0042, "batch_size": 60}
+    assert launcher.best_hyperparameters(state) == {"lr": 0.0042, "batch_size": 60}
+    merged = launcher.training_hyperparameters(config, state, {"lr": 0.1})
+    assert (merged["lr"], merged["batch_size"]) == (0.1, 60)
+    untuned = launcher.training_hyperparameters(config, state, use_tuned=False)
+    assert untuned["batch_size"] == config.hyperparameters["batch_size"]
 
 
-def test_predict_dry_run_prints_the_breeds(project, tiny_dataset, tmp_path):
+def test_predict_dry_run_without_an_endpoint_says_what_to_do(project, tiny_dataset, tmp_path):
     image = next((tiny_dataset / "valid").rglob("*.jpg"))
-    result = run(project, "predict", str(image), "--top-k", "2", "--dry-run", "--out", str(tmp_path))
-    assert result.exit_code == 0, result.output
-    assert "dry run class 1" in result.output
-    assert "InvokeEndpoint" in result.output
+    result = run(project, "predict", str(image), "--dry-run", "--dry-run-dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert "no endpoint recorded for this project; run `deploy`" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_predict_refuses_what_is_not_an_image(project, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    result = run(project, "predict", str(text), "--dry-run", "--out", str(tmp_path / "out"))
+    result = run(project, "predict", str(text), "--dry-run", "--dry-run-dir", str(tmp_path / "out"))
     assert result.exit_code == 1
-    assert "not a JPEG or PNG" in result.output
+    assert "not an image file by its name" in result.output
 
 
 def test_teardown_dry_run_with_nothing_recorded(project, tmp_path):
-    result = run(project, "teardown", "--dry-run", "--out", str(tmp_path))
+    result = run(project, "teardown", "--dry-run", "--dry-run-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "nothing to tear down" in result.output
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import project_module
+from conftest import TINY_TRAINING, project_module
 from launch_helpers import (
     archive_names,
     archive_text,
@@ -25,7 +25,7 @@ from launch_helpers import (
 
 launcher = project_module("launcher")
 dryrun = project_module("dryrun")
-aws_module = project_module("aws")
+open_session = project_module("session").open_session
 ProjectConfig = project_module("config").ProjectConfig
 ProjectState = project_module("state").ProjectState
 
@@ -72,27 +72,30 @@ def no_real_credentials():
 @pytest.fixture(scope="module")
 def tune_run(config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dry-tune")
-    result = launcher.tune(config, dry_run_dir=out)
-    assert result.status == "InProgress"
+    with open_session(config, dry_run=True, folder=out) as session:
+        result = launcher.tune(config, session)
+    assert result.status == "captured, not run"
     return out
 
 
 @pytest.fixture(scope="module")
 def train_run(config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dry-train")
-    launcher.train(config, dry_run_dir=out)
+    with open_session(config, dry_run=True, folder=out) as session:
+        launcher.train(config, session)
     return out
 
 
 @pytest.fixture(scope="module")
 def deploy_run(config, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dry-deploy")
-    launcher.deploy(config, model_archive(out.parent / "model.tar.gz"), dry_run_dir=out)
+    with open_session(config, dry_run=True, folder=out) as session:
+        launcher.deploy(config, session, model_archive(out.parent / "model.tar.gz"))
     return out
 
 
 def requests_of(out: Path) -> list[dict]:
-    return dryrun.load_requests(out)
+    return dryrun.load_requests(out / "aws")
 
 
 @pytest.mark.parametrize("run", ["tune_run", "train_run", "deploy_run"])
@@ -105,6 +108,9 @@ def test_every_request_is_valid_for_botocore(run, request):
 
 def test_nothing_was_recorded_in_the_project_state(config, tune_run, train_run, deploy_run):
     assert ProjectState(config.state_dir).resources() == []
+    # ... but in the dry run's own state, where the next dry-run command finds it.
+    assert [item["kind"] for item in ProjectState(tune_run / "state").resources()] == ["tuning-job"]
+    assert [item["kind"] for item in ProjectState(train_run / "state").resources()] == ["training-job"]
 
 
 # --- tune -----------------------------------------------------------------------------------------
@@ -149,9 +155,8 @@ def test_tuning_job_carries_the_configured_search(config, tune_run):
 def test_tuning_source_archive_holds_what_the_container_runs(tune_run):
     job = only(requests_of(tune_run), "CreateHyperParameterTuningJob")
     uri = json.loads(job["TrainingJobDefinition"]["StaticHyperParameters"]["sagemaker_submit_directory"])
-    names = archive_names(s3_object(tune_run, uri))
+    names = archive_names(s3_object(tune_run / "aws", uri))
     assert {"hpo.py", "train_model.py", "requirements.txt", "classifier/__init__.py"} <= names
-    assert "smdebug" in requirements(archive_text(s3_object(tune_run, uri), "requirements.txt"))
 
 
 # --- train ----------------------------------------------------------------------------------------
@@ -244,14 +249,15 @@ def test_deployment_repacks_the_model_with_the_inference_sources(config, deploy_
         assert container["Image"] == images["image_uri"]
     else:
         assert f"pytorch-inference:{images['framework_version']}-" in container["Image"]
-    repacked = s3_object(deploy_run, container["ModelDataUrl"])
+    repacked = s3_object(deploy_run / "aws", container["ModelDataUrl"])
     names = archive_names(repacked)
+    # The SDK's `dependencies=` puts the shared package under code/lib/ (inference.py adds it to sys.path).
     assert {
         "model.pth",
         "metadata.json",
         "code/inference.py",
         "code/requirements.txt",
-        "code/classifier/__init__.py",
+        "code/lib/classifier/__init__.py",
     } <= names
     assert not any(name.startswith("code/training") or name.endswith("hpo.py") for name in names)
     assert "smdebug" not in requirements(archive_text(repacked, "code/requirements.txt"))
@@ -260,39 +266,110 @@ def test_deployment_repacks_the_model_with_the_inference_sources(config, deploy_
     assert (variant["InstanceType"], variant["InitialInstanceCount"]) == (machines["type"], machines["count"])
 
 
-# --- predict and teardown, sharing one offline session -------------------------------------------
+# --- the chain: each dry-run step finds what the one before it "created" -------------------------
 
 
-def test_predict_sends_raw_image_bytes_and_reads_the_top_k(config, tiny_dataset, tmp_path):
+def test_dry_runs_chain_from_tuning_to_teardown_across_sessions(config, tiny_dataset, tmp_path):
+    """Each step in its own session, as separate CLI commands are: the offline AWS remembers."""
     image = next((tiny_dataset / "test").rglob("*.jpg"))
-    results = launcher.predict(config, [image], endpoint_name="some-endpoint", top_k=3, dry_run_dir=tmp_path)
-    assert results[0]["image"] == str(image)
-    assert len(results[0]["top_k"]) == min(3, config.model["num_classes"])
-    call = only(dryrun.load_requests(tmp_path), "InvokeEndpoint")
-    assert call["EndpointName"] == "some-endpoint"
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        assert launcher.tune(config, session).status == "captured, not run"
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        training = launcher.train(config, session)
+        assert training.status == "captured, not run"
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        # No --model-data: the last trained model, a labelled stand-in in the offline S3.
+        deployment = launcher.deploy(config, session)
+    model = only(requests_of(tmp_path), "CreateModel")["PrimaryContainer"]["ModelDataUrl"]
+    # What the training job "made", repacked with the inference code as for a real model.
+    assert {dryrun.STAND_IN_MODEL_NOTE, "code/inference.py"} <= archive_names(
+        s3_object(tmp_path / "aws", model)
+    )
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        (prediction,) = launcher.predict(config, session, [image], top_k=3)
+        statuses = {item["kind"]: item["status"] for item in launcher.status(config, session)}
+    assert prediction["top_k"] == [] and prediction["status"] == "captured, not run"
+    call = only(requests_of(tmp_path), "InvokeEndpoint")
+    assert call["EndpointName"] == deployment.endpoint_name
     assert call["ContentType"] == "image/jpeg"
     assert call["Accept"] == "application/json;top_k=3"
     assert call["Body"] == f"<{image.stat().st_size} bytes>"
+    assert set(statuses.values()) == {"captured, not run"}
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        actions = launcher.teardown(config, session)
+        client = session.aws.client("sagemaker")
+        assert client.list_endpoints()["Endpoints"] == []
+    assert {(kind, outcome) for kind, _, outcome in actions} == {
+        ("endpoint", "deleted"),
+        ("endpoint-config", "deleted"),
+        ("model", "deleted"),
+    }
+    assert ProjectState(config.state_dir).resources() == []
+
+
+def test_deploy_of_a_missing_model_is_one_line_naming_it(config, tmp_path):
+    missing = "s3://nowhere-bucket/output/job/output/model.tar.gz"
+    with (
+        open_session(config, dry_run=True, folder=tmp_path) as session,
+        pytest.raises(launcher.LaunchError, match=f"{missing} does not exist"),
+    ):
+        launcher.deploy(config, session, missing)
 
 
 def test_teardown_removes_exactly_what_deploy_created(config, tmp_path):
-    state = ProjectState(tmp_path / "state")
-    state.record("endpoint", "someone-elses-endpoint-that-is-gone")
-    with aws_module.offline(config, tmp_path / "out") as aws:
-        deployment = launcher.deploy(config, model_archive(tmp_path / "model.tar.gz"), aws=aws, state=state)
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        session.state.record("endpoint", "someone-elses-endpoint-that-is-gone")
+        deployment = launcher.deploy(config, session, model_archive(tmp_path / "model.tar.gz"))
         created = {
             "endpoint": deployment.endpoint_name,
             "endpoint-config": deployment.endpoint_config_name,
             "model": deployment.model_name,
         }
-        assert {r["kind"]: r["name"] for r in state.resources() if r["name"] in created.values()} == created
-        actions = launcher.teardown(config, aws=aws, state=state)
-        client = aws.client("sagemaker")
+        resources = session.state.resources()
+        assert {r["kind"]: r["name"] for r in resources if r["name"] in created.values()} == created
+        actions = launcher.teardown(config, session)
+        client = session.aws.client("sagemaker")
         assert client.list_endpoints()["Endpoints"] == []
         assert client.list_endpoint_configs()["EndpointConfigs"] == []
         assert client.list_models()["Models"] == []
-        calls = list(aws.offline.calls)
+        calls = list(session.offline.calls)
+        assert session.state.resources() == []
     assert {(kind, name) for kind, name, outcome in actions if outcome == "deleted"} == set(created.items())
     assert ("endpoint", "someone-elses-endpoint-that-is-gone", "already gone") in actions
     assert len(calls_of(calls, "DeleteEndpoint")) == 2
-    assert state.resources() == []
+
+
+def test_a_hand_written_estimator_over_training_runs_hpo_under_the_toolkit(config, tiny_dataset, tmp_path):
+    """`PyTorch(source_dir="training", dependencies=["classifier"])`, as a notebook author writes it:
+    the archive the SDK uploads runs hpo.py under the training toolkit."""
+    from sagemaker.pytorch import PyTorch
+
+    local_training = project_module("local_training")
+    sagemaker_api = project_module("sagemaker_api")
+    with open_session(config, dry_run=True, folder=tmp_path / "dry") as session:
+        estimator = PyTorch(
+            entry_point="hpo.py",
+            source_dir=str(config.root / "training"),
+            dependencies=[str(config.root / "classifier")],
+            role=session.aws.role_arn,
+            sagemaker_session=sagemaker_api.sagemaker_session(session.aws),
+            instance_type="ml.m5.large",
+            instance_count=1,
+            framework_version="2.8.0",
+            py_version="py312",
+            hyperparameters={"epochs": 1},
+        )
+        estimator.fit({"training": session.aws.s3_uri("data")}, wait=False, logs="None")
+    job = only(requests_of(tmp_path / "dry"), "CreateTrainingJob")
+    uri = json.loads(job["HyperParameters"]["sagemaker_submit_directory"])
+    archive = s3_object(tmp_path / "dry" / "aws", uri)
+    run = tmp_path / "run"
+    model = local_training.run_toolkit(
+        archive,
+        "hpo.py",
+        {**TINY_TRAINING, "epochs": 1, "backbone": "resnet18", "finetune": "full"},
+        tiny_dataset,
+        run,
+    )
+    assert {"model.pth", "metadata.json"} <= archive_names(model)
+    assert "validation:loss=" in (run / "training.log").read_text()

@@ -1,4 +1,4 @@
-"""train_and_deploy.ipynb: a thin, stripped, Jinja-free driver, executed top to bottom in dry-run mode."""
+"""train_and_deploy.ipynb: a thin, stripped driver of the package, executed top to bottom in dry-run mode."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import nbclient
 import nbformat
 import pytest
-from conftest import PROJECT_ROOT, project_module
+from conftest import PACKAGE, PROJECT_ROOT, project_module
 
 NOTEBOOK = PROJECT_ROOT / "train_and_deploy.ipynb"
 MAX_CODE_LINES = 15
@@ -37,11 +37,14 @@ def test_notebook_is_valid_stripped_and_runs_on_python3(notebook):
         assert cell.outputs == [] and cell.execution_count is None
 
 
-def test_notebook_is_not_a_template(notebook):
-    # Copied without rendering: project values are read from config.toml when it runs.
+def test_notebook_is_rendered_into_plain_python(notebook):
+    # Rendered once by the template (the package's name); nothing of the template engine is left.
     for cell in notebook.cells:
         for marker in JINJA_MARKERS:
             assert marker not in cell.source, cell.source
+    sources = "\n".join(cell.source for cell in code_cells(notebook))
+    assert f"from {PACKAGE} import" in sources
+    assert "import_module" not in sources
 
 
 def test_cells_are_thin_and_leave_the_sdk_to_the_package(notebook):
@@ -58,25 +61,12 @@ def test_first_code_cell_is_the_dry_run_switch_and_the_last_tears_down(notebook)
     assert notebook.cells[-2].cell_type == "markdown" and "Tear down" in notebook.cells[-2].source
 
 
-def test_dry_run_config_saves_every_step_and_leaves_the_rest(project_config):
-    notebook_module = project_module("notebook")
-    config = notebook_module.dry_run_config(project_config)
-    assert config.section("debugger")["train_save_interval"] == 1
-    assert config.section("debugger")["eval_save_interval"] == 1
-    assert config.section("debugger")["rule_set"] == project_config.section("debugger")["rule_set"]
-    # The session's config is not changed underneath the AWS steps.
-    assert project_config.section("debugger") == type(project_config).load(project_config.root).section(
-        "debugger"
-    )
-    assert config.model == project_config.model
-
-
 def test_cost_table_total_matches_the_estimate(project_config):
-    notebook_module = project_module("notebook")
+    tables = project_module("tables")
     costs = project_module("costs")
-    table = notebook_module.cost_table(project_config, endpoint_hours=5)
+    table = tables.frame(tables.cost_rows(project_config, endpoint_hours=5), index="step")
     expected = costs.total(costs.estimate(project_config, endpoint_hours=5))
-    assert table.loc["total", "USD (at most)"] == pytest.approx(round(expected, 2))
+    assert float(table.loc["total", "USD (at most)"]) == pytest.approx(round(expected, 2))
     assert list(table.index) == ["tuning", "training", "endpoint", "total"]
 
 
@@ -118,7 +108,7 @@ def test_notebook_runs_top_to_bottom_offline(notebook, tmp_path, monkeypatch):
     if project_module("config").ProjectConfig.load(PROJECT_ROOT).section("debugger")["rule_set"] != "none":
         assert "not evaluated offline" in text
     # The predictions name the generated classes (readable names, as the endpoint answers them).
-    prediction_cell = next(cell for cell in cells if "predictions_table" in cell.source)
+    prediction_cell = next(cell for cell in cells if "predictions_rows" in cell.source)
     assert re.search(r"Class 00[123]", _outputs_text(prediction_cell))
 
     calls = json.loads((dry_run_dir / "aws" / "requests.json").read_text())

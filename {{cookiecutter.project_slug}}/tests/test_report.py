@@ -179,13 +179,15 @@ def test_cli_report_local_prints_and_plots_the_curves(project, saved_losses, tmp
 @pytest.mark.slow
 def test_dry_run_job_reports_its_configured_rules_as_not_evaluated(project_config, tmp_path):
     """moto drops the profiler rules from DescribeTrainingJob; the report takes them from the request."""
-    aws = project_module("aws")
     launcher = project_module("launcher")
     sagemaker_api = project_module("sagemaker_api")
-    state = project_module("state").ProjectState(tmp_path / "state")
-    with aws.offline(project_config, tmp_path / "dry") as context:
-        job = launcher.train(project_config, aws=context, state=state).training_job_name
-        result = report.training_report(context, job)
+    open_session = project_module("session").open_session
+    with open_session(project_config, dry_run=True, folder=tmp_path) as session:
+        job = launcher.train(project_config, session).training_job_name
+    # The next session (e.g. `report --dry-run` after `train --dry-run`) still knows the job.
+    with open_session(project_config, dry_run=True, folder=tmp_path) as session:
+        result = report.training_report(session, job)
+        context = session.aws
     rules = sagemaker_api.rule_set(project_config)
     assert len(result.verdicts) == len(rules.debugger) + len(rules.profiler)
     assert {v.status for v in result.verdicts} <= {report.NOT_EVALUATED_OFFLINE}

@@ -1,9 +1,10 @@
-"""The command line: thin click commands over the package's plain functions.
+"""The command line: thin click commands over the launcher's plain functions.
 
-Every command that touches AWS takes `--dry-run [--out DIR]`: it then runs the
-same code against an offline AWS and writes DIR/requests.json and DIR/s3/.
-Heavy imports (the SageMaker SDK, torch, moto) happen inside the commands, so
-`--help` stays fast. Expected failures end with one line, never a traceback.
+Every command that touches AWS takes `--dry-run`: it then opens the same session on the offline AWS,
+whose record lives in `dry-run/` (or `--dry-run-dir`) and carries over from one command to the next, so
+`tune --dry-run`, `train --dry-run`, `deploy --dry-run`, `predict --dry-run`, `teardown --dry-run` chain
+as they do for real. Heavy modules (the SageMaker SDK, torch, moto) are imported inside the commands
+that use them, so `--help` stays fast. Expected failures end with one line, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -20,34 +22,41 @@ from rich.table import Table
 
 from . import __version__
 from .config import ConfigError, ProjectConfig
+from .context import CAPTURED, AwsSetupError
 
-console = Console()
+if TYPE_CHECKING:
+    from .session import Session
+
+# soft_wrap: job names and s3:// URIs stay whole on one line, to copy and to grep.
+console = Console(soft_wrap=True)
 
 
 def _expected_error_types() -> tuple[type[BaseException], ...]:
-    from .aws import AwsSetupError
+    # Imported when an error happens, not at start-up: these modules pull in the SDK, PIL and torch.
+    import botocore.exceptions
+
     from .data import DataError
     from .launcher import LaunchError
+    from .local_endpoint import LocalEndpointError
+    from .local_training import LocalTrainingError
 
-    types: list[type[BaseException]] = [ConfigError, AwsSetupError, DataError, LaunchError]
-    try:
-        import botocore.exceptions
-
-        types += [botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError]
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        pass
-    try:
-        from .local_endpoint import LocalEndpointError
-        from .local_training import LocalTrainingError
-
-        types += [LocalEndpointError, LocalTrainingError]
-    except ImportError:
-        pass
-    return tuple(types)
+    return (
+        ConfigError,
+        AwsSetupError,
+        DataError,
+        LaunchError,
+        LocalEndpointError,
+        LocalTrainingError,
+        botocore.exceptions.BotoCoreError,
+        botocore.exceptions.ClientError,
+    )
 
 
 class ProjectGroup(click.Group):
-    """Turns the package's expected errors into one-line `click.ClickException`s."""
+    """Lists commands in the order of the flow; turns expected errors into one-line `ClickException`s."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -62,34 +71,38 @@ class ProjectGroup(click.Group):
 
 
 def _config(ctx: click.Context) -> ProjectConfig:
-    """config.toml, loaded on first use so that `<command> --help` works outside a project."""
+    """config.toml, loaded (and validated) on first use so that `<command> --help` works outside a project."""
     root = ctx.find_root()
     if not isinstance(root.obj, ProjectConfig):
         root.obj = ProjectConfig.load(root.obj)
     return root.obj
 
 
-def _dry_run_dir(config: ProjectConfig, dry_run: bool, out: Path | None, command: str) -> Path | None:
-    if not dry_run:
-        return None
-    return Path(out) if out else config.root / "dry-run" / command
+@contextlib.contextmanager
+def _session(config: ProjectConfig, dry_run: bool, dry_run_dir: Path | None) -> Iterator[Session]:
+    """The command's session; after a dry run, the table of what it captured."""
+    from .session import open_session
+
+    with open_session(config, dry_run=dry_run, folder=dry_run_dir) as session:
+        yield session
+    if session.offline is not None:
+        _report_dry_run(session)
 
 
-def _report_dry_run(folder: Path) -> None:
-    from .dryrun import S3_FOLDER, load_requests
+def _report_dry_run(session: Session) -> None:
+    from .dryrun import REQUESTS_FILENAME, S3_FOLDER
 
-    calls = load_requests(folder)
-    table = Table(title=f"dry run: {len(calls)} AWS calls (nothing was sent)")
+    assert session.offline is not None
+    calls = session.offline.calls
+    table = Table(title=f"dry run: {len(calls)} AWS calls {CAPTURED} (nothing was sent)")
     table.add_column("#", justify="right")
     table.add_column("service")
     table.add_column("operation")
     for number, call in enumerate(calls, 1):
         table.add_row(str(number), call["service"], call["operation"])
     console.print(table)
-    uploads = sorted(path for path in (folder / S3_FOLDER).rglob("*") if path.is_file())
-    for path in uploads:
-        console.print(f"  uploaded  s3://{path.relative_to(folder / S3_FOLDER).as_posix()}")
-    console.print(f"requests: {folder / 'requests.json'}   objects: {folder / S3_FOLDER}/")
+    folder = session.offline.folder
+    console.print(f"requests: {folder / REQUESTS_FILENAME}   offline S3: {folder / S3_FOLDER}/")
 
 
 def _parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
@@ -108,10 +121,12 @@ def _parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 def dry_run_options(command: Any) -> Any:
     command = click.option(
-        "--out", type=click.Path(path_type=Path), help="Dry run: where to write requests.json and s3/."
+        "--dry-run-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Dry run: where its record is kept (default: dry-run/ in the project).",
     )(command)
     return click.option(
-        "--dry-run", is_flag=True, help="Run offline against a mocked AWS and record every request."
+        "--dry-run", is_flag=True, help="Capture every request on an offline AWS; nothing is sent or run."
     )(command)
 
 
@@ -195,16 +210,16 @@ def data_synthetic(out: Path, num_classes: int, size: str, per_class: str, seed:
 @click.argument("data_dir", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @dry_run_options
 @click.pass_context
-def data_upload(ctx: click.Context, data_dir: Path | None, dry_run: bool, out: Path | None) -> None:
+def data_upload(ctx: click.Context, data_dir: Path | None, dry_run: bool, dry_run_dir: Path | None) -> None:
     """Copy DATA_DIR (default: [data] local_dir) to s3://<bucket>/<prefix>/data/, skipping unchanged files."""
-    from . import data as data_module
+    from . import launcher
 
     config = _config(ctx)
-    folder = _dry_run_dir(config, dry_run, out, "data-upload")
-    result = data_module.upload(config, data_dir, dry_run_dir=folder)
-    console.print(f"{result.destination}: {len(result.uploaded)} uploaded, {len(result.skipped)} unchanged")
-    if folder:
-        _report_dry_run(folder)
+    with _session(config, dry_run, dry_run_dir) as session:
+        result = launcher.upload_data(config, session, data_dir)
+        console.print(
+            f"{result.destination}: {len(result.uploaded)} uploaded, {len(result.skipped)} unchanged"
+        )
 
 
 # --- tuning and training --------------------------------------------------------------------------
@@ -217,33 +232,38 @@ def data_upload(ctx: click.Context, data_dir: Path | None, dry_run: bool, out: P
 )
 @dry_run_options
 @click.pass_context
-def tune(ctx: click.Context, wait: bool, attach: bool, dry_run: bool, out: Path | None) -> None:
+def tune(ctx: click.Context, wait: bool, attach: bool, dry_run: bool, dry_run_dir: Path | None) -> None:
     """Tune lr and batch size over hpo.py; records the best hyperparameters for `train`."""
     from . import launcher
 
     config = _config(ctx)
-    folder = _dry_run_dir(config, dry_run, out, "tune")
-    if attach:
-        result = launcher.attach_tuning(config, wait=wait)
-    else:
-        result = launcher.tune(config, wait=wait, dry_run_dir=folder)
-    console.print(f"tuning job {result.tuning_job_name}: {result.status}")
-    if result.best_training_job:
-        console.print(f"best training job {result.best_training_job} (objective {result.objective_value})")
-        console.print_json(data=result.best_hyperparameters)
-    if folder:
-        _report_dry_run(folder)
+    with _session(config, dry_run, dry_run_dir) as session:
+        if attach:
+            result = launcher.attach_tuning(config, session, wait=wait)
+        else:
+            result = launcher.tune(config, session, wait=wait)
+        console.print(f"tuning job {result.tuning_job_name}: {result.status}")
+        if result.best_training_job:
+            console.print(
+                f"best training job {result.best_training_job} (objective {result.objective_value})"
+            )
+            console.print_json(data=result.best_hyperparameters)
 
 
 @main.command()
 @click.option(
-    "--local", is_flag=True, help="Run train_model.py on this machine under the SageMaker contract."
+    "--local", is_flag=True, help="Run train_model.py on this machine under the SageMaker training toolkit."
 )
 @click.option(
     "--data",
     "data_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="--local: dataset folder; default: [data] local_dir.",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="--local: where the run writes its tree, log and model.tar.gz; default: runs/local.",
 )
 @click.option(
     "--hp", "hp_pairs", multiple=True, metavar="KEY=VALUE", help="Override a hyperparameter (repeatable)."
@@ -261,35 +281,39 @@ def train(
     ctx: click.Context,
     local: bool,
     data_dir: Path | None,
+    run_dir: Path | None,
     hp_pairs: tuple[str, ...],
     tuned: bool,
     wait: bool,
     debugger: bool,
     dry_run: bool,
-    out: Path | None,
+    dry_run_dir: Path | None,
 ) -> None:
     """Train train_model.py with the debugger and profiler rules (or locally with --local)."""
     from . import launcher
 
     config = _config(ctx)
     overrides = _parse_hyperparameters(hp_pairs)
-    if tuned:
-        overrides = {**launcher.best_hyperparameters(config), **overrides}
     if local:
         from .local_training import run_local_training
+        from .state import ProjectState
 
-        data_dir = data_dir or config.data_dir
+        hyperparameters = launcher.training_hyperparameters(
+            config, ProjectState(config.state_dir), overrides, use_tuned=tuned
+        )
         model = run_local_training(
-            config, data_dir, out or config.root / "runs" / "local", overrides, debugger=debugger
+            config,
+            data_dir or config.data_dir,
+            run_dir or config.root / "runs" / "local",
+            hyperparameters,
+            debugger=debugger,
         )
         console.print(f"model: {model}")
         return
-    folder = _dry_run_dir(config, dry_run, out, "train")
-    result = launcher.train(config, hyperparameters=overrides, use_tuned=False, wait=wait, dry_run_dir=folder)
-    console.print(f"training job {result.training_job_name}: {result.status}")
-    console.print(f"model: {result.model_data}")
-    if folder:
-        _report_dry_run(folder)
+    with _session(config, dry_run, dry_run_dir) as session:
+        result = launcher.train(config, session, hyperparameters=overrides, use_tuned=tuned, wait=wait)
+        console.print(f"training job {result.training_job_name}: {result.status}")
+        console.print(f"model: {result.model_data}")
 
 
 @main.command()
@@ -303,35 +327,41 @@ def train(
 @click.option(
     "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Save the loss curves as this PNG file."
 )
+@dry_run_options
 @click.pass_context
 def report(
-    ctx: click.Context, training_job_name: str | None, local: bool, tensors: str | None, plot: Path | None
+    ctx: click.Context,
+    training_job_name: str | None,
+    local: bool,
+    tensors: str | None,
+    plot: Path | None,
+    dry_run: bool,
+    dry_run_dir: Path | None,
 ) -> None:
     """Rule verdicts, loss curves and the profiler report's location of a training job."""
     from . import report as report_module
-    from .aws import connect
-    from .state import ProjectState
+    from . import tables
 
     config = _config(ctx)
     if local:
         source = tensors or str(report_module.local_tensors_dir(config.root / "runs" / "local"))
     else:
-        name = training_job_name or report_module.latest_training_job(ProjectState(config.state_dir))
-        context = connect(config)
-        result = report_module.training_report(context, name, curves=False)
-        table = Table(title=f"training job {name}: {result.status}")
-        for column in ("rule", "kind", "verdict", "details"):
-            table.add_column(column)
-        for verdict in result.verdicts:
-            table.add_row(verdict.rule, verdict.kind, verdict.status, verdict.details)
-        console.print(table)
-        artifacts = result.artifacts
-        if artifacts.profiler_report:
-            console.print(f"profiler report: {artifacts.profiler_report}")
-            link = report_module.console_url(artifacts.profiler_report, context.region)
-            console.print(f"  in the console: {link}")
-        console.print(f"rule output: {artifacts.rule_output}")
-        source = tensors or artifacts.debugger_output
+        from .session import session_state
+
+        recorded = session_state(config, dry_run=dry_run, folder=dry_run_dir)
+        # Read before connecting: "nothing recorded" needs no credentials.
+        name = training_job_name or report_module.latest_training_job(recorded)
+        with _session(config, dry_run, dry_run_dir) as session:
+            result = report_module.training_report(session, name, curves=False)
+            console.print(
+                tables.rich_table(tables.verdict_rows(result), f"training job {name}: {result.status}")
+            )
+            for label, value in tables.location_rows(result, session.aws.region):
+                console.print(f"{label}: {value}")
+        source = tensors or result.artifacts.debugger_output
+        if session.dry_run and tensors is None:
+            console.print(f"no debugger output to read: the job was {CAPTURED}")
+            return
         if source is None:
             console.print("no debugger output: the job ran without the debugger hook")
             return
@@ -362,28 +392,29 @@ def report(
 )
 @dry_run_options
 @click.pass_context
-def deploy(ctx: click.Context, model_data: str | None, wait: bool, dry_run: bool, out: Path | None) -> None:
+def deploy(
+    ctx: click.Context, model_data: str | None, wait: bool, dry_run: bool, dry_run_dir: Path | None
+) -> None:
     """Deploy the model behind a real-time endpoint (inference.py, raw image bytes in, JSON out)."""
     from . import launcher
 
     config = _config(ctx)
-    folder = _dry_run_dir(config, dry_run, out, "deploy")
-    deployment = launcher.deploy(config, model_data, wait=wait, dry_run_dir=folder)
-    console.print(f"endpoint {deployment.endpoint_name} (model {deployment.model_name})")
-    if folder:
-        _report_dry_run(folder)
+    with _session(config, dry_run, dry_run_dir) as session:
+        deployment = launcher.deploy(config, session, model_data, wait=wait)
+        suffix = f" ({CAPTURED})" if session.dry_run else ""
+        console.print(f"endpoint {deployment.endpoint_name} (model {deployment.model_name}){suffix}")
 
 
 def _print_predictions(results: list[dict[str, Any]]) -> None:
+    from . import tables
+
     for result in results:
         # The path as a line of its own: a table title would wrap it to the table's width.
         console.print(f"[bold]{result['image']}[/bold]", soft_wrap=True)
-        table = Table()
-        table.add_column("breed")
-        table.add_column("probability", justify="right")
-        for row in result["top_k"]:
-            table.add_row(str(row.get("label", row.get("class_name"))), f"{row['probability']:.3f}")
-        console.print(table)
+        if "status" in result:
+            console.print(f"  {result['status']}: no model answered")
+            continue
+        console.print(tables.rich_table(tables.prediction_rows(result)))
 
 
 @main.command()
@@ -406,9 +437,9 @@ def predict(
     local: bool,
     url: str,
     dry_run: bool,
-    out: Path | None,
+    dry_run_dir: Path | None,
 ) -> None:
-    """Send IMAGES (JPEG/PNG) to the endpoint and print the top-k breeds."""
+    """Send IMAGES to the endpoint and print the top-k classes."""
     config = _config(ctx)
     if local:
         from .local_endpoint import invoke_local
@@ -417,12 +448,10 @@ def predict(
         return
     from . import launcher
 
-    folder = _dry_run_dir(config, dry_run, out, "predict")
-    _print_predictions(
-        launcher.predict(config, list(images), endpoint_name=endpoint_name, top_k=top_k, dry_run_dir=folder)
-    )
-    if folder:
-        _report_dry_run(folder)
+    with _session(config, dry_run, dry_run_dir) as session:
+        _print_predictions(
+            launcher.predict(config, session, list(images), endpoint_name=endpoint_name, top_k=top_k)
+        )
 
 
 @main.command()
@@ -450,22 +479,15 @@ def serve(ctx: click.Context, model_data: Path, host: str, port: int) -> None:
 @click.pass_context
 def cost(ctx: click.Context, endpoint_hours: float) -> None:
     """Estimate tuning + training + endpoint cost from config.toml (upper bound, approximate prices)."""
-    from . import costs
+    from . import tables
 
-    lines = costs.estimate(_config(ctx), endpoint_hours=endpoint_hours)
-    table = Table(title="Approximate cost in USD (on-demand prices from \\[prices] in config.toml)")
-    for column in ("step", "instance", "instance-hours", "USD/hour", "USD"):
-        table.add_column(column, justify="left" if column in ("step", "instance") else "right")
-    for line in lines:
-        table.add_row(
-            line.step,
-            line.instance_type,
-            f"{line.instance_hours:.1f}",
-            f"{line.usd_per_hour:.3f}",
-            f"{line.usd:.2f}",
+    config = _config(ctx)
+    console.print(
+        tables.rich_table(
+            tables.cost_rows(config, endpoint_hours),
+            "Approximate cost in USD (on-demand prices from \\[prices] in config.toml)",
         )
-    table.add_row("total", "", "", "", f"{costs.total(lines):.2f}")
-    console.print(table)
+    )
     console.print(
         "Upper bound: every job runs to max_run_seconds. Spot jobs cost less; built-in rules are free."
     )
@@ -499,15 +521,20 @@ def iam_policy(ctx: click.Context, principal: str) -> None:
 
 
 @main.command()
+@dry_run_options
 @click.pass_context
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, dry_run: bool, dry_run_dir: Path | None) -> None:
     """List what this project created on AWS and what is still running."""
     from . import launcher
+    from .session import session_state
 
-    records = launcher.status(_config(ctx))
-    if not records:
-        console.print("nothing recorded in .state/ yet")
+    config = _config(ctx)
+    recorded = session_state(config, dry_run=dry_run, folder=dry_run_dir)
+    if not recorded.resources():  # nothing to look up: no credentials needed to say so
+        console.print(f"nothing recorded in {recorded.folder} yet")
         return
+    with _session(config, dry_run, dry_run_dir) as session:
+        records = launcher.status(config, session)
     table = Table(title="resources created by this project")
     for column in ("kind", "name", "status", "created"):
         table.add_column(column)
@@ -521,20 +548,18 @@ def status(ctx: click.Context) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @dry_run_options
 @click.pass_context
-def teardown(ctx: click.Context, stop_jobs: bool, yes: bool, dry_run: bool, out: Path | None) -> None:
+def teardown(ctx: click.Context, stop_jobs: bool, yes: bool, dry_run: bool, dry_run_dir: Path | None) -> None:
     """Delete the endpoint, endpoint config and model this project created (they cost money while up)."""
     from . import launcher
 
     config = _config(ctx)
-    folder = _dry_run_dir(config, dry_run, out, "teardown")
-    if not (yes or folder) and not click.confirm(
+    if not (yes or dry_run) and not click.confirm(
         "Delete this project's endpoints, endpoint configs and models?"
     ):
         raise click.exceptions.Abort()
-    actions = launcher.teardown(config, stop_jobs=stop_jobs, dry_run_dir=folder)
-    for kind, name, outcome in actions:
-        console.print(f"{kind} {name}: {outcome}")
-    if not actions:
-        console.print("nothing to tear down")
-    if folder:
-        _report_dry_run(folder)
+    with _session(config, dry_run, dry_run_dir) as session:
+        actions = launcher.teardown(config, session, stop_jobs=stop_jobs)
+        for kind, name, outcome in actions:
+            console.print(f"{kind} {name}: {outcome}")
+        if not actions:
+            console.print("nothing to tear down")

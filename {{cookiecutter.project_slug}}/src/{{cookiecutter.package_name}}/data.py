@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, track
 
 from .config import ProjectConfig
+from .context import AwsContext
 from .synthetic import SPLITS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -257,35 +258,17 @@ def _unchanged(path: Path, remote: dict[str, Any] | None) -> bool:
     return "-" in etag or etag == _md5(path)
 
 
-def upload(
-    config: ProjectConfig,
-    data_dir: Path | None = None,
-    *,
-    dry_run_dir: Path | None = None,
-    aws: Any = None,
-) -> UploadResult:
-    """Copy `data_dir` (default: [data] local_dir) to `s3://<bucket>/<prefix>/data/`, skipping unchanged ones.
-
-    `aws` runs it inside an existing `AwsContext` (e.g. one dry-run session for several steps).
-    """
-    from .aws import aws_context
-
-    data_dir = Path(data_dir) if data_dir else config.data_dir
+def upload(aws: AwsContext, data_dir: Path) -> UploadResult:
+    """Copy `data_dir` to `s3://<bucket>/<prefix>/data/`, skipping files already there unchanged."""
+    data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir} does not exist; run `data prepare` or `data synthetic` first")
     files = sorted(path for path in data_dir.rglob("*") if path.is_file())
-    if aws is None:
-        with aws_context(config, Path(dry_run_dir) if dry_run_dir else None) as context:
-            return _upload_files(context, data_dir, files)
-    return _upload_files(aws, data_dir, files)
-
-
-def _upload_files(context: Any, data_dir: Path, files: list[Path]) -> UploadResult:
-    s3 = context.client("s3")
-    destination = context.s3_uri("data")
-    prefix = context.s3_key("data") + "/"
+    s3 = aws.client("s3")
+    destination = aws.s3_uri("data")
+    prefix = aws.s3_key("data") + "/"
     remote = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=context.bucket, Prefix=prefix):
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=aws.bucket, Prefix=prefix):
         remote.update({item["Key"]: item for item in page.get("Contents", [])})
     result = UploadResult(destination=destination + "/")
     for path in track(files, description=f"upload to {destination}/"):
@@ -293,9 +276,23 @@ def _upload_files(context: Any, data_dir: Path, files: list[Path]) -> UploadResu
         if _unchanged(path, remote.get(key)):
             result.skipped.append(key)
         else:
-            s3.upload_file(str(path), context.bucket, key)
+            s3.upload_file(str(path), aws.bucket, key)
             result.uploaded.append(key)
     return result
+
+
+def prepared(config: ProjectConfig, destination: Path) -> Manifest:
+    """The prepared dataset in `destination`: read when it is there, else downloaded and checked once."""
+    if (Path(destination) / MANIFEST_FILENAME).is_file():
+        return read_manifest(destination)
+    return prepare(config.section("data")["url"], destination, **prepare_options(config))
+
+
+def test_images(data_dir: Path, count: int = 3) -> list[Path]:
+    """The first test image of `count` classes spread over the test split, to try the endpoint with."""
+    folders = _class_folders(Path(data_dir) / "test")
+    step = max(len(folders) // max(count, 1), 1)
+    return [images[0] for images in (_images_in(folder) for folder in folders[::step][:count]) if images]
 
 
 # --- synthetic ------------------------------------------------------------------------------------

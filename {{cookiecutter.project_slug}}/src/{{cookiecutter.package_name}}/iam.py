@@ -20,7 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from . import launcher
 from .config import ProjectConfig
+from .session import open_session
+from .synthetic import make_dataset
 
 # S3 operations whose IAM action has another name; the rest are `s3:<Operation>`.
 _S3_ACTIONS = {
@@ -63,25 +66,22 @@ def _tiny_model_archive(path: Path) -> Path:
 
 def captured_operations(config: ProjectConfig) -> list[tuple[str, str]]:
     """(service, operation) of every call the workflow makes, from one offline run of all steps."""
-    from . import data, launcher
-    from .aws import offline
-    from .state import ProjectState
-    from .synthetic import make_dataset
-
     with tempfile.TemporaryDirectory(prefix="iam-") as scratch:
         folder = Path(scratch)
         dataset = make_dataset(folder / "data", num_classes=2, images_per_class={"train": 1}, size=(8, 8))
         image = next(dataset.rglob("*.jpg"))
-        state = ProjectState(folder / "state")
-        with offline(config, folder / "dry-run") as aws:
-            data.upload(config, dataset, aws=aws)
-            launcher.tune(config, aws=aws, state=state)
-            launcher.train(config, aws=aws, state=state)
-            launcher.deploy(config, _tiny_model_archive(folder / "model.tar.gz"), aws=aws, state=state)
-            launcher.predict(config, [image], aws=aws, state=state)
-            launcher.status(config, aws=aws, state=state)
-            launcher.teardown(config, stop_jobs=True, aws=aws, state=state)
-            calls = list(aws.offline.calls)
+        calls = []
+        # The deployment follows the dry-run training, as on an account; a local archive also uploads.
+        with open_session(config, dry_run=True, folder=folder / "dry-run") as session:
+            launcher.upload_data(config, session, dataset)
+            launcher.tune(config, session)
+            launcher.train(config, session)
+            launcher.deploy(config, session)
+            launcher.deploy(config, session, _tiny_model_archive(folder / "model.tar.gz"))
+            launcher.predict(config, session, [image])
+            launcher.status(config, session)
+            launcher.teardown(config, session, stop_jobs=True)
+            calls = list(session.offline.calls)
     return sorted({(call["service"], call["operation"]) for call in calls})
 
 

@@ -1,55 +1,45 @@
 """The workflow on SageMaker as plain functions: what the CLI commands and the notebook call.
 
-Each function takes the project config and either
-- nothing more: it runs against the real account (credentials, region, role from the usual places)
-  and records what it created in `.state/`;
-- `dry_run_dir=DIR`: it runs offline (moto) and writes DIR/requests.json and DIR/s3/; nothing is
-  recorded, but the inputs (best hyperparameters, last model) are read from `.state/` as a real run would;
-- `aws=context` (from `aws.offline(config, DIR)` or `aws.connect(config)`) and optionally `state=`:
-  several steps share one session, e.g. a whole offline deploy -> predict -> teardown.
+Every function takes the project config and a `session.Session` that the caller opened: the real
+account, or a dry run on the offline AWS. The functions do not know which, except where a dry run
+must say the truth: nothing ran, so statuses read "captured, not run" and predictions are empty.
+What each step creates is recorded in the session's state, so the next step finds it.
 """
 
 from __future__ import annotations
 
 import json
 import mimetypes
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .aws import AwsContext, aws_context
+import botocore.exceptions
+
+from . import sagemaker_api
 from .config import ProjectConfig
-from .sources import stage_sources
+from .context import CAPTURED
+from .session import Session
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB, TUNING_JOB, ProjectState
 
 BEST_HYPERPARAMETERS = "best_hyperparameters"
-IMAGE_TYPES = ("image/jpeg", "image/png")
+# The endpoint's content types, by file name (inference.py decodes each format PIL reads).
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
 
 
 class LaunchError(Exception):
     """An expected failure (nothing to deploy, no endpoint, ...); the message is one line."""
 
 
-@contextmanager
-def _session(
-    config: ProjectConfig, aws: AwsContext | None, dry_run_dir: Path | None, state: ProjectState | None
-) -> Iterator[tuple[AwsContext, ProjectState, ProjectState | None]]:
-    """(context, state to read inputs from, state to record into or None for a dry run)."""
-    reads = state or ProjectState(config.state_dir)
-    if aws is not None:
-        yield aws, reads, reads
-    else:
-        with aws_context(config, Path(dry_run_dir) if dry_run_dir else None) as context:
-            yield context, reads, (None if dry_run_dir else reads)
+# --- data -----------------------------------------------------------------------------------------
 
 
-@contextmanager
-def _staged(config: ProjectConfig, role: str) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix=f"{role}-sources-") as folder:
-        yield stage_sources(config.root, role, Path(folder) / role)
+def upload_data(config: ProjectConfig, session: Session, data_dir: Path | None = None) -> Any:
+    """Copy the prepared dataset to `s3://<bucket>/<prefix>/data/` (see `data.upload`)."""
+    from . import data  # PIL and rich progress: only this step needs them
+
+    return data.upload(session.aws, Path(data_dir) if data_dir else config.data_dir)
 
 
 # --- tuning ---------------------------------------------------------------------------------------
@@ -86,9 +76,11 @@ class TuningResult:
     objective_value: float | None = None
 
 
-def tuning_result(aws: AwsContext, tuning_job_name: str) -> TuningResult:
-    """Status and best job of a tuning job, as SageMaker reports it now."""
-    description = aws.client("sagemaker").describe_hyper_parameter_tuning_job(
+def tuning_result(session: Session, tuning_job_name: str) -> TuningResult:
+    """Status and best job of a tuning job, as SageMaker reports it now (a dry run: captured)."""
+    if session.dry_run:
+        return TuningResult(tuning_job_name, CAPTURED)
+    description = session.aws.client("sagemaker").describe_hyper_parameter_tuning_job(
         HyperParameterTuningJobName=tuning_job_name
     )
     best = description.get("BestTrainingJob") or {}
@@ -102,8 +94,8 @@ def tuning_result(aws: AwsContext, tuning_job_name: str) -> TuningResult:
     )
 
 
-def _record_best(state: ProjectState | None, result: TuningResult) -> None:
-    if state is not None and result.best_hyperparameters:
+def _record_best(state: ProjectState, result: TuningResult) -> None:
+    if result.best_hyperparameters:
         state.set_value(
             BEST_HYPERPARAMETERS,
             {
@@ -114,58 +106,33 @@ def _record_best(state: ProjectState | None, result: TuningResult) -> None:
         )
 
 
-def tune(
-    config: ProjectConfig,
-    *,
-    wait: bool = True,
-    dry_run_dir: Path | None = None,
-    aws: AwsContext | None = None,
-    state: ProjectState | None = None,
-) -> TuningResult:
+def tune(config: ProjectConfig, session: Session, *, wait: bool = True) -> TuningResult:
     """Start the hyperparameter tuning job over hpo.py; with `wait`, also fetch and record the best job.
 
-    A dry run never waits (nothing would finish).
+    A dry run captures the request and waits for nothing (nothing runs).
     """
-    from . import sagemaker_api
-
-    with (
-        _session(config, aws, dry_run_dir, state) as (context, _, records),
-        _staged(config, "training") as source,
-    ):
-        name = sagemaker_api.job_name(config, "hpo", max_length=32)
-        wait = wait and not context.dry_run
-        sagemaker_api.launch_tuning(config, context, source, tuning_job_name=name)
-        if records is not None:
-            records.record(TUNING_JOB, name)
-        if not wait:
-            return TuningResult(name, "InProgress")
-        sagemaker_api.wait_for_tuning(context, name)
-        result = tuning_result(context, name)
-        _record_best(records, result)
-        return result
+    name = sagemaker_api.job_name(config, "hpo", max_length=32)
+    sagemaker_api.launch_tuning(config, session.aws, tuning_job_name=name)
+    session.state.record(TUNING_JOB, name)
+    if session.dry_run or not wait:
+        return TuningResult(name, CAPTURED if session.dry_run else "InProgress")
+    return attach_tuning(config, session, name)
 
 
 def attach_tuning(
-    config: ProjectConfig,
-    tuning_job_name: str | None = None,
-    *,
-    wait: bool = True,
-    state: ProjectState | None = None,
+    config: ProjectConfig, session: Session, tuning_job_name: str | None = None, *, wait: bool = True
 ) -> TuningResult:
     """Wait for a tuning job started earlier (default: the last one recorded) and record its best job."""
-    from . import sagemaker_api
-
-    with _session(config, None, None, state) as (context, reads, records):
-        if tuning_job_name is None:
-            latest = reads.latest(TUNING_JOB)
-            if latest is None:
-                raise LaunchError("no tuning job recorded for this project; run `tune` first")
-            tuning_job_name = latest["name"]
-        if wait:
-            sagemaker_api.wait_for_tuning(context, tuning_job_name)
-        result = tuning_result(context, tuning_job_name)
-        _record_best(records, result)
-        return result
+    if tuning_job_name is None:
+        latest = session.state.latest(TUNING_JOB)
+        if latest is None:
+            raise LaunchError("no tuning job recorded for this project; run `tune` first")
+        tuning_job_name = latest["name"]
+    if wait and not session.dry_run:
+        sagemaker_api.wait_for_tuning(session.aws, tuning_job_name)
+    result = tuning_result(session, tuning_job_name)
+    _record_best(session.state, result)
+    return result
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -179,56 +146,52 @@ class TrainingResult:
     status: str
 
 
-def best_hyperparameters(config: ProjectConfig, state: ProjectState | None = None) -> dict[str, Any]:
+def best_hyperparameters(state: ProjectState) -> dict[str, Any]:
     """The tuned values recorded by `tune`, or {} (then config.toml's defaults apply)."""
-    recorded = (state or ProjectState(config.state_dir)).value(BEST_HYPERPARAMETERS) or {}
+    recorded = state.value(BEST_HYPERPARAMETERS) or {}
     return dict(recorded.get("hyperparameters", {}))
+
+
+def training_hyperparameters(
+    config: ProjectConfig,
+    state: ProjectState,
+    overrides: dict[str, Any] | None = None,
+    *,
+    use_tuned: bool = True,
+) -> dict[str, Any]:
+    """What train_model.py receives: config.toml's defaults, then the best tuned ones, then `overrides`."""
+    tuned = best_hyperparameters(state) if use_tuned else {}
+    return config.script_hyperparameters({**tuned, **(overrides or {})})
 
 
 def train(
     config: ProjectConfig,
+    session: Session,
     *,
     hyperparameters: dict[str, Any] | None = None,
     use_tuned: bool = True,
     wait: bool = True,
-    dry_run_dir: Path | None = None,
-    aws: AwsContext | None = None,
-    state: ProjectState | None = None,
 ) -> TrainingResult:
-    """Train train_model.py with the debugger and profiler rules of the configured rule set.
-
-    Hyperparameters: config.toml's defaults, then the best tuned ones (`use_tuned`), then `hyperparameters`.
-    """
-    from . import sagemaker_api
-
-    with (
-        _session(config, aws, dry_run_dir, state) as (context, reads, records),
-        _staged(config, "training") as source,
-    ):
-        overrides = {**(best_hyperparameters(config, reads) if use_tuned else {}), **(hyperparameters or {})}
-        merged = config.script_hyperparameters(overrides)
-        name = sagemaker_api.job_name(config, "train")
-        wait = wait and not context.dry_run
-        launch = sagemaker_api.launch_training(
-            config, context, source, merged, training_job_name=name, wait=wait
-        )
-        if records is not None:
-            records.record(TRAINING_JOB, name, model_data=launch.model_data)
-        status = context.client("sagemaker").describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
-        return TrainingResult(name, launch.model_data, merged, status)
+    """Train train_model.py with the debugger and profiler rules of the configured rule set."""
+    merged = training_hyperparameters(config, session.state, hyperparameters, use_tuned=use_tuned)
+    name = sagemaker_api.job_name(config, "train")
+    wait = wait and not session.dry_run
+    launch = sagemaker_api.launch_training(config, session.aws, merged, training_job_name=name, wait=wait)
+    session.state.record(TRAINING_JOB, name, model_data=launch.model_data)
+    if session.dry_run:
+        status = CAPTURED
+    else:
+        client = session.aws.client("sagemaker")
+        status = client.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
+    return TrainingResult(name, launch.model_data, merged, status)
 
 
 # --- deployment -----------------------------------------------------------------------------------
 
 
-def _model_data_uri(
-    context: AwsContext,
-    model_data: str | Path | None,
-    reads: ProjectState,
-    model_name: str,
-) -> str:
+def _model_data_uri(session: Session, model_data: str | Path | None, model_name: str) -> str:
     if model_data is None:
-        latest = reads.latest(TRAINING_JOB)
+        latest = session.state.latest(TRAINING_JOB)
         if latest is None:
             raise LaunchError("no trained model recorded for this project; run `train` or pass --model-data")
         return latest["model_data"]
@@ -237,47 +200,42 @@ def _model_data_uri(
     path = Path(model_data)
     if not path.is_file():
         raise LaunchError(f"--model-data {path} is neither an s3:// URI nor a file")
-    key = context.s3_key("models", model_name, "model.tar.gz")
-    context.client("s3").upload_file(str(path), context.bucket, key)
-    return context.s3_uri("models", model_name, "model.tar.gz")
+    aws = session.aws
+    aws.client("s3").upload_file(str(path), aws.bucket, aws.s3_key("models", model_name, "model.tar.gz"))
+    return aws.s3_uri("models", model_name, "model.tar.gz")
+
+
+def _require_object(session: Session, uri: str) -> None:
+    """A missing model.tar.gz is one line naming the URI, not the SDK's raw 404 from HeadObject."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        session.aws.client("s3").head_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+            raise LaunchError(f"{uri} does not exist (has the training job finished? see `status`)") from None
+        raise
 
 
 def deploy(
-    config: ProjectConfig,
-    model_data: str | Path | None = None,
-    *,
-    wait: bool = True,
-    dry_run_dir: Path | None = None,
-    aws: AwsContext | None = None,
-    state: ProjectState | None = None,
-) -> Any:
-    """Deploy a model.tar.gz (S3 URI, local file, or the last trained model) behind an endpoint.
-
-    Returns `sagemaker_api.Deployment` (model, endpoint config and endpoint names, repacked model URI).
-    """
-    from . import sagemaker_api
-
-    with (
-        _session(config, aws, dry_run_dir, state) as (context, reads, records),
-        _staged(config, "inference") as source,
-    ):
-        model_name = sagemaker_api.job_name(config, "model")
-        uri = _model_data_uri(context, model_data, reads, model_name)
-        endpoint_name = sagemaker_api.job_name(config, "endpoint")
-        deployment = sagemaker_api.deploy_model(
-            config,
-            context,
-            uri,
-            source,
-            model_name=model_name,
-            endpoint_name=endpoint_name,
-            wait=wait and not context.dry_run,
-        )
-        if records is not None:
-            records.record(MODEL, deployment.model_name, model_data=deployment.repacked_model_data)
-            records.record(ENDPOINT_CONFIG, deployment.endpoint_config_name)
-            records.record(ENDPOINT, deployment.endpoint_name)
-        return deployment
+    config: ProjectConfig, session: Session, model_data: str | Path | None = None, *, wait: bool = True
+) -> sagemaker_api.Deployment:
+    """Deploy a model.tar.gz (S3 URI, local file, or the last trained model) behind an endpoint."""
+    model_name = sagemaker_api.job_name(config, "model")
+    uri = _model_data_uri(session, model_data, model_name)
+    _require_object(session, uri)
+    deployment = sagemaker_api.deploy_model(
+        config,
+        session.aws,
+        uri,
+        model_name=model_name,
+        endpoint_name=sagemaker_api.job_name(config, "endpoint"),
+        wait=wait and not session.dry_run,
+    )
+    session.state.record(MODEL, deployment.model_name, model_data=deployment.repacked_model_data)
+    session.state.record(ENDPOINT_CONFIG, deployment.endpoint_config_name)
+    session.state.record(ENDPOINT, deployment.endpoint_name)
+    return deployment
 
 
 # --- prediction -----------------------------------------------------------------------------------
@@ -285,65 +243,45 @@ def deploy(
 
 def image_content_type(path: Path) -> str:
     guessed, _ = mimetypes.guess_type(Path(path).name)
+    if guessed == "image/x-ms-bmp":  # Python < 3.13 names BMP so
+        guessed = "image/bmp"
     if guessed not in IMAGE_TYPES:
         raise LaunchError(
-            f"{path}: not a JPEG or PNG file (by its name); the endpoint accepts {', '.join(IMAGE_TYPES)}"
+            f"{path}: not an image file by its name; the endpoint accepts {', '.join(IMAGE_TYPES)}"
         )
     return guessed
 
 
-def _fake_answer(config: ProjectConfig, top_k: int) -> bytes:
-    """What a dry run's endpoint says: the endpoint's JSON shape, with obviously made-up classes."""
-    k = min(top_k, config.model["num_classes"])
-    rows = [
-        {
-            "label": f"dry run class {i + 1}",
-            "class_name": f"{i + 1:03d}.dry_run_class_{i + 1}",
-            "index": i,
-            "probability": round(1 / (i + 2), 6),
-        }
-        for i in range(k)
-    ]
-    return json.dumps({"predictions": [{"top_k": rows}]}).encode()
-
-
 def predict(
     config: ProjectConfig,
+    session: Session,
     images: Sequence[Path],
     *,
     endpoint_name: str | None = None,
     top_k: int = 5,
-    dry_run_dir: Path | None = None,
-    aws: AwsContext | None = None,
-    state: ProjectState | None = None,
 ) -> list[dict[str, Any]]:
     """Send each image's raw bytes to the endpoint.
 
-    Returns one `{"image": path, "top_k": [{"label", "class_name", "index", "probability"}, ...]}` per image.
+    Returns one `{"image": path, "top_k": [{"label", "class_name", "index", "probability"}, ...]}` per
+    image. A dry run captures the requests; no model answers, so `top_k` is empty and `status` says so.
     """
-    from . import sagemaker_api
-
     if top_k < 1:
         raise LaunchError(f"top_k must be at least 1, got {top_k}")
     content_types = [image_content_type(image) for image in images]
-    with _session(config, aws, dry_run_dir, state) as (context, reads, _):
-        if endpoint_name is None:
-            latest = reads.latest(ENDPOINT)
-            if latest is None and not context.dry_run:
-                raise LaunchError("no endpoint recorded for this project; run `deploy` or pass --endpoint")
-            endpoint_name = latest["name"] if latest else f"{config.section('project')['slug']}-endpoint"
-        if context.offline is not None:
-            context.offline.answer_invocations_with(_fake_answer(config, top_k))
-        invoke = sagemaker_api.endpoint_invoker(context, endpoint_name)
-        results = []
-        for image, content_type in zip(images, content_types, strict=True):
-            answer = invoke(
-                Path(image).read_bytes(),
-                content_type,
-                f"application/json;top_k={top_k}",
-            )
+    if endpoint_name is None:
+        latest = session.state.latest(ENDPOINT)
+        if latest is None:
+            raise LaunchError("no endpoint recorded for this project; run `deploy` or pass --endpoint")
+        endpoint_name = latest["name"]
+    invoke = sagemaker_api.endpoint_invoker(session.aws, endpoint_name)
+    results = []
+    for image, content_type in zip(images, content_types, strict=True):
+        answer = invoke(Path(image).read_bytes(), content_type, f"application/json;top_k={top_k}")
+        if session.dry_run:
+            results.append({"image": str(image), "top_k": [], "status": CAPTURED})
+        else:
             results.append({"image": str(image), "top_k": answer["predictions"][0]["top_k"][:top_k]})
-        return results
+    return results
 
 
 # --- status and teardown --------------------------------------------------------------------------
@@ -380,66 +318,53 @@ _STOP = {
 RUNNING_STATUSES = ("InProgress", "Creating", "Updating", "Stopping")
 
 
-def _current_status(client: Any, kind: str, name: str) -> str:
-    import botocore.exceptions
-
+def _current_status(session: Session, kind: str, name: str) -> str:
     method, key, status_key = _DESCRIBE[kind]
     try:
-        description = getattr(client, method)(**{key: name})
+        description = getattr(session.aws.client("sagemaker"), method)(**{key: name})
     except botocore.exceptions.ClientError as error:
         if _is_missing(error):
             return "Deleted"
         raise
+    if session.dry_run:
+        return CAPTURED  # the offline AWS's own statuses were produced by nothing
     return description[status_key] if status_key else "Exists"
 
 
-def status(
-    config: ProjectConfig, *, aws: AwsContext | None = None, state: ProjectState | None = None
-) -> list[dict[str, Any]]:
+def status(config: ProjectConfig, session: Session) -> list[dict[str, Any]]:
     """Every resource this project recorded, with its status now (`Deleted` when it is gone)."""
-    with _session(config, aws, None, state) as (context, reads, _):
-        client = context.client("sagemaker")
-        return [
-            {**item, "status": _current_status(client, item["kind"], item["name"])}
-            for item in reads.resources()
-        ]
+    return [
+        {**item, "status": _current_status(session, item["kind"], item["name"])}
+        for item in session.state.resources()
+    ]
 
 
 def teardown(
-    config: ProjectConfig,
-    *,
-    stop_jobs: bool = False,
-    dry_run_dir: Path | None = None,
-    aws: AwsContext | None = None,
-    state: ProjectState | None = None,
+    config: ProjectConfig, session: Session, *, stop_jobs: bool = False
 ) -> list[tuple[str, str, str]]:
     """Delete the endpoints, endpoint configs and models this project created; optionally stop its jobs.
 
     Returns (kind, name, what happened). Something already gone counts as deleted.
     """
-    import botocore.exceptions
-
     actions: list[tuple[str, str, str]] = []
-    with _session(config, aws, dry_run_dir, state) as (context, reads, records):
-        client = context.client("sagemaker")
-        for kind in (ENDPOINT, ENDPOINT_CONFIG, MODEL):
-            method, key = _DELETE[kind]
-            for item in reads.resources(kind):
-                try:
+    client = session.aws.client("sagemaker")
+    for kind in (ENDPOINT, ENDPOINT_CONFIG, MODEL):
+        method, key = _DELETE[kind]
+        for item in session.state.resources(kind):
+            try:
+                getattr(client, method)(**{key: item["name"]})
+                outcome = "deleted"
+            except botocore.exceptions.ClientError as error:
+                if not _is_missing(error):
+                    raise
+                outcome = "already gone"
+            actions.append((kind, item["name"], outcome))
+            session.state.forget(kind, item["name"])
+    if stop_jobs:
+        for kind in (TUNING_JOB, TRAINING_JOB):
+            method, key = _STOP[kind]
+            for item in session.state.resources(kind):
+                if session.dry_run or _current_status(session, kind, item["name"]) == "InProgress":
                     getattr(client, method)(**{key: item["name"]})
-                    outcome = "deleted"
-                except botocore.exceptions.ClientError as error:
-                    if not _is_missing(error):
-                        raise
-                    outcome = "already gone"
-                actions.append((kind, item["name"], outcome))
-                if records is not None:
-                    records.forget(kind, item["name"])
-        if stop_jobs:
-            for kind in (TUNING_JOB, TRAINING_JOB):
-                method, key = _STOP[kind]
-                for item in reads.resources(kind):
-                    if _current_status(client, kind, item["name"]) == "InProgress":
-                        getattr(client, method)(**{key: item["name"]})
-                        actions.append((kind, item["name"], "stopping"))
+                    actions.append((kind, item["name"], "stopping"))
     return actions

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .aws import AwsContext
 from .launcher import LaunchError
+from .session import Session
 from .state import TRAINING_JOB, ProjectState
 
 if TYPE_CHECKING:
@@ -87,21 +87,18 @@ class TrainingReport:
 # --- the job's description ------------------------------------------------------------------------
 
 
-def describe_training_job(aws: AwsContext, training_job_name: str) -> dict[str, Any]:
+def describe_training_job(session: Session, training_job_name: str) -> dict[str, Any]:
     """DescribeTrainingJob; in a dry run, completed with the request that created the job.
 
     moto keeps only part of a CreateTrainingJob request (it drops the profiler configuration and
     rules), so a dry run fills in the missing keys from the recorded request.
     """
-    description = dict(aws.client("sagemaker").describe_training_job(TrainingJobName=training_job_name))
+    client = session.aws.client("sagemaker")
+    description = dict(client.describe_training_job(TrainingJobName=training_job_name))
     description.pop("ResponseMetadata", None)
-    if aws.offline is not None:
-        for call in aws.offline.calls:
-            params = call["params"]
-            if (
-                call["operation"] == "CreateTrainingJob"
-                and params.get("TrainingJobName") == training_job_name
-            ):
+    if session.offline is not None:
+        for params in session.offline.requests("CreateTrainingJob"):
+            if params.get("TrainingJobName") == training_job_name:
                 description = {**params, **description}
     return description
 
@@ -248,19 +245,19 @@ def latest_training_job(state: ProjectState) -> str:
 
 
 def training_report(
-    aws: AwsContext, training_job_name: str, *, tensors: str | Path | None = None, curves: bool = True
+    session: Session, training_job_name: str, *, tensors: str | Path | None = None, curves: bool = True
 ) -> TrainingReport:
     """Verdicts and locations of `training_job_name`; loss curves from `tensors` (default: the job's
     debugger output in S3), unless `curves` is False or a dry run has nothing there to read."""
-    description = describe_training_job(aws, training_job_name)
+    description = describe_training_job(session, training_job_name)
     artifacts = job_artifacts(description)
     source = str(tensors) if tensors is not None else artifacts.debugger_output
-    if aws.dry_run and tensors is None:
+    if session.dry_run and tensors is None:
         source = None  # the job never ran: no tensors in S3
     return TrainingReport(
         training_job_name=training_job_name,
         status=description.get("TrainingJobStatus", ""),
-        verdicts=rule_verdicts(description, dry_run=aws.dry_run),
+        verdicts=rule_verdicts(description, dry_run=session.dry_run),
         artifacts=artifacts,
         curves=loss_curves(source) if curves and source else [],
         tensors=source if curves else None,

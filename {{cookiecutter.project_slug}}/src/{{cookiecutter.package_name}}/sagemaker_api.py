@@ -7,12 +7,18 @@ so `--help` does not pay for importing the SDK.
 
 Inputs are the project config, an `AwsContext` and plain values; outputs are
 names and S3 URIs, so callers never hold SDK objects.
+
+The code SageMaker receives is named here once: `training/` (or `inference/`) as the source directory,
+with the shared `classifier/` package passed as the SDK's `dependencies=` (the SDK copies it next to the
+entry point in `sourcedir.tar.gz`, and to `code/lib/` in the repacked model). Local runs build the same
+archives with the same SDK functions (`training_source_archive`, `repack_model_locally`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,17 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 # The SDK logs where it looked for its own optional config file on every import.
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 
+
+def _not_unfinished_job_warning(record: logging.LogRecord) -> bool:
+    # The SDK warns whenever an estimator's model data is read before its job finished; the launcher
+    # never builds on an unfinished estimator (it names the model URI itself), so the line only misleads.
+    return not record.getMessage().startswith("No finished training job found")
+
+
+logging.getLogger("sagemaker.estimator").addFilter(_not_unfinished_job_warning)
+
+import boto3  # noqa: E402
+import botocore.exceptions  # noqa: E402
 import sagemaker  # noqa: E402
 from sagemaker.debugger import (  # noqa: E402
     CollectionConfig,
@@ -41,22 +58,22 @@ from sagemaker.tuner import (  # noqa: E402
     HyperparameterTuner,
     IntegerParameter,
 )
-from sagemaker.utils import name_from_base  # noqa: E402
+from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
-from .aws import AwsContext  # noqa: E402
 from .config import ConfigError, ProjectConfig  # noqa: E402
+from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
 # The single input channel; the scripts read SM_CHANNEL_TRAINING/{train,valid,test}.
 DATA_CHANNEL = "training"
 TUNING_ENTRY_POINT = "hpo.py"
 TRAINING_ENTRY_POINT = "train_model.py"
 INFERENCE_ENTRY_POINT = "inference.py"
+# Shipped with both source directories (see the module's docstring).
+SHARED_PACKAGE = "classifier"
 
-# The scripts print `validation:loss=0.123456 validation:accuracy=0.912345` once per epoch.
-METRIC_REGEXES = {
-    "validation:loss": r"validation:loss=([0-9\.]+)",
-    "validation:accuracy": r"validation:accuracy=([0-9\.]+)",
-}
+# The scripts print `validation:loss=0.123456 validation:accuracy=0.912345` once per epoch; the
+# objective's own regex comes from config.toml, these are what the console charts besides.
+LOGGED_METRICS = ("validation:loss", "validation:accuracy")
 
 
 @dataclass(frozen=True)
@@ -97,17 +114,82 @@ def sagemaker_session(aws: AwsContext) -> sagemaker.Session:
     return sagemaker.Session(boto_session=aws.boto_session, default_bucket=aws.bucket)
 
 
-def execution_role(boto_session: Any) -> str | None:
-    """The notebook's or Studio's execution role; None outside SageMaker."""
+def _execution_role(boto_session: Any) -> str:
+    """[aws] role_arn / $SAGEMAKER_ROLE_ARN were empty: the notebook's or Studio's execution role."""
     try:
         return sagemaker.get_execution_role(sagemaker.Session(boto_session=boto_session))
     except Exception:  # ValueError, or a botocore error, outside SageMaker
-        return None
+        raise AwsSetupError(
+            f"no SageMaker execution role: set [aws] role_arn in config.toml or ${ROLE_ENV} "
+            "(outside SageMaker Studio it cannot be found automatically)"
+        ) from None
 
 
-def default_bucket(boto_session: Any) -> str:
-    """The SDK's default bucket, `sagemaker-<region>-<account>` (created when missing)."""
-    return sagemaker.Session(boto_session=boto_session).default_bucket()
+def connect(config: ProjectConfig) -> AwsContext:
+    """The real account, with each missing piece reported as one line naming what to set."""
+    region = configured_region(config)
+    if not region:
+        raise AwsSetupError("no AWS region: set [aws] region in config.toml or $AWS_DEFAULT_REGION")
+    try:
+        boto_session = boto3.Session(region_name=region)
+        credentials = boto_session.get_credentials()
+    except botocore.exceptions.BotoCoreError as error:
+        raise AwsSetupError(f"cannot load AWS credentials: {error}") from None
+    if credentials is None:
+        raise AwsSetupError(
+            "no AWS credentials: run `aws configure` or `aws sso login`, or set $AWS_PROFILE "
+            "(try `--dry-run` to preview without an account)"
+        )
+    bucket = config.aws.get("bucket")
+    if not bucket:
+        try:
+            # The SDK's default bucket, `sagemaker-<region>-<account>` (created when missing).
+            bucket = sagemaker.Session(boto_session=boto_session).default_bucket()
+        except botocore.exceptions.BotoCoreError as error:
+            raise AwsSetupError(
+                f"cannot find the default SageMaker bucket ({error}): set [aws] bucket"
+            ) from None
+    role = configured_role(config)
+    return AwsContext(
+        boto_session=boto_session,
+        region=region,
+        bucket=bucket,
+        prefix=config.aws.get("prefix", ""),
+        role_resolver=lambda: role or _execution_role(boto_session),
+    )
+
+
+# --- the code SageMaker receives -------------------------------------------------------------------
+
+
+def source_arguments(config: ProjectConfig, role: str) -> dict[str, Any]:
+    """`source_dir` and `dependencies` for `PyTorch` (role "training") or `PyTorchModel` ("inference")."""
+    folder = config.training_dir if role == "training" else config.inference_dir
+    return {"source_dir": str(folder), "dependencies": [str(config.root / SHARED_PACKAGE)]}
+
+
+def training_source_archive(config: ProjectConfig, destination: Path) -> Path:
+    """sourcedir.tar.gz as the estimator uploads it, written to `destination` (for local runs)."""
+    arguments = source_arguments(config, "training")
+    folder = Path(arguments["source_dir"])
+    # What `fw_utils.tar_and_upload_dir` compresses: the source directory's entries, then the dependencies.
+    files = [str(path) for path in sorted(folder.iterdir()) if path.name != "__pycache__"]
+    archive = create_tar_file(files + arguments["dependencies"], str(destination))
+    return Path(archive)
+
+
+def repack_model_locally(config: ProjectConfig, model_data: Path, destination: Path) -> Path:
+    """model.tar.gz with `code/` added, as `PyTorchModel` repacks it for the endpoint, but on this disk."""
+    arguments = source_arguments(config, "inference")
+    repack_model(
+        INFERENCE_ENTRY_POINT,
+        arguments["source_dir"],
+        arguments["dependencies"],
+        f"file://{Path(model_data).resolve()}",
+        f"file://{Path(destination).resolve()}",
+        sagemaker_session=None,
+    )
+    return Path(destination)
 
 
 # --- configuration turned into SDK objects ---------------------------------------------------------
@@ -116,7 +198,8 @@ def default_bucket(boto_session: Any) -> str:
 def metric_definitions(config: ProjectConfig) -> list[dict[str, str]]:
     """Loss and accuracy, with the config's regex for the objective metric."""
     tuning = config.section("tuning")
-    regexes = {**METRIC_REGEXES, tuning["objective_metric_name"]: tuning["objective_metric_regex"]}
+    regexes = {name: re.escape(name) + r"=([0-9\.]+)" for name in LOGGED_METRICS}
+    regexes[tuning["objective_metric_name"]] = tuning["objective_metric_regex"]
     return [{"Name": name, "Regex": regex} for name, regex in regexes.items()]
 
 
@@ -205,7 +288,6 @@ def job_name(config: ProjectConfig, kind: str, max_length: int = 63) -> str:
 def pytorch_estimator(
     config: ProjectConfig,
     aws: AwsContext,
-    source_dir: Path,
     entry_point: str,
     hyperparameters: dict[str, Any],
     *,
@@ -223,7 +305,7 @@ def pytorch_estimator(
     jobs = config.section("jobs")
     arguments: dict[str, Any] = {
         "entry_point": entry_point,
-        "source_dir": str(source_dir),
+        **source_arguments(config, "training"),
         "role": aws.role_arn,
         "sagemaker_session": sagemaker_session(aws),
         "instance_type": machines["type"],
@@ -273,14 +355,12 @@ def pytorch_estimator(
 # --- tuning and training ---------------------------------------------------------------------------
 
 
-def launch_tuning(config: ProjectConfig, aws: AwsContext, source_dir: Path, *, tuning_job_name: str) -> None:
+def launch_tuning(config: ProjectConfig, aws: AwsContext, *, tuning_job_name: str) -> None:
     """Start the tuning job over hpo.py, without waiting (see `wait_for_tuning`)."""
     tuning = config.section("tuning")
     ranges = hyperparameter_ranges(config)
     static = {key: value for key, value in config.script_hyperparameters().items() if key not in ranges}
-    estimator = pytorch_estimator(
-        config, aws, source_dir, TUNING_ENTRY_POINT, static, instances="tuning", debugger=False
-    )
+    estimator = pytorch_estimator(config, aws, TUNING_ENTRY_POINT, static, instances="tuning", debugger=False)
     tuner = HyperparameterTuner(
         estimator,
         objective_metric_name=tuning["objective_metric_name"],
@@ -308,7 +388,6 @@ class TrainingLaunch:
 def launch_training(
     config: ProjectConfig,
     aws: AwsContext,
-    source_dir: Path,
     hyperparameters: dict[str, Any],
     *,
     training_job_name: str,
@@ -318,7 +397,6 @@ def launch_training(
     estimator = pytorch_estimator(
         config,
         aws,
-        source_dir,
         TRAINING_ENTRY_POINT,
         hyperparameters,
         instances="training",
@@ -352,7 +430,6 @@ def deploy_model(
     config: ProjectConfig,
     aws: AwsContext,
     model_data: str,
-    source_dir: Path,
     *,
     model_name: str,
     endpoint_name: str,
@@ -364,7 +441,7 @@ def deploy_model(
         model_data=model_data,
         role=aws.role_arn,
         entry_point=INFERENCE_ENTRY_POINT,
-        source_dir=str(source_dir),
+        **source_arguments(config, "inference"),
         sagemaker_session=sagemaker_session(aws),
         code_location=aws.s3_uri("code"),
         name=model_name,
