@@ -1,0 +1,328 @@
+"""What the rules need, recorded inside the training job without smdebug.
+
+The loop tells its observers about every pass and step (`Observer`); `Recorder` keeps, at the save
+intervals SageMaker's hook would use (`train.save_interval`, `eval.save_interval`; PREDICT, the final
+test pass, uses the eval interval), per mode:
+
+- the loss of each saved step;
+- at saved training steps: per-layer gradient statistics (after unscaling, before the optimiser
+  step), weight statistics (and once at initialisation), ReLU input variance and per-unit activity
+  where a rule needs them;
+- label counts and correct predictions of every step (an index_add on the device costs nothing, and
+  two sampled batches per epoch could not judge 133 classes).
+
+Statistics stay on the device until the step ends, then move in one transfer. `recording()` is plain
+JSON (rules.py reads it, the job writes it to `recording.json`), and it travels in the checkpoint,
+so a resumed spot job judges the whole run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+MODES = ("TRAIN", "EVAL", "PREDICT")
+# Elements of each gradient kept for the percentiles: enough for a 5th-95th spread, cheap on any net.
+GRADIENT_SAMPLE = 20_000
+
+
+class Observer:
+    """What the training loop reports; every method does nothing unless overridden."""
+
+    def begin_pass(self, mode: str, epoch: int, first_step: int) -> None:
+        pass
+
+    def end_pass(self, mode: str, epoch: int, end_step: int) -> None:
+        pass
+
+    def begin_step(self, mode: str, step: int) -> None:
+        pass
+
+    def after_backward(self, mode: str, step: int) -> None:
+        pass
+
+    def end_step(
+        self,
+        mode: str,
+        step: int,
+        loss: float,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        data_seconds: float,
+        compute_seconds: float,
+    ) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Observers(Observer):
+    """Several observers as one, called in order."""
+
+    def __init__(self, *observers: Observer | None) -> None:
+        self.observers = [o for o in observers if o is not None]
+
+    def begin_pass(self, mode: str, epoch: int, first_step: int) -> None:
+        for o in self.observers:
+            o.begin_pass(mode, epoch, first_step)
+
+    def end_pass(self, mode: str, epoch: int, end_step: int) -> None:
+        for o in self.observers:
+            o.end_pass(mode, epoch, end_step)
+
+    def begin_step(self, mode: str, step: int) -> None:
+        for o in self.observers:
+            o.begin_step(mode, step)
+
+    def after_backward(self, mode: str, step: int) -> None:
+        for o in self.observers:
+            o.after_backward(mode, step)
+
+    def end_step(self, *args, **kwargs) -> None:
+        for o in self.observers:
+            o.end_step(*args, **kwargs)
+
+    def close(self) -> None:
+        for o in self.observers:
+            o.close()
+
+
+def _layer_stats(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mean |x|, variance and the count of non-finite / NaN values, per tensor, stacked on the device."""
+    out = {}
+    for name, tensor in tensors.items():
+        flat = tensor.detach().flatten().float()
+        out[name] = torch.stack(
+            [
+                flat.abs().mean(),
+                flat.var() if flat.numel() > 1 else flat.new_zeros(()),
+                (~torch.isfinite(flat)).sum().float(),
+                torch.isnan(flat).sum().float(),
+            ]
+        )
+    return out
+
+
+def _as_dicts(stats: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    if not stats:
+        return {}
+    rows = torch.stack(list(stats.values())).cpu().tolist()
+    keys = ("mean_abs", "variance", "nonfinite", "nan")
+    return {name: dict(zip(keys, row, strict=True)) for name, row in zip(stats, rows, strict=True)}
+
+
+class Recorder(Observer):
+    """Records what `rules.py` judges; see the module docstring."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        intervals: dict[str, int],
+        num_classes: int,
+        class_names: list[str],
+        activations: bool,
+        activations_note: str | None = None,
+        amp: bool = False,
+    ) -> None:
+        self.module = module
+        self.intervals = {mode: max(1, int(intervals.get(mode, 1))) for mode in MODES}
+        self.class_names = class_names
+        self.amp = amp
+        self.saving = False
+        self.mode = "TRAIN"
+        self.steps_seen = dict.fromkeys(MODES, 0)
+        self.losses: dict[str, list[list[float]]] = {mode: [] for mode in MODES}
+        self.gradients: list[dict] = []
+        self.weights: list[dict] = []
+        self.activations: list[dict] = []
+        self.activations_note = activations_note
+        self.epochs: list[dict] = []
+        self.amp_skipped: list[int] = []
+        self.pass_start: dict[str, int] = {}
+        self.train_end = 0
+        device = next(module.parameters()).device
+        self.counts = {mode: torch.zeros(num_classes, device=device) for mode in MODES}
+        self.correct = {mode: torch.zeros(num_classes, device=device) for mode in MODES}
+        self.eval_labels: dict[str, list[float]] | None = None
+        self._pending: dict[str, dict[str, torch.Tensor]] = {"inputs": {}, "activity": {}}
+        self._calls: dict[str, int] = {}
+        self.handles = self._hook_relus() if activations else []
+        self.weights.append({"step": 0, "when": "initialisation", "layers": _as_dicts(self._weight_stats())})
+
+    # ---- hooks on the ReLUs (active only at saved training steps)
+
+    def _hook_relus(self) -> list:
+        handles = []
+        for name, layer in self.module.named_modules():
+            if isinstance(layer, (nn.ReLU, nn.ReLU6)):
+                handles.append(layer.register_forward_pre_hook(self._relu_input(name)))
+                handles.append(layer.register_forward_hook(self._relu_output(name)))
+        if not handles and self.activations_note is None:
+            self.activations_note = f"{type(self.module).__name__} has no nn.ReLU layer"
+        return handles
+
+    def _call_name(self, name: str, counting: bool) -> str:
+        # A module called twice per forward (ResNet blocks reuse `relu`) gets one entry per call.
+        calls = self._calls.get(name, 0)
+        if counting:
+            self._calls[name] = calls + 1
+            return name if calls == 0 else f"{name}#{calls}"
+        calls -= 1
+        return name if calls <= 0 else f"{name}#{calls}"
+
+    def _relu_input(self, name: str):
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if self.saving and self.mode == "TRAIN":
+                # Before an in-place ReLU overwrites its input.
+                self._pending["inputs"][self._call_name(name, True)] = inputs[0].detach().float().var()
+
+        return hook
+
+    def _relu_output(self, name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            if self.saving and self.mode == "TRAIN":
+                dims = [d for d in range(output.dim()) if d != 1] if output.dim() > 1 else [0]
+                active = (output.detach() > 0).float().mean(dim=dims) * 100
+                self._pending["activity"][self._call_name(name, False)] = active
+
+        return hook
+
+    # ---- the loop's reports
+
+    def begin_pass(self, mode: str, epoch: int, first_step: int) -> None:
+        self.pass_start[mode] = first_step
+        if mode == "EVAL":
+            self.counts["EVAL"].zero_()
+            self.correct["EVAL"].zero_()
+
+    def end_pass(self, mode: str, epoch: int, end_step: int) -> None:
+        if mode == "EVAL" and "TRAIN" in self.pass_start:
+            self.epochs.append(
+                {
+                    "epoch": epoch,
+                    "train_steps": [self.pass_start["TRAIN"], self.train_end],
+                    "eval_steps": [self.pass_start["EVAL"], end_step],
+                }
+            )
+            self.eval_labels = {
+                "counts": self.counts["EVAL"].cpu().tolist(),
+                "correct": self.correct["EVAL"].cpu().tolist(),
+            }
+        if mode == "TRAIN":
+            self.train_end = end_step
+
+    def begin_step(self, mode: str, step: int) -> None:
+        self.mode = mode
+        self.saving = step % self.intervals[mode] == 0
+        self._calls.clear()
+
+    def _weight_stats(self) -> dict[str, torch.Tensor]:
+        return _layer_stats({n: p for n, p in self.module.named_parameters() if p.requires_grad})
+
+    def after_backward(self, mode: str, step: int) -> None:
+        if not self.saving:
+            return
+        grads = {n: p.grad for n, p in self.module.named_parameters() if p.grad is not None}
+        if not grads:
+            return
+        stats = _layer_stats(grads)
+        pooled = torch.cat(
+            [g.detach().flatten()[:: max(1, g.numel() // GRADIENT_SAMPLE)].float() for g in grads.values()]
+        )
+        finite = pooled[torch.isfinite(pooled)]
+        spread = (
+            torch.quantile(finite, torch.tensor([0.05, 0.95], device=finite.device)).tolist()
+            if finite.numel()
+            else [float("nan")] * 2
+        )
+        layers = _as_dicts(stats)
+        if self.amp and any(s["nonfinite"] for s in layers.values()):
+            self.amp_skipped.append(step)  # GradScaler skips a step whose gradients overflowed
+        self.gradients.append({"step": step, "layers": layers, "all": {"p5": spread[0], "p95": spread[1]}})
+
+    def end_step(
+        self,
+        mode: str,
+        step: int,
+        loss: float,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        data_seconds: float,
+        compute_seconds: float,
+    ) -> None:
+        self.steps_seen[mode] = max(self.steps_seen[mode], step + 1)
+        ones = torch.ones_like(labels, dtype=self.counts[mode].dtype)
+        self.counts[mode].index_add_(0, labels, ones)
+        self.correct[mode].index_add_(0, labels, (logits.detach().argmax(1) == labels).to(ones.dtype))
+        if not self.saving:
+            return
+        self.losses[mode].append([step, loss])
+        if mode == "TRAIN":
+            self.weights.append({"step": step, "layers": _as_dicts(self._weight_stats())})
+            self._flush_activations(step)
+        self.saving = False
+
+    def _flush_activations(self, step: int) -> None:
+        inputs, activity = self._pending["inputs"], self._pending["activity"]
+        if inputs or activity:
+            values = torch.stack(list(inputs.values())).cpu().tolist() if inputs else []
+            variances = dict(zip(inputs, values, strict=True))
+            layers = {
+                name: {
+                    "input_variance": variances.get(name, float("nan")),
+                    "activity": [round(a, 2) for a in active.cpu().tolist()],
+                    "nonfinite": int(not math.isfinite(variances.get(name, 0.0))),
+                }
+                for name, active in activity.items()
+            }
+            self.activations.append({"step": step, "mode": "TRAIN", "layers": layers})
+        self._pending = {"inputs": {}, "activity": {}}
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    # ---- what the rules read, and what a checkpoint carries
+
+    def recording(self) -> dict:
+        labels = {
+            mode: {"counts": self.counts[mode].cpu().tolist(), "correct": self.correct[mode].cpu().tolist()}
+            for mode in ("TRAIN", "PREDICT")
+        }
+        if self.eval_labels is not None:
+            labels["EVAL"] = self.eval_labels
+        return {
+            "version": 1,
+            "save_intervals": self.intervals,
+            "steps_seen": self.steps_seen,
+            "class_names": self.class_names,
+            "losses": self.losses,
+            "epochs": self.epochs,
+            "gradients": self.gradients,
+            "weights": self.weights,
+            "activations": self.activations,
+            "activations_note": self.activations_note,
+            "labels": labels,
+            "amp_skipped_steps": self.amp_skipped,
+        }
+
+    def state_dict(self) -> dict:
+        return self.recording()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a recording after a restart (the save intervals of this run stay)."""
+        self.steps_seen.update(state["steps_seen"])
+        self.losses = {mode: list(state["losses"].get(mode, [])) for mode in MODES}
+        self.epochs = list(state["epochs"])
+        self.gradients, self.weights = list(state["gradients"]), list(state["weights"])
+        self.activations = list(state["activations"])
+        self.amp_skipped = list(state["amp_skipped_steps"])
+        for mode in ("TRAIN", "PREDICT"):
+            self.counts[mode].copy_(torch.tensor(state["labels"][mode]["counts"]))
+            self.correct[mode].copy_(torch.tensor(state["labels"][mode]["correct"]))
+        self.eval_labels = state["labels"].get("EVAL")
