@@ -176,9 +176,11 @@ def test_debugger_hook_saves_train_and_eval_losses(toolkit_run):
     assert trial.steps(mode=modes.TRAIN) and trial.steps(mode=modes.EVAL)
     first_eval = trial.steps(mode=modes.EVAL)[0]
     assert trial.tensor(losses[0]).value(first_eval, mode=modes.EVAL) > 0
+    # The test pass is PREDICT, apart from validation: the validation curve holds validation only.
+    assert trial.steps(mode=modes.PREDICT) == [0]
     # Few steps in this tiny run: the script must say the rules cannot judge them.
-    # 40 images / batch 8 x 4 epochs; (12 / 6) x 4 validation + 12 / 6 test.
-    assert "debugger (saved): TRAIN 20 steps, 1 saved, EVAL 10 steps, 1 saved" in log
+    # 40 images / batch 8 x 4 epochs; (12 / 6) x 4 validation; 12 / 6 test.
+    assert "debugger (saved): TRAIN 20 steps, 1 saved, EVAL 8 steps, 1 saved, PREDICT 2 steps, 1 saved" in log
     assert "WARNING debugger: only" in log
 
 

@@ -2,7 +2,9 @@
 
 SageMaker writes the DebuggerHookConfig of the estimator to
 /opt/ml/input/config/debughookconfig.json (smdebug reads $SMDEBUG_CONFIG_FILE_PATH
-first). Without smdebug or without that file the script runs the same and says so.
+first). Without smdebug or without that file the script runs the same and says so;
+the rules judged in the job (rules.py) do not need smdebug. Modes: TRAIN for
+training, EVAL for validation, PREDICT for the final test pass.
 
 A rule can only judge what was saved: the built-in rules compare saved loss
 values over several steps, so too few saved steps means "no issues found" for
@@ -24,6 +26,13 @@ DEFAULT_CONFIG_PATH = "/opt/ml/input/config/debughookconfig.json"
 MIN_SAVED_STEPS = {"TRAIN": 6, "EVAL": 11}
 
 
+def import_failure(error: BaseException) -> str:
+    """What went wrong importing smdebug, in words that do not hide the real exception."""
+    if isinstance(error, ModuleNotFoundError) and (error.name or "").split(".")[0] == "smdebug":
+        return "smdebug is not installed (training/requirements.txt leaves it out; see there)"
+    return f"smdebug is installed but cannot be imported: {type(error).__name__}: {error}"
+
+
 def hook_config_path() -> Path:
     return Path(os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH))
 
@@ -41,8 +50,8 @@ class DebuggerHook:
         path = hook_config_path()
         try:
             import smdebug.pytorch as smd
-        except ImportError:
-            print("debugger: smdebug is not installed; training without the debugger hook", flush=True)
+        except Exception as error:  # not only ImportError: smdebug breaks on numpy >= 2.3, protobuf >= 4
+            print(f"debugger: {import_failure(error)}; training without the debugger hook", flush=True)
             return cls()
         if not path.is_file():
             print(
@@ -64,7 +73,7 @@ class DebuggerHook:
             self.hook.register_loss(loss)
 
     def set_mode(self, mode: str) -> None:
-        """`mode` is "TRAIN" or "EVAL"."""
+        """`mode` is "TRAIN", "EVAL" or "PREDICT"."""
         if self.hook is not None:
             import smdebug.pytorch as smd
 
@@ -110,7 +119,9 @@ class DebuggerHook:
         import smdebug.pytorch as smd
 
         # mode_steps holds the number of the last step, counted from 0 (-1 before the first).
-        return {mode: self.hook.mode_steps.get(smd.modes[mode], -1) + 1 for mode in ("TRAIN", "EVAL")}
+        return {
+            mode: self.hook.mode_steps.get(smd.modes[mode], -1) + 1 for mode in ("TRAIN", "EVAL", "PREDICT")
+        }
 
     def close(self) -> None:
         if self.hook is not None:

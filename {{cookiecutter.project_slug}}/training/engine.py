@@ -16,7 +16,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,16 @@ from data import (
 )
 from debugger import DebuggerHook
 from feature_cache import extract_features
+from profiler import Profiler, TorchTrace, write_report
+from recorder import Observer, Observers, Recorder
+from rules import (
+    ACTIVATION_RULES,
+    Verdict,
+    evaluate_debugger_rules,
+    evaluate_profiler_rules,
+    parse_rules,
+    wants_profiler,
+)
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -57,6 +67,12 @@ NOT_RESULT_AFFECTING = {
     "num_gpus",
     "hosts",
     "current_host",
+    # What is recorded and judged, not what is learnt.
+    "rules",
+    "train_save_interval",
+    "eval_save_interval",
+    "profiler_interval_millis",
+    "torch_profiler_steps",
 }
 
 
@@ -122,6 +138,25 @@ def get_args_parser(description: str) -> argparse.ArgumentParser:
         "--class_weights", type=str2bool, default=False, help="weight the loss by inverse class frequency"
     )
     hp.add_argument("--amp", type=str2bool, default=True, help="mixed precision on GPU")
+    watch = parser.add_argument_group("rules and profiling judged in the job (train_model.py)")
+    watch.add_argument(
+        "--rules",
+        default="",
+        help="comma-separated rule names, e.g. overfit,LowGPUUtilization; empty: none",
+    )
+    watch.add_argument("--train_save_interval", type=int, default=100, help="record every N training steps")
+    watch.add_argument(
+        "--eval_save_interval", type=int, default=10, help="record every N validation/test steps"
+    )
+    watch.add_argument(
+        "--profiler_interval_millis", type=int, default=500, help="system sample every N milliseconds"
+    )
+    watch.add_argument(
+        "--torch_profiler_steps",
+        type=int,
+        default=0,
+        help="trace N training steps with torch.profiler for TensorBoard; 0: off",
+    )
     paths = parser.add_argument_group("paths and cluster (default: the SageMaker environment)")
     paths.add_argument("--data_dir", default=env("SM_CHANNEL_TRAINING"), help="the training channel")
     paths.add_argument("--model_dir", default=env("SM_MODEL_DIR", "model"), help="where the artifact goes")
@@ -147,9 +182,15 @@ def check_args(args: argparse.Namespace) -> None:
         )
     if not args.data_dir:
         raise SystemExit("no data: pass --data_dir or set SM_CHANNEL_TRAINING")
-    for name in ("epochs", "batch_size", "test_batch_size"):
+    for name in ("epochs", "batch_size", "test_batch_size", "train_save_interval", "eval_save_interval"):
         if getattr(args, name) < 1:
             raise SystemExit(f"{name} must be at least 1, got {getattr(args, name)}")
+    if args.profiler_interval_millis < 10:
+        raise SystemExit(f"profiler_interval_millis must be at least 10, got {args.profiler_interval_millis}")
+    try:
+        parse_rules(args.rules)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
 
 # --------------------------------------------------------------------------- processes and devices
@@ -224,6 +265,8 @@ class Stage:
     criterion: nn.Module
     amp: bool
     cluster: Cluster
+    observer: Observer = field(default_factory=Observer)
+    epoch: int = 0  # the epoch running, for the observers
 
 
 def image_preparer(device: torch.device, scaling: nn.Module, channels_last: bool):
@@ -255,30 +298,52 @@ def set_train_mode(module: nn.Module, finetune: str) -> None:
         module.train()
 
 
+def _timed(loader: Iterable[Batch]) -> Iterator[tuple[Batch, float]]:
+    """Each batch with the seconds spent waiting for it (the data side of a step)."""
+    iterator = iter(loader)
+    while True:
+        waited = time.perf_counter()
+        batch = next(iterator, None)
+        if batch is None:
+            return
+        yield batch, time.perf_counter() - waited
+
+
 def run_epoch(
     stage: Stage,
     loader: Iterable[Batch],
     on_failed: Callable[[list[int]], None],
-    step: Callable[[torch.Tensor], None] | None = None,
+    mode: str,
+    first_step: int = 0,
+    step: Callable[[torch.Tensor, Callable[[], None]], None] | None = None,
 ) -> tuple[float, float]:
     """Mean loss and accuracy over every process's share of `loader`; `step` (training) gets each loss.
 
+    Steps are numbered from `first_step` per mode, as smdebug counts them; the observer hears of each.
     The caller sets the modes first: the debugger's (its steps are counted per mode) and the module's.
     """
+    observer = stage.observer
     loss_sum, correct, count = 0.0, 0, 0
-    for batch in loader:
+    index = first_step
+    observer.begin_pass(mode, stage.epoch, first_step)
+    for index, (batch, waited) in enumerate(_timed(loader), start=first_step):
         on_failed(batch.failed)
         if not len(batch.labels):
             continue
+        started = time.perf_counter()
+        observer.begin_step(mode, index)
         inputs, labels = stage.prepare(batch)
         with torch.autocast(stage.cluster.device.type, dtype=torch.float16, enabled=stage.amp):
             logits = stage.module(inputs)
             loss = stage.criterion(logits, labels)
         if step is not None:
-            step(loss)
-        loss_sum += loss.item() * len(labels)
+            step(loss, lambda index=index: observer.after_backward(mode, index))
+        value = loss.item()  # also the point where the host waits for the device
+        observer.end_step(mode, index, value, logits, labels, waited, time.perf_counter() - started)
+        loss_sum += value * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
+    observer.end_pass(mode, stage.epoch, index + 1)
     loss_sum, correct, count = stage.cluster.all_sum([loss_sum, correct, count])
     return loss_sum / max(count, 1), correct / max(count, 1)
 
@@ -291,18 +356,21 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     on_failed: Callable[[list[int]], None],
     debugger: DebuggerHook,
+    first_step: int = 0,
 ) -> tuple[float, float]:
     """One optimiser step per batch; returns the epoch's mean training loss and accuracy."""
 
-    def step(loss: torch.Tensor) -> None:
+    def step(loss: torch.Tensor, after_backward: Callable[[], None]) -> None:
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # the recorder reads true gradients (a no-op without AMP)
+        after_backward()
         scaler.step(optimizer)
         scaler.update()
 
     debugger.set_mode("TRAIN")
     set_train_mode(stage.module, finetune)
-    return run_epoch(stage, loader, on_failed, step)
+    return run_epoch(stage, loader, on_failed, "TRAIN", first_step, step)
 
 
 @torch.no_grad()
@@ -311,11 +379,18 @@ def evaluate(
     loader: Iterable[Batch],
     on_failed: Callable[[list[int]], None],
     debugger: DebuggerHook,
+    mode: str = "EVAL",
+    first_step: int = 0,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over every process's share of `loader`."""
-    debugger.set_mode("EVAL")
+    """Mean loss and accuracy over every process's share of `loader`.
+
+    `mode` is EVAL for validation, PREDICT for the final test pass: a test loss recorded as EVAL
+    would be the last point of the validation curve, and rules comparing training with validation
+    would judge test data.
+    """
+    debugger.set_mode(mode)
     stage.module.eval()
-    return run_epoch(stage, loader, on_failed)
+    return run_epoch(stage, loader, on_failed, mode, first_step)
 
 
 def objective_line(loss: float, accuracy: float, split: str = "validation") -> str:
@@ -365,41 +440,101 @@ def usable_checkpoint_dir(path: str | None) -> Path | None:
     return directory
 
 
-# --------------------------------------------------------------------------- the run
+# --------------------------------------------------------------------------- building the run
 
 
-def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test: bool = False) -> dict:
-    """Train, keep the best epoch by validation loss, save it; optionally evaluate it on test/."""
-    check_args(args)
-    cluster = init_cluster()
-    seed_everything(args.seed)
-    log = print if cluster.is_main else (lambda *a, **k: None)
-    started = time.perf_counter()
+@dataclass
+class Data:
+    """The splits and their loaders; `prepare` turns a batch into device tensors."""
 
+    class_names: list[str]
+    splits: dict[str, SplitFiles]
+    train: object
+    valid: object
+    test: object | None
+    prepare: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+    failed: FailedFiles = field(default_factory=FailedFiles)
+
+    def on_failed(self, split: str) -> Callable[[list[int]], None]:
+        return lambda indices: self.failed.add(self.splits[split], indices)
+
+
+@dataclass
+class Training:
+    """What learns and how: `trained` is the network, or only its head on cached features."""
+
+    model: nn.Module  # the whole network: what is saved
+    trained: nn.Module
+    stage: Stage
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+
+
+@dataclass
+class Progress:
+    """Where the run stands; a checkpoint holds it."""
+
+    start_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"loss": math.inf, "accuracy": 0.0, "epoch": -1})
+    stale_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped_early: bool = False
+
+
+@dataclass
+class Watch:
+    """Who watches the run: SageMaker's debugger hook, and the in-job recorder and profiler."""
+
+    debugger: DebuggerHook
+    rules: list[str] = field(default_factory=list)
+    recorder: Recorder | None = None
+    profiler: Profiler | None = None
+    trace: TorchTrace | None = None
+
+
+def discover(args: argparse.Namespace, log: Callable[..., None]) -> tuple[list[str], dict[str, SplitFiles]]:
     try:
         class_names, splits = discover_splits(Path(args.data_dir), args.num_classes)
     except DatasetLayoutError as error:
         raise SystemExit(f"data: {error}") from None
-    num_classes = len(class_names)
     log(
-        f"data: {num_classes} classes; "
+        f"data: {len(class_names)} classes; "
         + ", ".join(f"{name} {len(files.samples)} images" for name, files in splits.items()),
         flush=True,
     )
+    return class_names, splits
 
-    on_gpu = cluster.device.type == "cuda"
-    amp = args.amp and on_gpu
+
+def build_network(args: argparse.Namespace, cluster: Cluster, num_classes: int) -> nn.Module:
     model = build_model(args.backbone, num_classes, pretrained=args.pretrained, finetune=args.finetune)
     # Moved once. On a GPU channels-last, the layout `image_preparer` gives the batches there.
-    model = model.to(cluster.device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
-    train_preset = TrainPreset(args.image_size)
+    on_gpu = cluster.device.type == "cuda"
+    return model.to(cluster.device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
+
+
+def load_data(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    model: nn.Module,
+    splits: tuple[list[str], dict[str, SplitFiles]],
+    evaluate_test: bool,
+    log: Callable[..., None],
+) -> Data:
+    """Loaders of decoded images, or (feature cache) of the frozen backbone's features."""
+    class_names, files = splits
+    on_gpu = cluster.device.type == "cuda"
     eval_preset = EvalPreset(args.image_size)
     augment = args.augment and not args.feature_cache
+    train_transform = TrainPreset(args.image_size).uint8 if augment else eval_preset.uint8
     num_workers = auto_num_workers(cluster.local_world_size) if args.num_workers < 0 else args.num_workers
+    prepare_images = image_preparer(cluster.device, eval_preset.scaling, channels_last=on_gpu)
+    data = Data(class_names, files, None, None, None, prepare_images)
 
-    def loader(split: str, shuffle: bool, batch_size: int, transform) -> object:
+    def images(split: str, shuffle: bool, batch_size: int, transform) -> object:
         return make_loader(
-            ImageFiles(splits[split], transform),
+            ImageFiles(files[split], transform),
             batch_size,
             shuffle=shuffle,
             seed=args.seed,
@@ -408,198 +543,340 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
             pin_memory=on_gpu,
         )
 
-    failed = FailedFiles()
+    used = ("train", "valid", "test") if evaluate_test else ("train", "valid")
+    if not args.feature_cache:
+        data.train = images("train", True, args.batch_size, train_transform)
+        data.valid = images("valid", False, args.test_batch_size, eval_preset.uint8)
+        data.test = images("test", False, args.test_batch_size, eval_preset.uint8) if evaluate_test else None
+        return data
+    # The frozen backbone runs once per image; the loop then trains the head alone.
+    started = time.perf_counter()
+    features = {
+        split: extract_features(
+            model,
+            head(model),
+            images(split, False, args.test_batch_size, eval_preset.uint8),
+            prepare_images,
+            data.on_failed(split),
+        )
+        for split in used
+    }
+    log(
+        f"feature cache: {sum(map(len, features.values()))} images, {time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
 
-    def note_failed(split: str) -> Callable[[list[int]], None]:
-        return lambda indices: failed.add(splits[split], indices)
+    def cached(split: str, shuffle: bool, batch_size: int) -> object:
+        # Cached features are already sharded per process: no distributed sampler again.
+        return make_loader(
+            features[split],
+            batch_size,
+            shuffle=shuffle,
+            seed=args.seed + cluster.rank,
+            num_workers=0,
+            distributed=False,
+            pin_memory=False,
+        )
 
-    prepare_images = image_preparer(cluster.device, eval_preset.scaling, channels_last=on_gpu)
-    train_transform = train_preset.uint8 if augment else eval_preset.uint8
-    weights = class_weight_tensor(splits["train"], num_classes) if args.class_weights else None
+    data.prepare = feature_preparer(cluster.device)
+    data.train = cached("train", True, args.batch_size)
+    data.valid = cached("valid", False, args.test_batch_size)
+    data.test = cached("test", False, args.test_batch_size) if evaluate_test else None
+    return data
+
+
+def build_training(args: argparse.Namespace, cluster: Cluster, model: nn.Module, data: Data) -> Training:
+    """The module that learns (DDP-wrapped where distributed), its loss, optimiser, schedule and scaler."""
+    on_gpu = cluster.device.type == "cuda"
+    amp = args.amp and on_gpu
+    trained = head(model) if args.feature_cache else model
+    num_classes = len(data.class_names)
+    weights = class_weight_tensor(data.splits["train"], num_classes) if args.class_weights else None
     criterion = nn.CrossEntropyLoss(weight=weights.to(cluster.device) if weights is not None else None)
-
-    if args.feature_cache:
-        # The frozen backbone runs once per image; the loop then trains the head alone.
-        t0 = time.perf_counter()
-        features = {
-            split: extract_features(
-                model,
-                head(model),
-                loader(split, False, args.test_batch_size, eval_preset.uint8),
-                prepare_images,
-                note_failed(split),
-            )
-            for split in (("train", "valid", "test") if evaluate_test else ("train", "valid"))
-        }
-        log(
-            f"feature cache: {sum(map(len, features.values()))} images, {time.perf_counter() - t0:.1f}s",
-            flush=True,
-        )
-        trained: nn.Module = head(model)
-
-        def feature_loader(split: str, shuffle: bool, batch_size: int):
-            # Cached features are already sharded per process: no distributed sampler again.
-            return make_loader(
-                features[split],
-                batch_size,
-                shuffle=shuffle,
-                seed=args.seed + cluster.rank,
-                num_workers=0,
-                distributed=False,
-                pin_memory=False,
-            )
-
-        prepare = feature_preparer(cluster.device)
-        train_loader = feature_loader("train", True, args.batch_size)
-        valid_loader = feature_loader("valid", False, args.test_batch_size)
-        test_loader = feature_loader("test", False, args.test_batch_size) if evaluate_test else None
-    else:
-        trained = model
-        prepare = prepare_images
-        train_loader = loader("train", True, args.batch_size, train_transform)
-        valid_loader = loader("valid", False, args.test_batch_size, eval_preset.uint8)
-        test_loader = (
-            loader("test", False, args.test_batch_size, eval_preset.uint8) if evaluate_test else None
-        )
-
     module = (
         DistributedDataParallel(trained, device_ids=[cluster.local_rank] if on_gpu else None)
         if cluster.distributed
         else trained
     )
-    stage = Stage(module, prepare, criterion, amp, cluster)
     optimizer = make_optimizer(args, trainable_parameters(trained))
-    scheduler = make_scheduler(args, optimizer)
-    scaler = torch.amp.GradScaler(cluster.device.type, enabled=amp)
+    return Training(
+        model=model,
+        trained=trained,
+        stage=Stage(module, data.prepare, criterion, amp, cluster),
+        optimizer=optimizer,
+        scheduler=make_scheduler(args, optimizer),
+        scaler=torch.amp.GradScaler(cluster.device.type, enabled=amp),
+    )
 
-    debugger = DebuggerHook.from_sagemaker_config(use_debugger and cluster.is_main)
-    debugger.register(trained, criterion)
+
+def build_watch(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    training: Training,
+    data: Data,
+    use_debugger: bool,
+) -> Watch:
+    """train_model.py's watchers (rank 0 only): smdebug's hook, the in-job recorder and profiler."""
+    watching = use_debugger and cluster.is_main
+    watch = Watch(DebuggerHook.from_sagemaker_config(watching))
+    watch.debugger.register(training.trained, training.stage.criterion)
     planned = {
-        "TRAIN": len(train_loader) * args.epochs,
-        "EVAL": len(valid_loader) * args.epochs + (len(test_loader) if test_loader is not None else 0),
+        "TRAIN": len(data.train) * args.epochs,
+        "EVAL": len(data.valid) * args.epochs,
+        **({"PREDICT": len(data.test)} if data.test is not None else {}),
     }
-    debugger.check_saved_steps(planned, "planned")
-
-    # ---- resume after a spot interruption
-    checkpoint_dir = usable_checkpoint_dir(args.checkpoint_dir)
-    signature = run_signature(args)
-    start_epoch, best, stale_epochs, history = 0, {"loss": math.inf, "accuracy": 0.0, "epoch": -1}, 0, []
-    checkpoint_path = checkpoint_dir / CHECKPOINT_FILENAME if checkpoint_dir else None
-    if checkpoint_path and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-        if state["signature"] != signature:
-            log(
-                f"checkpoints: {checkpoint_path} is from a run with other settings; starting over", flush=True
-            )
-        else:
-            trained.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["lr_scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, best, stale_epochs = state["epoch"] + 1, state["best"], state["stale_epochs"]
-            history = state["history"]
-            log(
-                f"checkpoints: resuming at epoch {start_epoch + 1} of {args.epochs} from {checkpoint_path}",
-                flush=True,
-            )
-            for entry in history:
-                log(objective_line(entry["loss"], entry["accuracy"]), flush=True)
-            if state.get("stopped_early"):
-                start_epoch = args.epochs
-
-    # ---- the loop
-    best_state: dict[str, torch.Tensor] | None = None
-    for epoch in range(start_epoch, args.epochs):
-        epoch_started = time.perf_counter()
-        torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout etc.: same after a restart
-        set_loader_epoch(train_loader, epoch)
-        train_loss, train_accuracy = train_one_epoch(
-            stage, train_loader, args.finetune, optimizer, scaler, note_failed("train"), debugger
+    watch.debugger.check_saved_steps(planned, "planned")
+    if not watching:
+        return watch
+    watch.rules = parse_rules(args.rules)
+    if any(name not in ("ProfilerReport",) and name[0].islower() for name in watch.rules):
+        activations = bool(ACTIVATION_RULES & set(watch.rules)) and args.finetune == "full"
+        note = None if args.finetune == "full" else "finetune=head: the ReLUs are in the frozen backbone"
+        watch.recorder = Recorder(
+            training.trained,
+            intervals={
+                "TRAIN": args.train_save_interval,
+                "EVAL": args.eval_save_interval,
+                "PREDICT": args.eval_save_interval,
+            },
+            num_classes=len(data.class_names),
+            class_names=data.class_names,
+            activations=activations,
+            activations_note=note,
+            amp=training.stage.amp,
         )
-        valid_loss, valid_accuracy = evaluate(stage, valid_loader, note_failed("valid"), debugger)
-        scheduler.step()
-        history.append({"loss": valid_loss, "accuracy": valid_accuracy})
-        log(
-            f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f} accuracy {train_accuracy:.4f}, "
-            f"{time.perf_counter() - epoch_started:.1f}s",
-            flush=True,
-        )
-        log(objective_line(valid_loss, valid_accuracy), flush=True)
-        if valid_loss < best["loss"] - args.min_delta:
-            best, stale_epochs = {"loss": valid_loss, "accuracy": valid_accuracy, "epoch": epoch}, 0
-            if cluster.is_main and checkpoint_dir:
-                atomic_save(trained.state_dict(), checkpoint_dir / BEST_FILENAME)
-            best_state = {k: v.detach().cpu().clone() for k, v in trained.state_dict().items()}
-        else:
-            stale_epochs += 1
-        stop = args.patience > 0 and stale_epochs >= args.patience
+    if wants_profiler(watch.rules):
+        watch.profiler = Profiler(args.profiler_interval_millis)
+    if args.torch_profiler_steps > 0:
+        watch.trace = TorchTrace(args.torch_profiler_steps, Path(args.output_data_dir) / "torch_profiler")
+    training.stage.observer = Observers(watch.recorder, watch.profiler, watch.trace)
+    return watch
+
+
+# --------------------------------------------------------------------------- checkpoints and the loop
+
+
+def resume(args: argparse.Namespace, training: Training, watch: Watch, path: Path | None, log) -> Progress:
+    """Continue after a spot interruption from `path`, if it holds a run with these settings."""
+    progress = Progress()
+    if not (path and path.is_file()):
+        return progress
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["signature"] != run_signature(args):
+        log(f"checkpoints: {path} is from a run with other settings; starting over", flush=True)
+        return progress
+    training.trained.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    training.scheduler.load_state_dict(state["lr_scheduler"])
+    training.scaler.load_state_dict(state["scaler"])
+    progress = Progress(state["epoch"] + 1, state["best"], state["stale_epochs"], state["history"])
+    if watch.recorder is not None and state.get("recording"):
+        watch.recorder.load_state_dict(state["recording"])
+    log(f"checkpoints: resuming at epoch {progress.start_epoch + 1} of {args.epochs} from {path}", flush=True)
+    for entry in progress.history:
+        log(objective_line(entry["loss"], entry["accuracy"]), flush=True)
+    if state.get("stopped_early"):
+        progress.start_epoch = args.epochs
+    return progress
+
+
+def save_checkpoint(
+    args: argparse.Namespace, training: Training, watch: Watch, progress: Progress, epoch: int, path: Path
+) -> None:
+    atomic_save(
+        {
+            "model": training.trained.state_dict(),
+            "optimizer": training.optimizer.state_dict(),
+            "lr_scheduler": training.scheduler.state_dict(),
+            "scaler": training.scaler.state_dict(),
+            "epoch": epoch,
+            "best": progress.best,
+            "stale_epochs": progress.stale_epochs,
+            "history": progress.history,
+            "stopped_early": progress.stopped_early,
+            "signature": run_signature(args),
+            "recording": watch.recorder.state_dict() if watch.recorder is not None else None,
+        },
+        path,
+    )
+
+
+def fit_epoch(
+    args: argparse.Namespace,
+    training: Training,
+    data: Data,
+    watch: Watch,
+    progress: Progress,
+    epoch: int,
+    log,
+) -> bool:
+    """Train and validate one epoch; keep it if it is the best so far. True: this epoch was the best."""
+    started = time.perf_counter()
+    torch.manual_seed(args.seed * 1_000_003 + epoch)  # dropout etc.: same after a restart
+    set_loader_epoch(data.train, epoch)
+    stage = training.stage
+    stage.epoch = epoch
+    train_loss, train_accuracy = train_one_epoch(
+        stage,
+        data.train,
+        args.finetune,
+        training.optimizer,
+        training.scaler,
+        data.on_failed("train"),
+        watch.debugger,
+        first_step=epoch * len(data.train),
+    )
+    valid_loss, valid_accuracy = evaluate(
+        stage, data.valid, data.on_failed("valid"), watch.debugger, "EVAL", epoch * len(data.valid)
+    )
+    training.scheduler.step()
+    progress.history.append({"loss": valid_loss, "accuracy": valid_accuracy})
+    log(
+        f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f} accuracy {train_accuracy:.4f}, "
+        f"{time.perf_counter() - started:.1f}s",
+        flush=True,
+    )
+    log(objective_line(valid_loss, valid_accuracy), flush=True)
+    if valid_loss < progress.best["loss"] - args.min_delta:
+        progress.best = {"loss": valid_loss, "accuracy": valid_accuracy, "epoch": epoch}
+        progress.stale_epochs = 0
+        progress.best_state = {k: v.detach().cpu().clone() for k, v in training.trained.state_dict().items()}
+        return True
+    progress.stale_epochs += 1
+    return False
+
+
+def fit(
+    args: argparse.Namespace,
+    training: Training,
+    data: Data,
+    watch: Watch,
+    progress: Progress,
+    checkpoint_dir: Path | None,
+    log,
+) -> Progress:
+    """Epochs from `progress.start_epoch` until the last one or early stopping; checkpoint each."""
+    cluster = training.stage.cluster
+    for epoch in range(progress.start_epoch, args.epochs):
+        improved = fit_epoch(args, training, data, watch, progress, epoch, log)
+        if improved and cluster.is_main and checkpoint_dir:
+            atomic_save(training.trained.state_dict(), checkpoint_dir / BEST_FILENAME)
+        progress.stopped_early = args.patience > 0 and progress.stale_epochs >= args.patience
         if cluster.is_main and checkpoint_dir:
-            atomic_save(
-                {
-                    "model": trained.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "epoch": epoch,
-                    "best": best,
-                    "stale_epochs": stale_epochs,
-                    "history": history,
-                    "stopped_early": stop,
-                    "signature": signature,
-                },
-                checkpoint_path,
-            )
+            save_checkpoint(args, training, watch, progress, epoch, checkpoint_dir / CHECKPOINT_FILENAME)
             log(f"checkpoints: epoch {epoch + 1} saved", flush=True)
         cluster.barrier()
-        if stop:
-            log(f"early stopping: no better validation loss for {stale_epochs} epochs", flush=True)
+        if progress.stopped_early:
+            log(f"early stopping: no better validation loss for {progress.stale_epochs} epochs", flush=True)
             break
+    return progress
 
-    # ---- the best epoch is the model
-    if best_state is not None:
-        trained.load_state_dict(best_state)
+
+def restore_best(training: Training, progress: Progress, checkpoint_dir: Path | None, log) -> dict:
+    """Load the best epoch's weights into the model; the tuner's last objective line is its loss."""
+    if progress.best_state is not None:
+        training.trained.load_state_dict(progress.best_state)
     elif checkpoint_dir and (checkpoint_dir / BEST_FILENAME).is_file():
-        trained.load_state_dict(
-            torch.load(checkpoint_dir / BEST_FILENAME, map_location="cpu", weights_only=True)
-        )
-    # The tuner reads the last objective line: make it the saved (best) epoch's.
+        best = torch.load(checkpoint_dir / BEST_FILENAME, map_location="cpu", weights_only=True)
+        training.trained.load_state_dict(best)
+    best = progress.best
     log(f"best epoch: {best['epoch'] + 1}", flush=True)
     log(objective_line(best["loss"], best["accuracy"]), flush=True)
-
-    result = {
+    return {
         "best_epoch": best["epoch"] + 1,
         "validation_loss": best["loss"],
         "validation_accuracy": best["accuracy"],
-        "epochs_run": len(history),
+        "epochs_run": len(progress.history),
     }
-    if test_loader is not None:
-        test_loss, test_accuracy = evaluate(stage, test_loader, note_failed("test"), debugger)
+
+
+# --------------------------------------------------------------------------- finishing
+
+
+def judge(args: argparse.Namespace, watch: Watch, log) -> list[Verdict]:
+    """Evaluate the rules on what was recorded; write the verdicts, the recording and the profile."""
+    output = Path(args.output_data_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    verdicts: list[Verdict] = []
+    if watch.recorder is not None:
+        recording = watch.recorder.recording()
+        (output / "recording.json").write_text(json.dumps(recording))
+        verdicts += evaluate_debugger_rules(watch.rules, recording)
+    if watch.profiler is not None:
+        profile = watch.profiler.data()
+        (output / "profiler.json").write_text(json.dumps(profile))
+        profiler_verdicts = evaluate_profiler_rules(watch.rules, profile)
+        write_report(output / "profiler-report.html", profile, profiler_verdicts)
+        verdicts += profiler_verdicts
+    if not watch.rules:
+        return verdicts
+    for verdict in verdicts:
+        log(verdict.log_line(), flush=True)
+    (output / "rule_verdicts.json").write_text(
+        json.dumps({"version": 1, "rules": [v.to_json() for v in verdicts]}, indent=2)
+    )
+    return verdicts
+
+
+def save(args: argparse.Namespace, training: Training, data: Data, result: dict, history: list[dict]) -> None:
+    metadata = ModelMetadata(
+        backbone=args.backbone,
+        num_classes=len(data.class_names),
+        class_names=data.class_names,
+        image_size=args.image_size,  # resize_size follows from it, as for the eval preset
+        finetune=args.finetune,
+        training={**result, "hyperparameters": run_signature(args)},
+    )
+    save_artifact(args.model_dir, training.model, metadata)
+    Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_data_dir) / "history.json").write_text(
+        json.dumps({"epochs": history, **result}, indent=2)
+    )
+
+
+def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test: bool = False) -> dict:
+    """Train, keep the best epoch by validation loss, save it; optionally evaluate it on test/.
+
+    `use_debugger` (train_model.py): SageMaker's debugger hook, and the rules and profiler of
+    `--rules` judged in the job.
+    """
+    check_args(args)
+    cluster = init_cluster()
+    seed_everything(args.seed)
+    log = print if cluster.is_main else (lambda *a, **k: None)
+    started = time.perf_counter()
+
+    splits = discover(args, log)
+    model = build_network(args, cluster, len(splits[0]))
+    data = load_data(args, cluster, model, splits, evaluate_test, log)
+    training = build_training(args, cluster, model, data)
+    watch = build_watch(args, cluster, training, data, use_debugger)
+    checkpoint_dir = usable_checkpoint_dir(args.checkpoint_dir)
+    checkpoint = checkpoint_dir / CHECKPOINT_FILENAME if checkpoint_dir else None
+    progress = fit(
+        args, training, data, watch, resume(args, training, watch, checkpoint, log), checkpoint_dir, log
+    )
+    result = restore_best(training, progress, checkpoint_dir, log)
+    if data.test is not None:
+        test_loss, test_accuracy = evaluate(
+            training.stage, data.test, data.on_failed("test"), watch.debugger, "PREDICT"
+        )
         log(objective_line(test_loss, test_accuracy, split="test"), flush=True)
         result.update(test_loss=test_loss, test_accuracy=test_accuracy)
-    if debugger.active:
-        debugger.check_saved_steps(debugger.actual_steps(), "saved")
-    debugger.close()
+    training.stage.observer.close()
+    if watch.debugger.active:
+        watch.debugger.check_saved_steps(watch.debugger.actual_steps(), "saved")
+    watch.debugger.close()
+    if cluster.is_main:
+        judge(args, watch, log)
 
-    skipped = int(cluster.all_sum([float(failed.count)])[0])
-    if failed.count:
-        print(failed.report(), flush=True)
+    skipped = int(cluster.all_sum([float(data.failed.count)])[0])
+    if data.failed.count:
+        print(data.failed.report(), flush=True)
     log(f"skipped images in total: {skipped}", flush=True)
     result["skipped_images"] = skipped
-
     if cluster.is_main:
-        metadata = ModelMetadata(
-            backbone=args.backbone,
-            num_classes=num_classes,
-            class_names=class_names,
-            image_size=args.image_size,  # resize_size follows from it, as for `eval_preset`
-            finetune=args.finetune,
-            training={**result, "hyperparameters": run_signature(args)},
-        )
-        save_artifact(args.model_dir, model, metadata)
-        Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_data_dir) / "history.json").write_text(
-            json.dumps({"epochs": history, **result}, indent=2)
-        )
+        save(args, training, data, result, progress.history)
         log(f"model saved to {args.model_dir} in {time.perf_counter() - started:.1f}s", flush=True)
     cluster.barrier()
     if cluster.distributed:
