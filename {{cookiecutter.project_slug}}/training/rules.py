@@ -356,7 +356,7 @@ def loss_not_decreasing(
                 continue
             checks += 1
             decrease = (ref - value) / abs(ref) * 100 if ref else -math.inf
-            if decrease < diff_percent:
+            if not math.isfinite(value) or decrease < diff_percent:
                 how = (
                     f"rose {-decrease:.1f}% (more than the {increase_threshold_percent}% allowed)"
                     if -decrease > increase_threshold_percent
@@ -496,7 +496,7 @@ def class_imbalance(
         "samples": samples,
     }
     labels = recording.get("labels", {})
-    counts = labels.get("TRAIN", {}).get("counts", [])
+    counts = [int(c) for c in labels.get("TRAIN", {}).get("counts", [])]
     names = recording.get("class_names") or [str(i) for i in range(len(counts))]
     total = sum(counts)
     if total < samples:
