@@ -237,3 +237,13 @@ def test_feature_cache_trains_the_same_head_as_decoding_every_epoch(training, ti
     )
     for name, tensor in uncached.items():
         torch.testing.assert_close(cached[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_debugger_log_names_the_real_reason_smdebug_did_not_import(training):
+    debugger = training("debugger")
+    missing = ModuleNotFoundError("No module named 'smdebug'", name="smdebug")
+    assert debugger.import_failure(missing).startswith("smdebug is not installed")
+    broken = AttributeError("`np.float_` was removed in the NumPy 2.0 release")
+    assert debugger.import_failure(broken) == (
+        "smdebug is installed but cannot be imported: AttributeError: `np.float_` was removed in the NumPy 2.0 release"
+    )
