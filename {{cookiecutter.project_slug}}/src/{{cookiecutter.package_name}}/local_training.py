@@ -39,6 +39,8 @@ CHANNEL = sagemaker_api.DATA_CHANNEL
 HOST = "algo-1"
 LOG_TAIL_LINES = 40
 QUIET_TAIL_LINES = 6
+# The training toolkit's line just before the entry point's own output starts.
+TOOLKIT_INVOKES_SCRIPT = "Invoking script with the following command"
 
 
 class LocalTrainingError(RuntimeError):
@@ -203,6 +205,7 @@ def run_toolkit(
         "SMDEBUG_CONFIG_FILE_PATH": str(base_dir / "input" / "config" / "debughookconfig.json"),
     }
     command = [sys.executable, "-m", __name__]
+    # The entry point's own last lines: what the toolkit printed before it (its environment) is reset.
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
     log_path = output_dir / "training.log"
     with (
@@ -216,6 +219,8 @@ def run_toolkit(
             if not quiet:
                 sys.stdout.write(line)
             log.write(line)
+            if line.startswith(TOOLKIT_INVOKES_SCRIPT):
+                tail.clear()
             tail.append(line.rstrip("\n"))
     if quiet:
         print(*list(tail)[-QUIET_TAIL_LINES:], f"log: {log_path}", sep="\n")
@@ -229,7 +234,7 @@ def run_toolkit(
 
 def _run_under_toolkit() -> None:
     """In the subprocess: what `sagemaker_training.trainer.train()` does, less pip and DNS (see above)."""
-    from sagemaker_training import environment, files, logging_config, runner
+    from sagemaker_training import environment, errors, files, logging_config, runner
 
     env = environment.Environment()
     logging_config.configure_logger(env.log_level)
@@ -238,7 +243,11 @@ def _run_under_toolkit() -> None:
     os.environ.pop("PYTHONPATH", None)
     env_vars = env.to_env_vars()
     environment.write_env_vars(env_vars)
-    runner.get(runner.ProcessRunnerType, env.user_entry_point, env.to_cmd_args(), env_vars).run(wait=True)
+    try:
+        runner.get(runner.ProcessRunnerType, env.user_entry_point, env.to_cmd_args(), env_vars).run(wait=True)
+    except errors.ExecuteUserScriptError as error:
+        # The script's own error is already in the log above; the toolkit's traceback would bury it.
+        sys.exit(int(error.return_code) if str(error.return_code).isdigit() else 1)
 
 
 if __name__ == "__main__":
