@@ -243,7 +243,7 @@ def test_debugger_log_names_the_real_reason_smdebug_did_not_import(training):
     debugger = training("debugger")
     missing = ModuleNotFoundError("No module named 'smdebug'", name="smdebug")
     assert debugger.import_failure(missing).startswith("smdebug is not installed")
-    broken = AttributeError("`np.float_` was removed in the NumPy 2.0 release")
+    broken = AttributeError("`np.float_` was removed")
     assert debugger.import_failure(broken) == (
-        "smdebug is installed but cannot be imported: AttributeError: `np.float_` was removed in the NumPy 2.0 release"
+        "smdebug is installed but cannot be imported: AttributeError: `np.float_` was removed"
     )

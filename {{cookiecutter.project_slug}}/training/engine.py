@@ -40,6 +40,7 @@ from profiler import Profiler, TorchTrace, write_report
 from recorder import Observer, Observers, Recorder
 from rules import (
     ACTIVATION_RULES,
+    DEBUGGER_RULES,
     Verdict,
     evaluate_debugger_rules,
     evaluate_profiler_rules,
@@ -543,20 +544,33 @@ def load_data(
             pin_memory=on_gpu,
         )
 
-    used = ("train", "valid", "test") if evaluate_test else ("train", "valid")
     if not args.feature_cache:
         data.train = images("train", True, args.batch_size, train_transform)
         data.valid = images("valid", False, args.test_batch_size, eval_preset.uint8)
         data.test = images("test", False, args.test_batch_size, eval_preset.uint8) if evaluate_test else None
         return data
-    # The frozen backbone runs once per image; the loop then trains the head alone.
+    return cache_features(args, cluster, model, data, images, evaluate_test, log)
+
+
+def cache_features(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    model: nn.Module,
+    data: Data,
+    images: Callable[..., object],
+    evaluate_test: bool,
+    log: Callable[..., None],
+) -> Data:
+    """The frozen backbone runs once per image; the loop then trains the head alone on its features."""
+    eval_preset = EvalPreset(args.image_size)
+    used = ("train", "valid", "test") if evaluate_test else ("train", "valid")
     started = time.perf_counter()
     features = {
         split: extract_features(
             model,
             head(model),
             images(split, False, args.test_batch_size, eval_preset.uint8),
-            prepare_images,
+            data.prepare,
             data.on_failed(split),
         )
         for split in used
@@ -629,7 +643,7 @@ def build_watch(
     if not watching:
         return watch
     watch.rules = parse_rules(args.rules)
-    if any(name not in ("ProfilerReport",) and name[0].islower() for name in watch.rules):
+    if any(name in DEBUGGER_RULES for name in watch.rules):
         activations = bool(ACTIVATION_RULES & set(watch.rules)) and args.finetune == "full"
         note = None if args.finetune == "full" else "finetune=head: the ReLUs are in the frozen backbone"
         watch.recorder = Recorder(
