@@ -1,4 +1,5 @@
-"""Spot interruption and distributed training, with the scripts run as SageMaker runs them."""
+"""Spot interruption and distributed training, with the scripts run as SageMaker runs them
+(arguments mapped by the training toolkit's own `to_cmd_args`)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, project_module
+from conftest import TINY_TRAINING
+from sagemaker_training.mapping import to_cmd_args
 
 from classifier.artifact import load_artifact
 from classifier.backbones import head
-
-local_training = project_module("local_training")
 
 # mobilenet_v3_small: the smallest torchvision classifier (fast checkpoints), with dropout, so a
 # resume must restore the random state too.
@@ -33,7 +33,7 @@ def command(entry_point: str, data_dir: Path, out: Path, **extra) -> tuple[list[
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "PYTHONPATH"))}
     env.update(SAGEMAKER_SUPPRESS_V2_WARNING="1", PYTHONUNBUFFERED="1")
-    return [sys.executable, entry_point, *local_training.to_cmd_args(hyperparameters)], env
+    return [sys.executable, entry_point, *to_cmd_args(hyperparameters)], env
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
