@@ -373,3 +373,62 @@ def test_a_hand_written_estimator_over_training_runs_hpo_under_the_toolkit(confi
     )
     assert {"model.pth", "metadata.json"} <= archive_names(model)
     assert "validation:loss=" in (run / "training.log").read_text()
+
+
+def test_a_refused_debugger_configuration_relaunches_once_without_it(config, tmp_path):
+    """An account Debugger is closed to: CreateTrainingJob is refused for its rules; one relaunch follows."""
+    from botocore.exceptions import ClientError
+
+    attempts = []
+
+    def refuse_debugger(params, **_):
+        attempts.append(params)
+        if params.get("DebugRuleConfigurations") or params.get("ProfilerRuleConfigurations"):
+            raise ClientError(
+                {"Error": {"Code": "ValidationException", "Message": "SageMaker Debugger is not available"}},
+                "CreateTrainingJob",
+            )
+
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        session.aws.boto_session.events.register(
+            "provide-client-params.sagemaker.CreateTrainingJob", refuse_debugger
+        )
+        result = launcher.train(config, session)
+    if config.section("debugger")["rule_set"] == "none":
+        assert len(attempts) == 1 and result.notes == ()
+        return
+    assert len(attempts) == 2
+    assert not attempts[1].get("DebugRuleConfigurations") and not attempts[1].get(
+        "ProfilerRuleConfigurations"
+    )
+    assert "DebugHookConfig" not in attempts[1]
+    (note,) = result.notes
+    assert "relaunched once without it" in note and "SageMaker Debugger is not available" in note
+    # The relaunched job is the one recorded: deploy and report find it.
+    assert [item["name"] for item in session.state.resources("training-job")] == [result.training_job_name]
+
+
+def test_any_other_refusal_is_not_retried(config, tmp_path):
+    from botocore.exceptions import ClientError
+
+    attempts = []
+
+    def refuse_quota(params, **_):
+        attempts.append(params)
+        raise ClientError(
+            {
+                "Error": {
+                    "Code": "ResourceLimitExceeded",
+                    "Message": "account-level service limit is 0 Instances",
+                }
+            },
+            "CreateTrainingJob",
+        )
+
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        session.aws.boto_session.events.register(
+            "provide-client-params.sagemaker.CreateTrainingJob", refuse_quota
+        )
+        with pytest.raises(ClientError, match="service limit"):
+            launcher.train(config, session)
+    assert len(attempts) == 1

@@ -312,6 +312,8 @@ def train(
         return
     with _session(config, dry_run, dry_run_dir) as session:
         result = launcher.train(config, session, hyperparameters=overrides, use_tuned=tuned, wait=wait)
+        for note in result.notes:
+            console.print(f"[yellow]note[/]: {note}")
         console.print(f"training job {result.training_job_name}: {result.status}")
         console.print(f"model: {result.model_data}")
 

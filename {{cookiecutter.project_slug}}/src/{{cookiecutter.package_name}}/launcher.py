@@ -144,6 +144,8 @@ class TrainingResult:
     model_data: str
     hyperparameters: dict[str, Any]
     status: str
+    # One line each, to show the user (e.g. a relaunch without the Debugger configuration).
+    notes: tuple[str, ...] = ()
 
 
 def best_hyperparameters(state: ProjectState) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def train(
     else:
         client = session.aws.client("sagemaker")
         status = client.describe_training_job(TrainingJobName=name)["TrainingJobStatus"]
-    return TrainingResult(name, launch.model_data, merged, status)
+    return TrainingResult(name, launch.model_data, merged, status, launch.notes)
 
 
 # --- deployment -----------------------------------------------------------------------------------

@@ -383,6 +383,17 @@ def wait_for_tuning(aws: AwsContext, tuning_job_name: str) -> None:
 class TrainingLaunch:
     job_name: str
     model_data: str
+    # One line each, for the user: e.g. that the job was relaunched without the Debugger configuration.
+    notes: tuple[str, ...] = ()
+
+
+def refused_for_debugger(error: botocore.exceptions.ClientError) -> bool:
+    """CreateTrainingJob refused because of its Debugger or Profiler configuration (e.g. an account that
+    Debugger is closed to): the rules, hook and profiler are what it names."""
+    if getattr(error, "operation_name", "") != "CreateTrainingJob":
+        return False
+    message = str(error.response.get("Error", {}).get("Message", "")).lower()
+    return any(word in message for word in ("debug", "profiler", "rule"))
 
 
 def launch_training(
@@ -393,25 +404,43 @@ def launch_training(
     training_job_name: str,
     wait: bool,
 ) -> TrainingLaunch:
-    """Start the training job over train_model.py with the debugger; with `wait`, stream its logs."""
-    estimator = pytorch_estimator(
-        config,
-        aws,
-        TRAINING_ENTRY_POINT,
-        hyperparameters,
-        instances="training",
-        debugger=True,
-        checkpoint_job_name=training_job_name,
-    )
-    estimator.fit(
-        {DATA_CHANNEL: aws.s3_uri("data")},
-        job_name=training_job_name,
-        wait=wait,
-        logs="All" if wait else "None",
-    )
-    return TrainingLaunch(
-        training_job_name, aws.s3_uri("output", training_job_name, "output", "model.tar.gz")
-    )
+    """Start the training job over train_model.py with the debugger; with `wait`, stream its logs.
+
+    When CreateTrainingJob is refused for its Debugger or Profiler configuration, the job is launched once
+    more without it (the in-job rules still judge the run), and the launch's notes say so.
+    """
+    notes: list[str] = []
+
+    def fit(debugger: bool) -> None:
+        estimator = pytorch_estimator(
+            config,
+            aws,
+            TRAINING_ENTRY_POINT,
+            hyperparameters,
+            instances="training",
+            debugger=debugger,
+            checkpoint_job_name=training_job_name,
+        )
+        estimator.fit(
+            {DATA_CHANNEL: aws.s3_uri("data")},
+            job_name=training_job_name,
+            wait=wait,
+            logs="All" if wait else "None",
+        )
+
+    try:
+        fit(debugger=True)
+    except botocore.exceptions.ClientError as error:
+        if not refused_for_debugger(error):
+            raise
+        reason = " ".join(str(error.response.get("Error", {}).get("Message", "")).split())
+        notes.append(
+            f"SageMaker refused the Debugger/Profiler configuration ({reason}); relaunched once without it: "
+            "the rules are judged in the job only"
+        )
+        fit(debugger=False)
+    model_data = aws.s3_uri("output", training_job_name, "output", "model.tar.gz")
+    return TrainingLaunch(training_job_name, model_data, tuple(notes))
 
 
 # --- deployment and prediction ---------------------------------------------------------------------
