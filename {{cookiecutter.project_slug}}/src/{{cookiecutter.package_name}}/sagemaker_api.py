@@ -285,6 +285,36 @@ def job_name(config: ProjectConfig, kind: str, max_length: int = 63) -> str:
     return name_from_base(f"{slug}-{kind}", max_length=max_length, short=short)
 
 
+# What an estimator without the debugger gets: no hook, no rules, no system profiling.
+_NO_DEBUGGER: dict[str, Any] = {"debugger_hook_config": False, "disable_profiler": True}
+
+
+def debugger_settings(config: ProjectConfig, aws: AwsContext) -> dict[str, Any]:
+    """The estimator arguments of the configured rule set: `rules` (Rule / ProfilerRule objects),
+    `debugger_hook_config` (DebuggerHookConfig at [debugger]'s intervals) and `profiler_config`
+    (ProfilerConfig, system metrics every [profiler] interval). No rules: the hook and profiler are off."""
+    selected = rule_set(config)
+    if not (selected.debugger or selected.profiler):
+        return dict(_NO_DEBUGGER)
+    intervals = config.section("debugger")
+    hook = DebuggerHookConfig(
+        s3_output_path=aws.s3_uri("debug-output"),
+        hook_parameters={
+            "train.save_interval": str(intervals["train_save_interval"]),
+            "eval.save_interval": str(intervals["eval_save_interval"]),
+        },
+    )
+    return {
+        "rules": debugger_rules(selected, intervals),
+        "debugger_hook_config": hook if selected.debugger else False,
+        # System metrics only: framework profiling collects nothing on PyTorch >= 2.
+        "profiler_config": ProfilerConfig(
+            s3_output_path=aws.s3_uri("profiler-output"),
+            system_monitor_interval_millis=config.section("profiler")["system_monitor_interval_millis"],
+        ),
+    }
+
+
 def pytorch_estimator(
     config: ProjectConfig,
     aws: AwsContext,
@@ -326,52 +356,43 @@ def pytorch_estimator(
         arguments["checkpoint_s3_uri"] = aws.s3_uri("checkpoints", checkpoint_job_name)
     if machines["count"] > 1:
         arguments["distribution"] = {"torch_distributed": {"enabled": True}}
-    selected = rule_set(config)
-    if debugger and (selected.debugger or selected.profiler):
-        intervals = config.section("debugger")
-        arguments["rules"] = debugger_rules(selected, intervals)
-        arguments["debugger_hook_config"] = (
-            DebuggerHookConfig(
-                s3_output_path=aws.s3_uri("debug-output"),
-                hook_parameters={
-                    "train.save_interval": str(intervals["train_save_interval"]),
-                    "eval.save_interval": str(intervals["eval_save_interval"]),
-                },
-            )
-            if selected.debugger
-            else False
-        )
-        # System metrics only: framework profiling collects nothing on PyTorch >= 2.
-        arguments["profiler_config"] = ProfilerConfig(
-            s3_output_path=aws.s3_uri("profiler-output"),
-            system_monitor_interval_millis=config.section("profiler")["system_monitor_interval_millis"],
-        )
-    else:
-        arguments["debugger_hook_config"] = False
-        arguments["disable_profiler"] = True
+    arguments.update(debugger_settings(config, aws) if debugger else _NO_DEBUGGER)
     return PyTorch(**arguments)
 
 
 # --- tuning and training ---------------------------------------------------------------------------
 
 
-def launch_tuning(config: ProjectConfig, aws: AwsContext, *, tuning_job_name: str) -> None:
-    """Start the tuning job over hpo.py, without waiting (see `wait_for_tuning`)."""
-    tuning = config.section("tuning")
+def data_channels(aws: AwsContext) -> dict[str, str]:
+    """The jobs' one input channel: the uploaded dataset (the scripts read SM_CHANNEL_TRAINING)."""
+    return {DATA_CHANNEL: aws.s3_uri("data")}
+
+
+def tuning_estimator(config: ProjectConfig, aws: AwsContext) -> PyTorch:
+    """The estimator each tuning job runs: hpo.py with config.toml's fixed hyperparameters, no debugger."""
     ranges = hyperparameter_ranges(config)
     static = {key: value for key, value in config.script_hyperparameters().items() if key not in ranges}
-    estimator = pytorch_estimator(config, aws, TUNING_ENTRY_POINT, static, instances="tuning", debugger=False)
-    tuner = HyperparameterTuner(
+    return pytorch_estimator(config, aws, TUNING_ENTRY_POINT, static, instances="tuning", debugger=False)
+
+
+def tuner(config: ProjectConfig, estimator: PyTorch) -> HyperparameterTuner:
+    """[tuning]'s search over `estimator`: the ranges, the objective metric and the job limits."""
+    tuning = config.section("tuning")
+    return HyperparameterTuner(
         estimator,
         objective_metric_name=tuning["objective_metric_name"],
-        hyperparameter_ranges=ranges,
+        hyperparameter_ranges=hyperparameter_ranges(config),
         metric_definitions=estimator.metric_definitions,
         objective_type=tuning["objective_type"],
         max_jobs=tuning["max_jobs"],
         max_parallel_jobs=tuning["max_parallel_jobs"],
         early_stopping_type=tuning.get("early_stopping_type", "Off"),
     )
-    tuner.fit({DATA_CHANNEL: aws.s3_uri("data")}, job_name=tuning_job_name, wait=False)
+
+
+def launch_tuning(config: ProjectConfig, aws: AwsContext, *, tuning_job_name: str) -> None:
+    """Start the tuning job over hpo.py, without waiting (see `wait_for_tuning`)."""
+    tuner(config, tuning_estimator(config, aws)).fit(data_channels(aws), job_name=tuning_job_name, wait=False)
 
 
 def wait_for_tuning(aws: AwsContext, tuning_job_name: str) -> None:
@@ -385,6 +406,32 @@ class TrainingLaunch:
     model_data: str
     # One line each, for the user: e.g. that the job was relaunched without the Debugger configuration.
     notes: tuple[str, ...] = ()
+
+
+def training_estimator(
+    config: ProjectConfig,
+    aws: AwsContext,
+    hyperparameters: dict[str, Any],
+    *,
+    training_job_name: str,
+    debugger: bool = True,
+) -> PyTorch:
+    """The final job's estimator: train_model.py with the rules, hook and profiler of `debugger_settings`,
+    checkpoints under `checkpoints/<job>/` (a spot job resumes from them)."""
+    return pytorch_estimator(
+        config,
+        aws,
+        TRAINING_ENTRY_POINT,
+        hyperparameters,
+        instances="training",
+        debugger=debugger,
+        checkpoint_job_name=training_job_name,
+    )
+
+
+def training_output(aws: AwsContext, training_job_name: str) -> str:
+    """Where SageMaker writes the job's model.tar.gz."""
+    return aws.s3_uri("output", training_job_name, "output", "model.tar.gz")
 
 
 def refused_for_debugger(error: botocore.exceptions.ClientError) -> bool:
@@ -412,20 +459,11 @@ def launch_training(
     notes: list[str] = []
 
     def fit(debugger: bool) -> None:
-        estimator = pytorch_estimator(
-            config,
-            aws,
-            TRAINING_ENTRY_POINT,
-            hyperparameters,
-            instances="training",
-            debugger=debugger,
-            checkpoint_job_name=training_job_name,
+        estimator = training_estimator(
+            config, aws, hyperparameters, training_job_name=training_job_name, debugger=debugger
         )
         estimator.fit(
-            {DATA_CHANNEL: aws.s3_uri("data")},
-            job_name=training_job_name,
-            wait=wait,
-            logs="All" if wait else "None",
+            data_channels(aws), job_name=training_job_name, wait=wait, logs="All" if wait else "None"
         )
 
     try:
@@ -439,8 +477,7 @@ def launch_training(
             "the rules are judged in the job only"
         )
         fit(debugger=False)
-    model_data = aws.s3_uri("output", training_job_name, "output", "model.tar.gz")
-    return TrainingLaunch(training_job_name, model_data, tuple(notes))
+    return TrainingLaunch(training_job_name, training_output(aws, training_job_name), tuple(notes))
 
 
 # --- deployment and prediction ---------------------------------------------------------------------
@@ -455,6 +492,40 @@ class Deployment:
     repacked_model_data: str
 
 
+def pytorch_model(
+    config: ProjectConfig, aws: AwsContext, model_data: str, *, model_name: str
+) -> PyTorchModel:
+    """`model_data` (an S3 URI) served by inference.py in the configured PyTorch inference image."""
+    return PyTorchModel(
+        model_data=model_data,
+        role=aws.role_arn,
+        entry_point=INFERENCE_ENTRY_POINT,
+        **source_arguments(config, "inference"),
+        sagemaker_session=sagemaker_session(aws),
+        code_location=aws.s3_uri("code"),
+        name=model_name,
+        **_image_arguments(config, "inference"),
+    )
+
+
+def deploy_arguments(config: ProjectConfig, endpoint_name: str) -> dict[str, Any]:
+    """`model.deploy(**deploy_arguments(...))`: [instances.endpoint], raw JPEG bytes in, JSON out."""
+    machines = config.section("instances")["endpoint"]
+    return {
+        "initial_instance_count": machines["count"],
+        "instance_type": machines["type"],
+        "endpoint_name": endpoint_name,
+        "serializer": IdentitySerializer("image/jpeg"),
+        "deserializer": JSONDeserializer(),
+    }
+
+
+def deployment_of(model: PyTorchModel, model_data: str) -> Deployment:
+    """The names a deployed `model` created; the SDK names the endpoint config after the endpoint."""
+    endpoint_name = model.endpoint_name
+    return Deployment(model.name, endpoint_name, endpoint_name, model.repacked_model_data or model_data)
+
+
 def deploy_model(
     config: ProjectConfig,
     aws: AwsContext,
@@ -465,27 +536,9 @@ def deploy_model(
     wait: bool,
 ) -> Deployment:
     """Repack `model_data` (an S3 URI) with inference.py and its sources, and start an endpoint."""
-    machines = config.section("instances")["endpoint"]
-    model = PyTorchModel(
-        model_data=model_data,
-        role=aws.role_arn,
-        entry_point=INFERENCE_ENTRY_POINT,
-        **source_arguments(config, "inference"),
-        sagemaker_session=sagemaker_session(aws),
-        code_location=aws.s3_uri("code"),
-        name=model_name,
-        **_image_arguments(config, "inference"),
-    )
-    model.deploy(
-        initial_instance_count=machines["count"],
-        instance_type=machines["type"],
-        endpoint_name=endpoint_name,
-        serializer=IdentitySerializer("image/jpeg"),
-        deserializer=JSONDeserializer(),
-        wait=wait,
-    )
-    # The SDK names the endpoint config after the endpoint.
-    return Deployment(model_name, endpoint_name, endpoint_name, model.repacked_model_data or model_data)
+    model = pytorch_model(config, aws, model_data, model_name=model_name)
+    model.deploy(**deploy_arguments(config, endpoint_name), wait=wait)
+    return deployment_of(model, model_data)
 
 
 def endpoint_invoker(aws: AwsContext, endpoint_name: str) -> Callable[[bytes, str, str], Any]:
