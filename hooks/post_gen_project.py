@@ -35,10 +35,17 @@ def next_steps(answers: dict) -> str:
     )
 
 
+def chosen(value: object) -> bool:
+    """A yes/no answer as a bool: a bool, or the word typed (which the pre-gen hook checked)."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "y", "on"}
+
+
 def main(answers: dict, project: Path) -> int:
-    if not answers["include_notebook"]:
+    if not chosen(answers["include_notebook"]):
         remove_notebook(project)
-    if not answers["include_github_actions"]:
+    if not chosen(answers["include_github_actions"]):
         remove_github_actions(project)
     print(next_steps(answers))
     return 0

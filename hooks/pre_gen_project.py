@@ -5,235 +5,302 @@ folder when the hook exits non-zero, so a refused answer leaves nothing on disk.
 The answers arrive as data: the whole context, JSON-encoded by Jinja's tojson
 (which escapes quotes, so the raw string below cannot be broken out of).
 Each problem is one line: which answer, the value given, what is allowed.
+
+The config the answers would produce is checked by rendering the template's own
+config.toml with them and validating it with the project's schema
+(`classifier/schema.py`, the one the rendered package checks config.toml with), so
+the hook and the package cannot disagree about what a valid config is. Messages
+name the answer the user typed, found from the answer each line of config.toml
+inserts.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import keyword
-import math
 import re
 import sys
-import unicodedata
+from pathlib import Path
+from types import ModuleType
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
-CHOICES = {
-    "backbone": BACKBONES,
-    "finetune": ("head", "full"),
-    "rule_set": ("standard", "minimal", "extended", "none"),
-    "lr_scaling": ("Logarithmic", "Linear", "ReverseLogarithmic", "Auto"),
-    "objective_type": ("Minimize", "Maximize"),
-    "early_stopping_type": ("Off", "Auto"),
-    "python_version": ("3.10", "3.11", "3.12"),
-}
+try:
+    import tomllib
+except ImportError:  # Python 3.10: cookiecutter's own interpreter may not have tomllib
+    tomllib = None
+
+# Spelt in pieces: cookiecutter renders this file with Jinja before running it.
+OPEN, CLOSE = "{" * 2, "}" * 2
+PROJECT = OPEN + "cookiecutter.project_slug" + CLOSE
+SCHEMA = Path(PROJECT, "classifier", "schema.py")
+CONFIG = Path(PROJECT, "config.toml")
+PYPROJECT = Path(PROJECT, "pyproject.toml")
+
+PYTHON_VERSIONS = ("3.10", "3.11", "3.12")
 BOOLEANS = ("pretrained", "use_spot", "include_notebook", "include_github_actions")
-FREE_TEXT = ("project_name", "description", "author_name")
-PROFILER_INTERVALS = (100, 200, 500, 1000, 5000, 60000)
-
-SLUG_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-PACKAGE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.[0-9]*(x?large|medium|small|micro|nano|metal)$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]$")
-ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
-FLOAT_RE = re.compile(r"^[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$")
-INT_RE = re.compile(r"^[0-9]+$")
-VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$")
-PY_VERSION_RE = re.compile(r"^py3[0-9]{1,2}$")
-IMAGE_URI_RE = re.compile(
-    r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$"
-)
+# Answers that reach no config key, checked here only.
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# A number as TOML reads it and as the README shows it: no sign, no leading zero, no '_'.
+NUMBER_RE = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$")
+JINJA_MARKERS = (OPEN, "{" + "%", "{" + "#")
+# The project's own top-level modules and folders, and modules its dependencies bring under
+# another name than their distribution's: a package or command of that name would shadow them.
+# `test` is the standard library's own test package, left out of sys.stdlib_module_names.
+PROJECT_MODULES = ("classifier", "training", "inference", "tests", "benchmarks", "src", "test")
+IMPORT_NAMES = ("PIL", "botocore", "s3transfer", "jinja2", "yaml", "sagemaker_core", "smdebug_rulesconfig")
 
 
-def as_int(answers: dict, key: str, problems: list[str], minimum: int, maximum: int) -> int | None:
-    """The answer as an int in [minimum, maximum], or None after recording why not."""
-    value = str(answers[key]).strip()
-    if not INT_RE.match(value) or not minimum <= int(value) <= maximum:
-        problems.append(f"{key}: {answers[key]!r} is not a whole number from {minimum} to {maximum}")
-        return None
-    return int(value)
+def load_module(path: Path, name: str) -> ModuleType:
+    """A module from a file of the template (the hook runs as a copy outside it)."""
+    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
 
 
-def as_float(answers: dict, key: str, problems: list[str]) -> float | None:
-    value = str(answers[key]).strip()
-    if not FLOAT_RE.match(value) or not math.isfinite(float(value)) or float(value) <= 0:
-        problems.append(f"{key}: {answers[key]!r} is not a positive decimal number (e.g. 0.001 or 1e-3)")
-        return None
-    return float(value)
+def find_template(answers: dict, rendered_in: str | None = None) -> Path:
+    """The template folder: cookiecutter's `_repo_dir` (2.2+; a clone for git URLs), else the
+    folder the hook was rendered in (cruft create/update set no `_repo_dir`; cookiecutter renders
+    hooks inside the template folder), else this file's (unit tests import the hook in place)."""
+    for candidate in (answers.get("_repo_dir"), rendered_in, Path(__file__).resolve().parents[1]):
+        if candidate and (Path(candidate) / SCHEMA).is_file():
+            return Path(candidate)
+    raise SystemExit(f"ERROR: the template's {SCHEMA} was not found; is this a complete checkout?")
 
 
-def check_identifiers(answers: dict, problems: list[str]) -> None:
-    slug, package = str(answers["project_slug"]), str(answers["package_name"])
-    if not SLUG_RE.match(slug) or len(slug) > 64:
+def answer_lines(config_source: str) -> tuple[dict[tuple[str, ...], str], dict[int, str], set[str]]:
+    """From config.toml's template: the answer behind each key, behind each line, and the raw ones.
+
+    A raw answer is pasted without a filter (`num_classes = ` and the answer): a TOML literal,
+    so it must be written as one.
+    """
+    keys: dict[tuple[str, ...], str] = {}
+    lines: dict[int, str] = {}
+    raw: set[str] = set()
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(config_source.splitlines(), start=1):
+        header = re.match(r"^\[([^\]]+)\]\s*$", line)
+        if header:
+            table = tuple(header.group(1).split("."))
+            continue
+        found = re.match(r'^"?([\w.-]+)"?\s*=.*\{\{\s*cookiecutter\.(\w+)\s*(\|)?', line)
+        if found:
+            keys[table + (found.group(1),)] = lines[number] = found.group(2)
+            if not found.group(3):
+                raw.add(found.group(2))
+    return keys, lines, raw
+
+
+def reserved_names(template: Path) -> set[str]:
+    """Names a project slug or package may not take: Python's, the dependencies', the project's own."""
+    text = (template / PYPROJECT).read_text(encoding="utf-8")
+    # Every quoted requirement ("torch>=2.3", "moto[s3]>=5", ...) in any dependency list.
+    requirements = re.findall(r'"([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]"]*\])?\s*(?:[<>=!~;@"])', text)
+    names = {r.lower() for r in requirements if "{" not in r}
+    names |= {n.replace("-", "_") for n in names} | {n.replace("_", "-") for n in names}
+    names |= {n.lower() for n in (*IMPORT_NAMES, *PROJECT_MODULES)}
+    names |= {n.lower() for n in sys.stdlib_module_names} | set(keyword.kwlist) | set(keyword.softkwlist)
+    return names
+
+
+# --- answers that reach no config key, or that must be checked before config.toml is rendered ---------
+
+
+def check_text(answers: dict, problems: list[str]) -> None:
+    for key, value in answers.items():
+        if not key.startswith("_") and isinstance(value, str) and any(m in value for m in JINJA_MARKERS):
+            problems.append(
+                f"{key}: {value!r} holds Jinja syntax ({', '.join(JINJA_MARKERS)}); answers are plain text"
+            )
+    name = str(answers["author_name"])
+    if not name.strip() or len(name) > 200 or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        problems.append(f"author_name: {name!r} must be one line of 1 to 200 characters")
+    email = str(answers["author_email"])
+    if email and not EMAIL_RE.match(email):
+        problems.append(f"author_email: {email!r} is not an e-mail address (or leave it empty)")
+    if answers["python_version"] not in PYTHON_VERSIONS:
         problems.append(
-            f"project_slug: {slug!r} must start with a letter and hold only lowercase letters, digits "
+            f"python_version: {answers['python_version']!r} is not one of {', '.join(PYTHON_VERSIONS)}"
+        )
+    for key in BOOLEANS:
+        if yes_no(answers[key]) is None:
+            problems.append(f"{key}: {answers[key]!r} is not yes or no")
+
+
+def yes_no(value: object) -> bool | None:
+    """True/False for yes/no answers (bools, or words such as yes, no, true, n); None for others."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return (
+        True
+        if text in {"1", "true", "yes", "y", "on"}
+        else False
+        if text in {"0", "false", "no", "n", "off"}
+        else None
+    )
+
+
+def check_identifiers(answers: dict, template: Path, problems: list[str]) -> None:
+    from slugify import slugify  # cookiecutter's own dependency, as its `slugify` filter uses
+
+    name, slug, package = (
+        str(answers["project_name"]),
+        str(answers["project_slug"]),
+        str(answers["package_name"]),
+    )
+    # Blame the answer the user typed: a slug derived from the name is the name's problem.
+    slug_from_name = slug == slugify(name)
+    if len(slug) > 64 and slug_from_name:
+        problems.append(
+            f"project_name: {name[:40] + '...' if len(name) > 40 else name!r} ({len(name)} characters) "
+            "makes a "
+            f"folder name of {len(slug)} characters; at most 64: shorten it, or answer project_slug"
+        )
+        return
+    if not re.match(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", slug) or len(slug) > 64:
+        who = "project_name" if slug_from_name else "project_slug"
+        problems.append(
+            f"{who}: {answers[who]!r} gives project_slug {slug!r}, which must start with a letter and "
+            "hold only "
+            "lowercase letters, digits and single '-' (at most 64 characters)"
+            if who == "project_name"
+            else f"project_slug: {slug!r} must start with a letter and hold only lowercase letters, digits "
             "and single '-' (at most 64 characters)"
         )
-    if not PACKAGE_RE.match(package) or len(package) > 64:
+        return
+    reserved = reserved_names(template)
+    if slug in reserved:
+        problems.append(
+            f"project_slug: {slug!r} is the name of a dependency, a standard-library module or a part of the "
+            "project; the command and distribution would shadow it: pick another"
+        )
+        return
+    if not re.match(r"^[a-z][a-z0-9_]*$", package) or len(package) > 64:
         problems.append(
             f"package_name: {package!r} must start with a lowercase letter and hold only lowercase "
             "letters, digits and '_' (at most 64 characters)"
         )
-    elif keyword.iskeyword(package) or keyword.issoftkeyword(package) or package in sys.stdlib_module_names:
+    elif (
+        keyword.iskeyword(package)
+        or keyword.issoftkeyword(package)
+        or package in (*sys.stdlib_module_names, "test")
+    ):
         problems.append(
             f"package_name: {package!r} is a Python keyword or standard-library module; pick another"
         )
-    elif package in {"classifier", "training", "inference", "tests", "sagemaker", "torch", "torchvision"}:
+    elif package in reserved:
         problems.append(f"package_name: {package!r} would shadow a module the project uses; pick another")
 
 
-def check_free_text(answers: dict, problems: list[str]) -> None:
-    for key in FREE_TEXT:
-        value = str(answers[key])
-        if not value.strip():
-            problems.append(f"{key}: must not be empty")
-        elif any(unicodedata.category(ch) in {"Cc", "Cs"} for ch in value):
-            problems.append(
-                f"{key}: {value!r} holds a control character (newline, tab, ...); use one plain line"
-            )
-        elif len(value) > 200:
-            problems.append(f"{key}: {len(value)} characters; at most 200 are allowed")
-    email = str(answers["author_email"])
-    if email and not EMAIL_RE.match(email):
-        problems.append(f"author_email: {email!r} is not an e-mail address (or leave it empty)")
+def check_numbers(answers: dict, raw: set[str], problems: list[str]) -> None:
+    """Answers pasted into config.toml as TOML literals: plain numbers, or comma-separated ones."""
+    for key in sorted(raw, key=list(answers).index):
+        text = str(answers[key])
+        parts = [part.strip() for part in text.split(",")] if key == "batch_size_choices" else [text]
+        bad = next((part for part in parts if not NUMBER_RE.match(part)), None)
+        if bad is None:
+            continue
+        hint = ""
+        try:
+            number = float(bad.strip())
+            if number >= 0 and number == number and number != float("inf"):
+                plain = str(int(number)) if re.match(r"^\s*\+?[0-9]+\s*$", bad) else repr(number)
+                hint = f"; write {plain}" if plain != bad else ""
+        except ValueError:
+            pass
+        what = (
+            "positive whole numbers separated by commas"
+            if len(parts) > 1 or key == "batch_size_choices"
+            else ("a plain number (no sign, leading zero, spaces or '_')")
+        )
+        problems.append(f"{key}: {text!r} must be {what}{hint}")
 
 
-def check_choices(answers: dict, problems: list[str]) -> None:
-    for key, allowed in CHOICES.items():
-        if answers[key] not in allowed:
-            problems.append(f"{key}: {answers[key]!r} is not one of {', '.join(allowed)}")
-    for key in BOOLEANS:
-        if not isinstance(answers[key], bool):
-            problems.append(f"{key}: {answers[key]!r} is not yes or no")
+# --- the config the answers produce, checked with the project's schema ----------------------------------
 
 
-def check_model_and_hyperparameters(answers: dict, problems: list[str]) -> None:
-    as_int(answers, "num_classes", problems, 2, 100_000)
-    as_int(answers, "image_size", problems, 32, 1024)
-    as_int(answers, "epochs", problems, 1, 1000)
-    as_int(answers, "batch_size", problems, 1, 4096)
-    as_int(answers, "test_batch_size", problems, 1, 4096)
-    as_float(answers, "lr", problems)
-    url = str(answers["dataset_url"])
-    if not re.match(r"^(https?|s3)://\S+$", url):
-        problems.append(f"dataset_url: {url!r} is not an http(s):// or s3:// URL")
+def render_config(template: Path, answers: dict) -> str:
+    """config.toml as cookiecutter will write it, from the template's file and filters."""
+    import jinja2  # cookiecutter's own dependency
+
+    extensions = load_module(template / "local_extensions.py", "local_extensions")
+    environment = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, extensions=[extensions.TomlExtension]
+    )
+    source = (template / CONFIG).read_text(encoding="utf-8")
+    return environment.from_string(source).render(cookiecutter=answers)
 
 
-def check_tuning(answers: dict, problems: list[str]) -> None:
-    lr_min, lr_max = as_float(answers, "lr_min", problems), as_float(answers, "lr_max", problems)
-    if lr_min is not None and lr_max is not None and lr_min >= lr_max:
-        problems.append(f"lr_min: {lr_min} must be smaller than lr_max ({lr_max})")
-    choices = str(answers["batch_size_choices"])
-    values = [part.strip() for part in choices.split(",")]
-    if not all(INT_RE.match(v) and int(v) > 0 for v in values):
-        problems.append(f"batch_size_choices: {choices!r} must be positive whole numbers separated by commas")
-    elif len(set(values)) != len(values):
-        problems.append(f"batch_size_choices: {choices!r} lists a batch size twice")
-    max_jobs = as_int(answers, "max_jobs", problems, 1, 500)
-    max_parallel = as_int(answers, "max_parallel_jobs", problems, 1, 100)
-    if max_jobs is not None and max_parallel is not None and max_parallel > max_jobs:
-        problems.append(f"max_parallel_jobs: {max_parallel} must not exceed max_jobs ({max_jobs})")
-    name = str(answers["objective_metric_name"])
-    if not re.match(r"^[\w:./=+-]{1,255}$", name):
-        problems.append(f"objective_metric_name: {name!r} may hold only letters, digits and _:./=+- (1-255)")
-    regex = str(answers["objective_metric_regex"])
+def check_config(answers: dict, template: Path, problems: list[str]) -> None:
+    source = (template / CONFIG).read_text(encoding="utf-8")
+    keys, lines, _ = answer_lines(source)
+    if tomllib is None:
+        problems.append(
+            "the render hook needs Python 3.11+ (tomllib) to check config.toml; run cookiecutter on 3.11+"
+        )
+        return
     try:
-        groups = re.compile(regex).groups
-    except re.error as error:
-        problems.append(f"objective_metric_regex: {regex!r} is not a regular expression ({error})")
-    else:
-        if groups != 1 or len(regex) > 500:
-            problems.append(
-                f"objective_metric_regex: {regex!r} must have exactly one group (the number), 500 chars max"
-            )
+        document = tomllib.loads(render_config(template, answers))
+    except tomllib.TOMLDecodeError as error:
+        line = re.search(r"line (\d+)", str(error))
+        key = lines.get(int(line.group(1))) if line else None
+        who = f"{key}: {answers[key]!r}" if key else "config.toml"
+        problems.append(f"{who} does not make valid TOML in config.toml ({error})")
+        return
+    schema = load_module(template / SCHEMA, "classifier.schema")
+    # One line per answer (the first thing wrong with it); the names are check_identifiers' to judge.
+    named = {problem.split(":")[0] for problem in problems} | {"project_slug", "package_name"}
+
+    def name(path: tuple[str, ...]) -> str:
+        return keys.get(path) or schema.key_name(path)
+
+    for problem in schema.validate(document):
+        answer = keys.get(problem.path)
+        if answer is None:
+            problems.append(f"config.toml {problem.text()} (the template's own value; please report it)")
+        elif answer not in named:
+            named.add(answer)
+            problems.append(f"{answer}: {answers[answer]!r} {problem.explain(name)}")
+    check_prices(answers, document, named, problems)
 
 
-def check_instances(answers: dict, problems: list[str]) -> None:
+def check_prices(answers: dict, document: dict, named: set[str], problems: list[str]) -> None:
+    """Every instance type has a price in the rendered [prices], so `cost` works from the start."""
+    prices = document.get("prices", {})
     for role in ("tuning", "training", "endpoint"):
         key = f"{role}_instance_type"
-        if not INSTANCE_TYPE_RE.match(str(answers[key])):
+        if key not in named and answers[key] not in prices:
             problems.append(
-                f"{key}: {answers[key]!r} is not an instance type like ml.g4dn.xlarge (ml.<family>.<size>)"
-            )
-        as_int(answers, f"{role}_instance_count", problems, 1, 100)
-    max_run = as_int(answers, "max_run_seconds", problems, 60, 28 * 24 * 3600)
-    max_wait = as_int(answers, "max_wait_seconds", problems, 60, 28 * 24 * 3600)
-    if answers["use_spot"] is True and max_run and max_wait and max_wait < max_run:
-        problems.append(
-            f"max_wait_seconds: {max_wait} must be at least max_run_seconds ({max_run}) with use_spot"
-        )
-
-
-def check_debugger(answers: dict, problems: list[str]) -> None:
-    as_int(answers, "train_save_interval", problems, 1, 1_000_000)
-    as_int(answers, "eval_save_interval", problems, 1, 1_000_000)
-    interval = as_int(answers, "profiler_interval_millis", problems, 100, 60000)
-    if interval is not None and interval not in PROFILER_INTERVALS:
-        allowed = ", ".join(map(str, PROFILER_INTERVALS))
-        problems.append(f"profiler_interval_millis: {interval} is not one of {allowed}")
-
-
-def check_aws(answers: dict, problems: list[str]) -> None:
-    region = str(answers["aws_region"])
-    if not REGION_RE.match(region):
-        problems.append(f"aws_region: {region!r} is not a region like us-east-1")
-    role = str(answers["role_arn"])
-    if role and not ROLE_ARN_RE.match(role):
-        problems.append(f"role_arn: {role!r} is not an IAM role ARN like arn:aws:iam::123456789012:role/Name")
-    bucket = str(answers["s3_bucket"])
-    if bucket and (
-        not BUCKET_RE.match(bucket)
-        or ".." in bucket
-        or re.match(r"^\d+\.\d+\.\d+\.\d+$", bucket)
-        or bucket.startswith("xn--")
-        or bucket.endswith("-s3alias")
-    ):
-        problems.append(
-            f"s3_bucket: {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-'; "
-            "starting and ending with a letter or digit), or leave it empty"
-        )
-    prefix = str(answers["s3_prefix"])
-    if not PREFIX_RE.match(prefix) or prefix.startswith("/") or prefix.endswith("/"):
-        problems.append(f"s3_prefix: {prefix!r} must be a key prefix without leading or trailing '/'")
-    for scope in ("training", "inference"):
-        version = str(answers[f"{scope}_framework_version"])
-        if not VERSION_RE.match(version):
-            problems.append(f"{scope}_framework_version: {version!r} is not a version like 2.6.0")
-        py = str(answers[f"{scope}_py_version"])
-        if not PY_VERSION_RE.match(py):
-            problems.append(f"{scope}_py_version: {py!r} is not like py312")
-        uri = str(answers[f"{scope}_image_uri"])
-        if uri and not IMAGE_URI_RE.match(uri):
-            problems.append(
-                f"{scope}_image_uri: {uri!r} is not an ECR image URI "
-                "(<account>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag>), or leave it empty"
+                f"{key}: {answers[key]!r} has no price in config.toml's [prices] table, which `cost` needs; "
+                f"choose one of {', '.join(prices)}, or render with one and then set the type and its "
+                "price in config.toml"
             )
 
 
-CHECKS = (
-    check_identifiers,
-    check_free_text,
-    check_choices,
-    check_model_and_hyperparameters,
-    check_tuning,
-    check_instances,
-    check_debugger,
-    check_aws,
-)
-
-
-def validate(answers: dict) -> list[str]:
+def validate(answers: dict, template: Path | None = None) -> list[str]:
     """One line per problem; empty when every answer is usable."""
+    template = template or find_template(answers)
     problems: list[str] = []
-    for check in CHECKS:
-        check(answers, problems)
+    _, _, raw = answer_lines((template / CONFIG).read_text(encoding="utf-8"))
+    check_numbers(answers, raw, problems)
+    check_text(answers, problems)
+    # A bad literal or Jinja in an answer would only come back as broken TOML: check the config
+    # the answers make once they can make one.
+    unrenderable = bool(problems) and any(p.split(":")[0] in raw or "Jinja" in p for p in problems)
+    check_identifiers(answers, template, problems)
+    if not unrenderable:
+        check_config(answers, template, problems)
     return problems
 
 
-def main(context_json: str) -> int:
-    problems = validate(json.loads(context_json))
+def main(context_json: str, rendered_in: str | None = None) -> int:
+    answers = json.loads(context_json)
+    problems = validate(answers, find_template(answers, rendered_in))
     for problem in problems:
         print(f"ERROR: {problem}", file=sys.stderr)
     if problems:
@@ -245,4 +312,5 @@ def main(context_json: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(r"""{{ cookiecutter | tojson }}"""))
+    # In a list, so the JSON text starts with "[" rather than a quote next to the raw string's own.
+    sys.exit(main(r"""{{ cookiecutter | tojson }}""", json.loads(r"""{{ [render_dir()] | tojson }}""")[0]))

@@ -30,6 +30,8 @@ def prompt_text(prompt: object) -> str:
 def default_text(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if value in ("yes", "no"):  # yes/no questions are text, so that any other word is refused in one line
+        return str(value)
     if isinstance(value, list):
         return f"`{value[0]}` (or " + ", ".join(f"`{v}`" for v in value[1:]) + ")"
     if value == "":

@@ -32,15 +32,40 @@ def test_defaults_are_valid() -> None:
     assert pre_gen.validate(default_answers()) == []
 
 
-def test_every_choice_in_cookiecutter_json_is_accepted_by_the_hook() -> None:
-    for key, allowed in pre_gen.CHOICES.items():
-        assert tuple(QUESTIONS[key]) == tuple(allowed) or set(QUESTIONS[key]) == set(allowed), key
+schema = pre_gen.load_module(TEMPLATE_DIR / pre_gen.SCHEMA, "classifier.schema")
 
 
-def test_backbones_match_the_rendered_project() -> None:
+def test_every_choice_in_cookiecutter_json_is_the_schemas() -> None:
+    """cookiecutter.json's menus offer exactly what the schema allows (one list, shown twice)."""
+    assert tuple(QUESTIONS["backbone"]) == schema.BACKBONES
+    assert tuple(QUESTIONS["finetune"]) == schema.FINETUNE_MODES
+    assert tuple(QUESTIONS["rule_set"]) == schema.RULE_SET_NAMES
+    assert tuple(QUESTIONS["lr_scaling"]) == schema.LR_SCALINGS
+    assert tuple(QUESTIONS["objective_type"]) == schema.OBJECTIVE_TYPES
+    assert tuple(QUESTIONS["early_stopping_type"]) == schema.EARLY_STOPPING_TYPES
+    assert set(QUESTIONS["python_version"]) == set(pre_gen.PYTHON_VERSIONS)
+
+
+def test_backbones_come_from_the_schema() -> None:
     text = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "classifier" / "backbones.py").read_text()
-    for backbone in pre_gen.BACKBONES:
-        assert f'"{backbone}"' in text
+    assert "from .schema import BACKBONES" in text
+    assert '"resnet18"' not in text, "the names live in schema.py only"
+
+
+def test_every_config_answer_is_found_on_its_line() -> None:
+    source = (TEMPLATE_DIR / pre_gen.CONFIG).read_text(encoding="utf-8")
+    keys, _, raw = pre_gen.answer_lines(source)
+    assert keys[("model", "num_classes")] == "num_classes"
+    assert keys[("tuning", "ranges", "lr", "min")] == "lr_min"
+    assert keys[("instances", "endpoint", "type")] == "endpoint_instance_type"
+    assert "batch_size_choices" in raw and "lr" in raw and "project_name" not in raw
+
+
+def test_the_hook_finds_the_template_from_the_context(tmp_path: Path) -> None:
+    assert pre_gen.find_template({"_repo_dir": str(TEMPLATE_DIR)}) == TEMPLATE_DIR
+    # cruft passes no _repo_dir: the folder the hook was rendered in.
+    assert pre_gen.find_template({}, str(TEMPLATE_DIR)) == TEMPLATE_DIR
+    assert pre_gen.find_template({"_repo_dir": str(tmp_path)}, str(TEMPLATE_DIR)) == TEMPLATE_DIR
 
 
 @pytest.mark.parametrize(
@@ -53,6 +78,14 @@ def test_backbones_match_the_rendered_project() -> None:
         ("package_name", "class", "keyword"),
         ("package_name", "match", "keyword"),
         ("package_name", "json", "standard-library"),
+        ("package_name", "test", "standard-library"),
+        ("package_name", "click", "shadow"),
+        ("package_name", "sagemaker", "shadow"),
+        ("package_name", "numpy", "shadow"),
+        ("project_slug", "torch", "dependency"),
+        ("project_slug", "boto3", "dependency"),
+        ("project_slug", "sagemaker-training", "dependency"),
+        ("project_slug", "classifier", "dependency"),
         ("package_name", "2dogs", "package_name"),
         ("package_name", "dog-breed", "package_name"),
         ("package_name", "classifier", "shadow"),
@@ -60,6 +93,7 @@ def test_backbones_match_the_rendered_project() -> None:
         ("endpoint_instance_type", "ml.m5", "endpoint_instance_type"),
         ("training_instance_count", "0", "training_instance_count"),
         ("lr_min", "-0.1", "lr_min"),
+        ("lr_min", "0", "greater than 0"),
         ("lr_max", "nan", "lr_max"),
         ("lr_min", "0.05", "smaller than lr_max"),
         ("batch_size_choices", "40,x", "batch_size_choices"),
@@ -70,6 +104,23 @@ def test_backbones_match_the_rendered_project() -> None:
         ("num_classes", "1", "num_classes"),
         ("image_size", "16", "image_size"),
         ("image_size", "99999", "image_size"),
+        ("num_classes", "007", "write 7"),
+        ("lr", "00.5", "write 0.5"),
+        ("epochs", "+5", "write 5"),
+        ("lr", "fast", "plain number"),
+        ("num_classes", "7.5", "whole number"),
+        ("batch_size_choices", "040,60", "batch_size_choices"),
+        ("aws_region", "xx-east-1", "SageMaker SDK"),
+        ("aws_region", "us-iso-east-1", "SageMaker SDK"),
+        ("tuning_instance_type", "ml.trn1.2xlarge", "Trainium"),
+        ("endpoint_instance_type", "ml.inf2.xlarge", "Neuron"),
+        ("training_instance_type", "ml.c7g.xlarge", "Graviton"),
+        ("training_instance_type", "ml.g6.xlarge", "[prices]"),
+        ("training_framework_version", "9.9.9", "no SageMaker PyTorch training image"),
+        ("inference_py_version", "py39", "comes with py312"),
+        ("description", "{{ cookiecutter.project_name }}", "Jinja"),
+        ("author_name", "{% raw %}", "Jinja"),
+        ("use_spot", "perhaps", "yes or no"),
         ("aws_region", "US-EAST-1", "aws_region"),
         ("aws_region", "useast1", "aws_region"),
         ("role_arn", "arn:aws:iam::123:role/x", "role_arn"),
@@ -104,9 +155,9 @@ def test_invalid_answer_is_named_in_one_line(key: str, value: str, words: str) -
 def test_spot_needs_max_wait_at_least_max_run() -> None:
     answers = default_answers() | {"use_spot": True, "max_run_seconds": "7200", "max_wait_seconds": "3600"}
     assert pre_gen.validate(answers) == [
-        "max_wait_seconds: 3600 must be at least max_run_seconds (7200) with use_spot"
+        "max_wait_seconds: '3600' must be at least max_run_seconds (7200) with use_spot = true"
     ]
-    answers["use_spot"] = False
+    answers["use_spot"] = "no"
     assert pre_gen.validate(answers) == []
 
 
@@ -119,9 +170,34 @@ def test_valid_optional_values_pass() -> None:
             "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.10.0-gpu-py312"
         ),
         "lr_min": "1e-4",
-        "tuning_instance_type": "ml.p3.16xlarge",
+        "tuning_instance_type": "ml.p3.8xlarge",
+        "num_classes": "10",
+        "pretrained": "No",
+        "include_notebook": False,
     }
     assert pre_gen.validate(answers) == []
+
+
+def test_role_partition_follows_the_region() -> None:
+    china = default_answers() | {"aws_region": "cn-north-1"}
+    assert pre_gen.validate(china | {"role_arn": "arn:aws-cn:iam::123456789012:role/R"}) == []
+    (problem,) = pre_gen.validate(china | {"role_arn": "arn:aws:iam::123456789012:role/R"})
+    assert problem.startswith("role_arn: 'arn:aws:iam::") and "aws_region cn-north-1 is in aws-cn" in problem
+    gov = default_answers() | {
+        "aws_region": "us-gov-west-1",
+        "role_arn": "arn:aws-us-gov:iam::123456789012:role/R",
+    }
+    assert pre_gen.validate(gov) == []
+
+
+def test_a_long_name_is_blamed_on_the_name_not_the_derived_slug() -> None:
+    name = "D" * 199
+    answers = default_answers() | {"project_name": name, "project_slug": "d" * 199, "package_name": "d" * 199}
+    (problem,) = pre_gen.validate(answers)
+    assert problem.startswith("project_name: ") and "project_slug" in problem and "64" in problem
+    # A slug the user typed is the slug's problem.
+    (problem,) = pre_gen.validate(default_answers() | {"project_slug": "x" * 65})
+    assert problem.startswith("project_slug: ")
 
 
 def test_main_prints_each_problem_and_fails(capsys) -> None:
@@ -143,3 +219,9 @@ def test_post_gen_prunes_only_what_was_declined(tmp_path: Path) -> None:
     assert (tmp_path / ".github").exists()
     post_gen.main(default_answers() | {"include_github_actions": False}, tmp_path)
     assert not (tmp_path / ".github").exists()
+
+
+def test_the_schema_renders_unchanged() -> None:
+    """The hook reads the template's schema.py, the project the rendered one: they must be the same text."""
+    text = (TEMPLATE_DIR / pre_gen.SCHEMA).read_text(encoding="utf-8")
+    assert not any(marker in text for marker in ("{{", "{%", "{#"))

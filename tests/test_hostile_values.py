@@ -57,6 +57,25 @@ def test_value_refused(cookies, name: str) -> None:
     assert result.exit_code != 0
     assert result.exception is not None
     assert result.project_path is None or not Path(result.project_path).exists()
+    # One line naming the answer typed, whether the hook or the Jinja guard refused it.
+    message = str(result.exception)
+    if "Jinja" in message:
+        assert message.startswith("ERROR: project_name: ") and "\n" not in message
+
+
+@pytest.mark.parametrize("value", ["{{ 7 * 7 }}", "{{ cookiecutter.author_email }}", "a {# note #}"])
+def test_jinja_in_an_answer_is_not_evaluated(cookies, value: str) -> None:
+    """cookiecutter renders --no-input answers as templates; the guard refuses them instead."""
+    result = cookies.bake(extra_context={"description": value})
+    assert result.exit_code != 0
+    assert str(result.exception).startswith("ERROR: description: ")
+
+
+@pytest.mark.parametrize("answer", ["project_name", "description", "author_name"])
+def test_only_spaces_is_refused_naming_the_answer(cookies, answer: str) -> None:
+    result = cookies.bake(extra_context={answer: "   "})
+    assert result.exit_code != 0
+    assert result.project_path is None or not Path(result.project_path).exists()
 
 
 def test_unicode_name_gives_an_ascii_slug(cookies) -> None:

@@ -23,12 +23,23 @@ INVALID = [
     ("role_arn", "arn:aws:iam::12:role/r"),
     ("s3_bucket", "-bucket"),
     ("project_name", "two\nlines"),
+    ("num_classes", "007"),
+    ("package_name", "test"),
+    ("project_slug", "click"),
+    ("training_instance_type", "ml.trn1.2xlarge"),
+    ("endpoint_instance_type", "ml.g6.xlarge"),
+    ("aws_region", "xx-east-1"),
+    ("pretrained", "maybe"),
+    ("use_spot", "sometimes"),
+    ("project_name", "{{ }}"),
+    ("description", "{% if %}"),
+    ("project_name", "   "),
+    ("project_name", "D" * 199),
 ]
 
 
-@pytest.mark.parametrize(("key", "value"), INVALID, ids=[f"{k}={v!r}" for k, v in INVALID])
-def test_refused_cleanly(tmp_path: Path, key: str, value: str) -> None:
-    result = subprocess.run(
+def cookiecutter(tmp_path: Path, *answers: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -37,16 +48,45 @@ def test_refused_cleanly(tmp_path: Path, key: str, value: str) -> None:
             "-o",
             str(tmp_path),
             str(TEMPLATE_DIR),
-            f"{key}={value}",
+            *answers,
         ],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR: ")]
-    assert any(key in line for line in errors), result.stderr
+
+
+@pytest.mark.parametrize(("key", "value"), INVALID, ids=[f"{k}={v[:20]!r}" for k, v in INVALID])
+def test_refused_cleanly(tmp_path: Path, key: str, value: str) -> None:
+    result = cookiecutter(tmp_path, f"{key}={value}")
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    # cookiecutter adds its own "ERROR: Stopping generation because ..." line after a hook's.
+    errors = [line for line in output.splitlines() if line.startswith("ERROR: ") and "Stopping" not in line]
+    assert errors and key in errors[0], output
+    assert "Traceback" not in output, "one line per problem, not a traceback"
+    assert len(output.splitlines()) <= 5, output
     assert list(tmp_path.iterdir()) == [], "a refused render must leave nothing behind"
+
+
+def test_a_git_clone_of_the_template_validates_with_its_schema(tmp_path: Path) -> None:
+    """`cookiecutter <git url>` renders from a clone in ~/.cookiecutters: the hook finds the schema there."""
+    import shutil
+
+    repo = tmp_path / "template"
+    shutil.copytree(TEMPLATE_DIR, repo, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "site"))
+    env = {f"GIT_{who}_{what}": "t" for who in ("AUTHOR", "COMMITTER") for what in ("NAME", "EMAIL")}
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "v1"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, env={**__import__("os").environ, **env})
+    home = tmp_path / "home"
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "cookiecutter", "--no-input", "-o", str(out), f"file://{repo}"]
+    isolated = {**__import__("os").environ, "HOME": str(home)}
+    refused = subprocess.run([*command, "num_classes=007"], capture_output=True, text=True, env=isolated)
+    assert "ERROR: num_classes: '007'" in refused.stderr
+    accepted = subprocess.run(command, capture_output=True, text=True, env=isolated)
+    assert accepted.returncode == 0, accepted.stderr
+    assert (out / "dog-breed-classifier" / "config.toml").is_file()
 
 
 def test_refused_with_pytest_cookies(cookies) -> None:

@@ -6,17 +6,11 @@ import torch
 from torch import nn
 from torchvision import models
 
-# The backbones the template offers. Any torchvision classification model whose
-# last module is an nn.Linear works; these are the ones that are tested.
-SUPPORTED_BACKBONES = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "efficientnet_b0",
-    "mobilenet_v3_large",
-    "convnext_tiny",
-)
-FINETUNE_MODES = ("head", "full")
+from .schema import BACKBONES, FINETUNE_MODES
+
+# The backbones the template offers, named once in schema.py. Any torchvision classification
+# model whose last module is an nn.Linear works; these are the ones that are tested.
+SUPPORTED_BACKBONES = BACKBONES
 
 
 def head_name(model: nn.Module) -> str:

@@ -1,11 +1,20 @@
-"""The project's configuration: `config.toml` at the project root, read once into plain data."""
+"""The project's configuration: `config.toml` at the project root, read once and checked against the schema.
+
+The schema (every key, its type and what it allows) is `classifier/schema.py`, shared with the
+render hook and the training code; `ProjectConfig.load` refuses a file that does not fit it, in
+one line naming the file, the key, the value and what is allowed.
+"""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 try:
@@ -20,6 +29,36 @@ PROJECT_DIR_ENV = "IMAGE_CLASSIFIER_PROJECT_DIR"
 
 class ConfigError(Exception):
     """The config file is missing or holds a value the project cannot use."""
+
+
+# How many problems one message lists before it says "and N more".
+_PROBLEMS_SHOWN = 3
+
+
+def _load_schema() -> ModuleType:
+    """classifier/schema.py of this project.
+
+    Importable when the project root is on sys.path (pytest, `python -m`, the containers); an
+    installed console script has only src/ there, so fall back to the file next to the package.
+    It is registered under its own name, so both ways give the same module (and classes).
+    """
+    try:
+        from classifier import schema
+    except ImportError:
+        name = "classifier.schema"
+        if name in sys.modules:
+            return sys.modules[name]
+        path = Path(__file__).resolve().parents[2] / "classifier" / "schema.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise ConfigError(f"{path} is missing: the project's config schema lives there") from None
+        schema = importlib.util.module_from_spec(spec)
+        sys.modules[name] = schema
+        spec.loader.exec_module(schema)
+    return schema
+
+
+schema = _load_schema()
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -47,7 +86,9 @@ class ProjectConfig:
     """config.toml as loaded, plus where it was found.
 
     `data` is the parsed TOML document; the properties below name the parts
-    code reads most, so a renamed key breaks in one place.
+    code reads most, so a renamed key breaks in one place. `settings` is the same
+    document typed by the schema (frozen dataclasses): `config.settings.model.backbone`,
+    `config.settings.tuning.max_jobs`, `config.settings.hyperparameters.lr`.
     """
 
     root: Path
@@ -63,7 +104,20 @@ class ProjectConfig:
             raise ConfigError(f"{path} does not exist") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path} is not valid TOML: {error}") from None
-        return cls(root=root, data=data)
+        config = cls(root=root, data=data)
+        config.settings  # noqa: B018 - validate now, so every command refuses a bad file before it starts
+        return config
+
+    @cached_property
+    def settings(self) -> schema.Settings:
+        """config.toml typed by classifier/schema.py; ConfigError when it does not fit."""
+        try:
+            return schema.parse(self.data)
+        except schema.SchemaError as error:
+            texts = [problem.text() for problem in error.problems]
+            more = len(texts) - _PROBLEMS_SHOWN
+            shown = "; ".join(texts[:_PROBLEMS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
+            raise ConfigError(f"{self.root / CONFIG_FILENAME}: {shown}") from None
 
     def section(self, name: str) -> dict[str, Any]:
         """A deep copy of one table, e.g. `section("aws")`; callers may change it freely."""

@@ -1,0 +1,760 @@
+"""The one schema of config.toml: every key, its type, what it allows, and the names the project offers.
+
+Three readers share this file, so each value is defined here once:
+
+- the template's render hook loads it by path and validates the config the answers would produce;
+- the package (`config.py`) validates config.toml with it when a command loads the config;
+- the training and serving code (shipped with `classifier/`) takes the backbone names from it.
+
+Standard library only (it runs in the render hook, in the SageMaker containers and in the CLI).
+
+Adding a key is one line in the table's dataclass below, e.g. in `Debugger`:
+
+    evaluation: str = setting("in_job", choices=("in_job", "sagemaker", "both"))
+
+A field without a default is required; with one, older config files that lack it still load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+# --- the names the project offers ------------------------------------------------------------------
+
+# Tested torchvision classification models (each ends in an nn.Linear the project replaces).
+BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
+FINETUNE_MODES = ("head", "full")
+# Keys of the rule sets the launcher builds (README, "Debugger and profiler rules").
+RULE_SET_NAMES = ("standard", "minimal", "extended", "none")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "step", "none")
+LR_SCALINGS = ("Logarithmic", "Linear", "ReverseLogarithmic", "Auto")
+OBJECTIVE_TYPES = ("Minimize", "Maximize")
+EARLY_STOPPING_TYPES = ("Off", "Auto")
+RANGE_TYPES = ("continuous", "integer", "categorical")
+# The only system-monitor intervals SageMaker's profiler accepts.
+PROFILER_INTERVALS = (100, 200, 500, 1000, 5000, 60000)
+# Files that data preparation, training and serving all treat as images (suffix, lowercase).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+# --- what AWS and the SageMaker SDK accept ---------------------------------------------------------
+
+INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.[0-9]*(x?large|medium|small|micro|nano|metal)$")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]$")
+ROLE_ARN_RE = re.compile(r"^arn:(aws[a-z-]*):iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
+VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$")
+PY_VERSION_RE = re.compile(r"^py3[0-9]{1,2}$")
+IMAGE_URI_RE = re.compile(
+    r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$"
+)
+METRIC_NAME_RE = re.compile(r"^[\w:./=+-]{1,255}$")
+URL_RE = re.compile(r"^(https?|s3)://\S+$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Regions where SageMaker SDK 2.257 serves the PyTorch training and inference images
+# (sagemaker/image_uri_config/pytorch.json, "registries", for the versions below).
+# The rendered project's tests check this list against the installed SDK.
+SAGEMAKER_REGIONS = (
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-west-1",
+    "us-west-2",
+)
+# PyTorch 2.x images the SDK can retrieve, with their Python versions (same source).
+PYTORCH_IMAGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "training": {
+        "2.0.0": ("py310",), "2.0.1": ("py310",), "2.1.0": ("py310",), "2.2.0": ("py310",),
+        "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",),
+        "2.6.0": ("py312",), "2.7.1": ("py312",), "2.8.0": ("py312",),
+    },
+    "inference": {
+        "2.0.0": ("py310",), "2.0.1": ("py310",), "2.1.0": ("py310",), "2.2.0": ("py310",),
+        "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",), "2.6.0": ("py312",),
+    },
+}  # fmt: skip
+
+
+def partition(region: str) -> str:
+    """The AWS partition of a region: ARNs in cn-* regions start `arn:aws-cn:`, and so on."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    if region.startswith("us-isob-"):
+        return "aws-iso-b"
+    if region.startswith("us-iso-"):
+        return "aws-iso"
+    return "aws"
+
+
+def pytorch_version(scope: str, version: str) -> str | None:
+    """The full image version the SDK resolves `version` to ("2.8" -> "2.8.0"), None if it has none."""
+    known = PYTORCH_IMAGES[scope]
+    if version in known:
+        return version
+    matches = [full for full in known if full.startswith(version + ".")]
+    return max(matches, key=lambda v: tuple(map(int, v.split(".")))) if matches else None
+
+
+def instance_type_problem(instance_type: str) -> str | None:
+    """Why the project's PyTorch CPU/GPU images cannot run on `instance_type`; None when they can."""
+    family = instance_type.split(".")[1] if instance_type.count(".") == 2 else ""
+    if re.match(r"^(trn|inf)[0-9]", family):
+        return (
+            "is an AWS Trainium/Inferentia (Neuron) type; the PyTorch images this project uses "
+            "need a CPU or NVIDIA GPU type such as ml.m5.large or ml.g4dn.xlarge"
+        )
+    if re.match(r"^[a-z]+[0-9]+g[a-z]*$", family):
+        return "is an ARM (Graviton) type; the PyTorch images this project uses are built for x86"
+    if family.startswith("eia"):
+        return "is an Elastic Inference accelerator, not an instance type"
+    return None
+
+
+# --- problems ----------------------------------------------------------------------------------------
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT: Any = _Absent()  # the value of a Problem about a missing key
+# Placeholders for the keys a message names (Problem.refs). Not written as doubled braces in
+# f-strings: cookiecutter renders this file with Jinja, which would read those as its own.
+REF0, REF1 = "{0}", "{1}"
+
+
+def key_name(path: tuple[str, ...]) -> str:
+    """How a key is written in messages: `[hyperparameters] lr`, `[tuning.ranges.lr] min`, `[model]`."""
+    if len(path) == 1:
+        return f"[{path[0]}]"
+    parts = [p if re.match(r"^[A-Za-z0-9_-]+$", p) else f'"{p}"' for p in path]
+    return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
+
+
+def show(value: Any) -> str:
+    """A value as TOML writes it (strings quoted, true/false lowercase)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        # json's escapes keep a newline or a quote in the value from breaking the one-line message.
+        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(show(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{...}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the config: where, the value found, and what is allowed.
+
+    `message` may name other keys as `{0}`, `{1}`, ... (paths in `refs`), so that the render hook
+    can call them by the answers the user typed instead of by their config keys.
+    """
+
+    path: tuple[str, ...]
+    value: Any
+    message: str
+    refs: tuple[tuple[str, ...], ...] = ()
+
+    def explain(self, name: Callable[[tuple[str, ...]], str] = key_name) -> str:
+        return self.message.format(*(name(ref) for ref in self.refs))
+
+    def text(self) -> str:
+        """`[hyperparameters] lr = "fast": must be a number greater than 0`."""
+        found = "" if self.value is ABSENT else f" = {show(self.value)}"
+        return f"{key_name(self.path)}{found}: {self.explain()}"
+
+
+class SchemaError(ValueError):
+    """The document does not fit the schema; `problems` lists every reason, in file order."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problem.text() for problem in problems))
+
+
+# --- declaring keys ------------------------------------------------------------------------------------
+
+_REQUIRED: Any = dataclasses.MISSING
+
+
+@dataclass(frozen=True, kw_only=True)
+class Spec:
+    """What one key allows beyond its type. Built by `setting()`."""
+
+    choices: tuple[Any, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None  # strictly greater than
+    pattern: re.Pattern[str] | None = None
+    describe: str = ""  # what `pattern` (or `check`) allows, in words
+    max_length: int | None = None
+    empty_ok: bool = False  # "" passes `pattern` (e.g. "leave empty to resolve it when run")
+    check: Callable[[Any], str | None] | None = None  # more rules: a message, or None when fine
+
+
+def setting(default: Any = _REQUIRED, *, default_factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
+    """A dataclass field with its rules: `num_classes: int = setting(minimum=2, maximum=100_000)`."""
+    metadata = {"spec": Spec(**spec)}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _single_line(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
+        return "holds a control character (newline, tab, ...); use one plain line"
+    return None
+
+
+def _regex_with_one_group(value: str) -> str | None:
+    try:
+        groups = re.compile(value).groups
+    except re.error as error:
+        return f"is not a regular expression ({error})"
+    if groups != 1:
+        return "must have exactly one group (the number)"
+    return None
+
+
+def _range_of(spec: Spec, whole: bool) -> str:
+    noun = "a whole number" if whole else "a number"
+    if spec.minimum is not None and spec.maximum is not None:
+        return f"{noun} from {spec.minimum:g} to {spec.maximum:g}"
+    if spec.above is not None:
+        return f"{noun} greater than {spec.above:g}"
+    if spec.minimum is not None:
+        return f"{noun} of at least {spec.minimum:g}"
+    return noun
+
+
+def allowed(hint: Any, spec: Spec) -> str:
+    """What a key allows, in words: 'a whole number from 2 to 100000', 'one of head, full', ..."""
+    if spec.choices:
+        return "one of " + ", ".join(show(c) if isinstance(c, bool) else str(c) for c in spec.choices)
+    if dataclasses.is_dataclass(hint):
+        return "a table"
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return "a list"
+    if origin is dict:
+        return "a table"
+    if hint is bool:
+        return "true or false"
+    if hint is int:
+        return _range_of(spec, whole=True)
+    if hint is float:
+        return _range_of(spec, whole=False)
+    if spec.describe:
+        return spec.describe
+    return "text"
+
+
+# --- the tables of config.toml (in file order) --------------------------------------------------------
+
+
+def _split_ratios(value: tuple[float, ...]) -> str | None:
+    if len(value) != 3 or any(r < 0 for r in value) or abs(sum(value) - 1) > 1e-6 or value[0] <= 0:
+        return "must be three fractions for train, valid, test that add up to 1 (e.g. [0.8, 0.1, 0.1])"
+    return None
+
+
+def _relative_path(value: str) -> str | None:
+    parts = value.replace("\\", "/").split("/")
+    if not value or value.startswith("/") or ".." in parts:
+        return "must be a folder inside the project (a relative path without '..')"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Project:
+    name: str = setting(max_length=200, check=_single_line)
+    slug: str = setting(
+        pattern=re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"),
+        max_length=64,
+        describe="lowercase letters, digits and single '-', starting with a letter",
+    )
+    package: str = setting(
+        pattern=re.compile(r"^[a-z][a-z0-9_]*$"),
+        max_length=64,
+        describe="lowercase letters, digits and '_', starting with a letter",
+    )
+    description: str = setting(max_length=200, check=_single_line)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Data:
+    url: str = setting(pattern=URL_RE, describe="an http(s):// or s3:// URL")
+    local_dir: str = setting("data/prepared", check=_relative_path)
+    split_ratios: tuple[float, ...] = setting((0.8, 0.1, 0.1), check=_split_ratios)
+    split_seed: int = setting(0, minimum=0, maximum=2**32 - 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Model:
+    backbone: str = setting(choices=BACKBONES)
+    num_classes: int = setting(minimum=2, maximum=100_000)
+    image_size: int = setting(minimum=32, maximum=1024)
+    finetune: str = setting(choices=FINETUNE_MODES)
+    pretrained: bool = setting()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hyperparameters:
+    """Passed to hpo.py and train_model.py as `--name value`; None: not set, the script's default."""
+
+    epochs: int = setting(minimum=1, maximum=1000)
+    batch_size: int = setting(minimum=1, maximum=4096)
+    test_batch_size: int = setting(minimum=1, maximum=4096)
+    lr: float = setting(above=0)
+    optimizer: str | None = setting(None, choices=OPTIMIZERS)
+    momentum: float | None = setting(None, minimum=0, maximum=1)
+    weight_decay: float | None = setting(None, minimum=0, maximum=1)
+    scheduler: str | None = setting(None, choices=SCHEDULERS)
+    patience: int | None = setting(None, minimum=0, maximum=1000)
+    min_delta: float | None = setting(None, minimum=0, maximum=1e6)
+    seed: int | None = setting(None, minimum=0, maximum=2**32 - 1)
+    num_workers: int | None = setting(None, minimum=-1, maximum=256)
+    augment: bool | None = setting(None)
+    feature_cache: bool | None = setting(None)
+    class_weights: bool | None = setting(None)
+    amp: bool | None = setting(None)
+
+
+Scalar = Union[int, float, str, bool]  # noqa: UP007 - get_type_hints needs a runtime union on 3.10
+
+
+@dataclass(frozen=True, kw_only=True)
+class Range:
+    """`[tuning.ranges.<hyperparameter>]`: continuous/integer take min, max, scaling; categorical values."""
+
+    type: str = setting(choices=RANGE_TYPES)
+    min: int | float | None = setting(None)  # as written: an integer range keeps whole numbers
+    max: int | float | None = setting(None)
+    scaling: str = setting("Auto", choices=LR_SCALINGS)
+    values: tuple[Scalar, ...] = setting(())
+
+    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        if self.type == "categorical":
+            if not self.values:
+                yield Problem(path + ("values",), list(self.values), "must list at least one value")
+            elif len(set(map(repr, self.values))) != len(self.values):
+                yield Problem(path + ("values",), list(self.values), "lists a value twice")
+            return
+        for end in ("min", "max"):
+            value = getattr(self, end)
+            if value is None:
+                yield Problem(path + (end,), ABSENT, f"is missing; a {self.type} range needs min and max")
+            elif self.type == "integer" and value != int(value):
+                yield Problem(path + (end,), value, "must be a whole number in an integer range")
+        if self.min is None or self.max is None:
+            return
+        if self.min >= self.max:
+            yield Problem(
+                path + ("min",),
+                self.min,
+                "must be smaller than {0} " + f"({self.max:g})",
+                refs=(path + ("max",),),
+            )
+        if "Logarithmic" in self.scaling and self.min <= 0:
+            yield Problem(path + ("min",), self.min, f"must be greater than 0 with {self.scaling} scaling")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tuning:
+    max_jobs: int = setting(minimum=1, maximum=500)
+    max_parallel_jobs: int = setting(minimum=1, maximum=100)
+    objective_metric_name: str = setting(pattern=METRIC_NAME_RE, describe="1-255 letters, digits and _:./=+-")
+    objective_type: str = setting(choices=OBJECTIVE_TYPES)
+    objective_metric_regex: str = setting(max_length=500, check=_regex_with_one_group)
+    early_stopping_type: str = setting(choices=EARLY_STOPPING_TYPES)
+    ranges: dict[str, Range] = setting(default_factory=dict)
+
+    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        if self.max_parallel_jobs > self.max_jobs:
+            yield Problem(
+                path + ("max_parallel_jobs",),
+                self.max_parallel_jobs,
+                "must not exceed {0} " + f"({self.max_jobs})",
+                refs=(path + ("max_jobs",),),
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Debugger:
+    rule_set: str = setting(choices=RULE_SET_NAMES)
+    train_save_interval: int = setting(minimum=1, maximum=1_000_000)
+    eval_save_interval: int = setting(minimum=1, maximum=1_000_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profiler:
+    system_monitor_interval_millis: int = setting(choices=PROFILER_INTERVALS)
+
+
+def _region(value: str) -> str | None:
+    if not REGION_RE.match(value):
+        return "must be a region like us-east-1"
+    if value not in SAGEMAKER_REGIONS:
+        return "is not a region where the SageMaker SDK serves the PyTorch images (e.g. us-east-1, eu-west-1)"
+    return None
+
+
+def _bucket(value: str) -> str | None:
+    if value and (
+        not BUCKET_RE.match(value)
+        or ".." in value
+        or re.match(r"^\d+\.\d+\.\d+\.\d+$", value)
+        or value.startswith("xn--")
+        or value.endswith("-s3alias")
+    ):
+        return (
+            "must be a bucket name (3-63 lowercase letters, digits, '.', '-'; starting and ending "
+            "with a letter or digit), or empty for the session's default bucket"
+        )
+    return None
+
+
+def _prefix(value: str) -> str | None:
+    if not PREFIX_RE.match(value) or value.startswith("/") or value.endswith("/"):
+        return "must be an S3 key prefix without leading or trailing '/'"
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Aws:
+    region: str = setting(check=_region)
+    bucket: str = setting("", check=_bucket)
+    prefix: str = setting(check=_prefix)
+    role_arn: str = setting(
+        "",
+        pattern=ROLE_ARN_RE,
+        empty_ok=True,
+        describe="an IAM role ARN like arn:aws:iam::123456789012:role/Name, or empty",
+    )
+
+    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        match = ROLE_ARN_RE.match(self.role_arn)
+        if match and REGION_RE.match(self.region) and match.group(1) != partition(self.region):
+            yield Problem(
+                path + ("role_arn",),
+                self.role_arn,
+                f"is in partition {match.group(1)}, but "
+                + "{0} "
+                + f"{self.region} is in {partition(self.region)} "
+                f"(arn:{partition(self.region)}:iam::...)",
+                refs=(path + ("region",),),
+            )
+
+
+def _instance_type(value: str) -> str | None:
+    if not INSTANCE_TYPE_RE.match(value):
+        return "must be an instance type like ml.g4dn.xlarge (ml.<family>.<size>)"
+    return instance_type_problem(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Machines:
+    type: str = setting(check=_instance_type)
+    count: int = setting(minimum=1, maximum=100)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Instances:
+    tuning: Machines = setting()
+    training: Machines = setting()
+    endpoint: Machines = setting()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Jobs:
+    use_spot: bool = setting()
+    max_run_seconds: int = setting(minimum=60, maximum=28 * 24 * 3600)
+    max_wait_seconds: int = setting(minimum=60, maximum=28 * 24 * 3600)
+
+    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        if self.use_spot and self.max_wait_seconds < self.max_run_seconds:
+            yield Problem(
+                path + ("max_wait_seconds",),
+                self.max_wait_seconds,
+                f"must be at least {REF0} ({self.max_run_seconds}) with {REF1} = true",
+                refs=(path + ("max_run_seconds",), path + ("use_spot",)),
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    framework_version: str = setting(pattern=VERSION_RE, describe="a PyTorch version like 2.6.0")
+    py_version: str = setting(pattern=PY_VERSION_RE, describe="a Python tag like py312")
+    image_uri: str = setting(
+        "",
+        pattern=IMAGE_URI_RE,
+        empty_ok=True,
+        describe="an ECR image URI (<account>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag>), "
+        "or empty to use the versions",
+    )
+
+    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        if self.image_uri:  # a custom image: the versions are not used
+            return
+        scope = path[-1]
+        full = pytorch_version(scope, self.framework_version) if scope in PYTORCH_IMAGES else None
+        if scope not in PYTORCH_IMAGES or not VERSION_RE.match(self.framework_version):
+            return
+        if full is None:
+            known = ", ".join(PYTORCH_IMAGES[scope])
+            yield Problem(
+                path + ("framework_version",),
+                self.framework_version,
+                f"has no SageMaker PyTorch {scope} image; choose one of {known}",
+            )
+        elif self.py_version not in PYTORCH_IMAGES[scope][full]:
+            yield Problem(
+                path + ("py_version",),
+                self.py_version,
+                f"has no PyTorch {full} {scope} image; {REF0} {full} comes with "
+                + ", ".join(PYTORCH_IMAGES[scope][full]),
+                refs=(path + ("framework_version",),),
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Images:
+    training: Image = setting()
+    inference: Image = setting()
+
+
+def _environment_value(value: Any) -> str | None:
+    return None if isinstance(value, (str, int, float, bool)) else "must be text, a number or true/false"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """config.toml, typed: `settings.model.backbone`, `settings.tuning.max_jobs`, `settings.prices[...]`."""
+
+    project: Project = setting()
+    data: Data = setting()
+    model: Model = setting()
+    hyperparameters: Hyperparameters = setting()
+    tuning: Tuning = setting()
+    debugger: Debugger = setting()
+    profiler: Profiler = setting()
+    aws: Aws = setting()
+    instances: Instances = setting()
+    jobs: Jobs = setting()
+    images: Images = setting()
+    # Optional tables: USD per instance-hour for `cost`; environment variables of the training jobs.
+    prices: dict[str, float] = setting(default_factory=dict, above=0)
+    environment: dict[str, Scalar] = setting(default_factory=dict, check=_environment_value)
+
+    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        hyperparameters = {f.name: f for f in dataclasses.fields(Hyperparameters)}
+        hints = typing.get_type_hints(Hyperparameters)
+        for name, spec in self.tuning.ranges.items():
+            where = ("tuning", "ranges", name)
+            if name not in hyperparameters:
+                tunable = ", ".join(hyperparameters)
+                yield Problem(where, ABSENT, f"tunes no hyperparameter; tunable: {tunable}")
+                continue
+            hint = _without_none(hints[name])
+            rules = hyperparameters[name].metadata["spec"]
+            ends = (
+                [("values", v) for v in spec.values]
+                if spec.type == "categorical"
+                else [(end, getattr(spec, end)) for end in ("min", "max") if getattr(spec, end) is not None]
+            )
+            for end, value in ends:
+                message = _problem(value, hint, rules)
+                if message:
+                    yield Problem(where + (end,), value, f"{message} (as [hyperparameters] {name})")
+        for name, price in self.prices.items():
+            if not INSTANCE_TYPE_RE.match(name):
+                yield Problem(("prices", name), price, "names no instance type like ml.g4dn.xlarge")
+        for name in self.environment:
+            if not ENV_NAME_RE.match(name):
+                yield Problem(
+                    ("environment", name),
+                    self.environment[name],
+                    "is not an environment variable name (letters, digits, '_')",
+                )
+
+
+# --- reading a document against the schema -----------------------------------------------------------------
+
+
+def _without_none(hint: Any) -> Any:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        arms = [arm for arm in typing.get_args(hint) if arm is not type(None)]
+        return arms[0] if len(arms) == 1 else Union[tuple(arms)]  # noqa: UP007
+    return hint
+
+
+def _problem(value: Any, hint: Any, spec: Spec) -> str | None:
+    """What is wrong with a scalar (or list of scalars) for this hint and spec; None when fine."""
+    hint = _without_none(hint)
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        arms = typing.get_args(hint)
+        if not isinstance(value, arms) or (isinstance(value, bool) and bool not in arms):
+            return "must be text, a number or true/false" if str in arms else "must be a number"
+    elif origin is tuple:
+        if not isinstance(value, list):
+            return f"must be {allowed(hint, spec)}"
+        item = typing.get_args(hint)[0]
+        for element in value:
+            message = _problem(element, item, Spec())
+            if message:
+                return f"holds {show(element)}, which {message}"
+        value = tuple(value)
+    elif hint is bool:
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be {allowed(hint, spec)}"
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"must be {allowed(hint, spec)}"
+    elif hint is str and not isinstance(value, str):
+        return f"must be {allowed(hint, spec)}" if spec.choices else "must be text (in quotes)"
+    if spec.choices and value not in spec.choices:
+        return f"must be {allowed(hint, spec)}"
+    if hint in (int, float):
+        low = spec.minimum if spec.minimum is not None else -math.inf
+        high = spec.maximum if spec.maximum is not None else math.inf
+        if not low <= value <= high or (spec.above is not None and value <= spec.above):
+            return f"must be {allowed(hint, spec)}"
+    if isinstance(value, str):
+        if spec.max_length is not None and len(value) > spec.max_length:
+            return f"is {len(value)} characters long; at most {spec.max_length} are allowed"
+        if spec.pattern is not None and not (spec.empty_ok and value == "") and not spec.pattern.match(value):
+            return f"must be {spec.describe}"
+    if spec.check is not None:
+        return spec.check(value)
+    return None
+
+
+def _convert(value: Any, hint: Any, spec: Spec, path: tuple[str, ...], problems: list[Problem]) -> Any:
+    """`value` as `hint` (a table becomes its dataclass); records problems and returns ABSENT on any."""
+    hint = _without_none(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, problems)
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict):
+            problems.append(Problem(path, ABSENT, "must be a table"))
+            return ABSENT
+        item = typing.get_args(hint)[1]
+        converted = {key: _convert(v, item, spec, path + (key,), problems) for key, v in value.items()}
+        return ABSENT if ABSENT in converted.values() else converted
+    message = _problem(value, hint, spec)
+    if message:
+        problems.append(Problem(path, value, message))
+        return ABSENT
+    if hint is float:
+        return float(value)
+    if typing.get_origin(hint) is tuple:
+        return tuple(value)
+    return value
+
+
+def _build(cls: type, value: Any, path: tuple[str, ...], problems: list[Problem]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(Problem(path, value, "must be a table"))
+        return ABSENT
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in value:
+        if key not in known:
+            problems.append(Problem(path + (key,), ABSENT, "is not a known key; known: " + ", ".join(known)))
+    complete = not any(key not in known for key in value)
+    arguments = {}
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get("spec", Spec())
+        if f.name in value:
+            arguments[f.name] = _convert(value[f.name], hints[f.name], spec, path + (f.name,), problems)
+            complete = complete and arguments[f.name] is not ABSENT
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            expected = allowed(hints[f.name], spec)
+            problems.append(Problem(path + (f.name,), ABSENT, f"is missing; expected {expected}"))
+            complete = False
+    # A table whose every key has a usable value is built, and its cross-key rules run, even
+    # when a table inside it broke such a rule: one pass reports as much as it can.
+    if not complete:
+        return ABSENT
+    instance = cls(**arguments)
+    check = getattr(instance, "problems", None)
+    if check is not None:
+        problems.extend(check(path))
+    return instance
+
+
+def _check(document: dict[str, Any]) -> tuple[Any, list[Problem]]:
+    problems: list[Problem] = []
+    settings = _build(Settings, document, (), problems)
+    first: dict[tuple[str, ...], Problem] = {}
+    for problem in problems:  # one problem per key: the first rule it breaks
+        first.setdefault(problem.path, problem)
+    return settings, list(first.values())
+
+
+def validate(document: dict[str, Any]) -> list[Problem]:
+    """Every problem of a parsed config.toml (one per key); empty when it fits the schema."""
+    return _check(document)[1]
+
+
+def parse(document: dict[str, Any]) -> Settings:
+    """The typed settings of a parsed config.toml; SchemaError lists every problem."""
+    settings, problems = _check(document)
+    if problems:
+        raise SchemaError(problems)
+    return settings
