@@ -1,13 +1,15 @@
 """Image transforms for training and evaluation, in the style of torchvision's references.
 
 Serving rebuilds `EvalPreset` from the model's metadata, so the endpoint sees
-exactly the tensor that evaluation saw during training.
+exactly the tensor that evaluation saw during training. Both presets apply the
+file's EXIF orientation first, as `PIL.ImageOps.exif_transpose` does, so a
+portrait phone photo is seen upright in training and on the endpoint alike.
 """
 
 from __future__ import annotations
 
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
@@ -21,6 +23,23 @@ except ImportError:
 JPEG_FORMATS = ("JPEG", "MPO")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The longest side, in multiples of the shorter, that the evaluation resize is given. A longer image
+# is cropped around its centre to this ratio first: the centre crop keeps only a square of it anyway,
+# and resizing a 3 x 30000 strip whole would allocate gigabytes (its shorter side grows to 256).
+# Photos and panoramas up to 4:1 are resized exactly as torchvision's Resize + CenterCrop do.
+MAX_ASPECT_RATIO = 4
+# `Image.transpose` for each EXIF orientation, as `PIL.ImageOps.exif_transpose` maps them.
+EXIF_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Orientations that swap width and height.
+_SWAPS_SIDES = {5, 6, 7, 8}
 
 
 def resize_size_for(image_size: int) -> int:
@@ -42,19 +61,82 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8; 1 = as stored), read as `ImageOps.exif_transpose` reads it.
+
+    For a JPEG or WebP it comes from the header; a PNG may keep it after the pixels, so Pillow
+    decodes the PNG to find it (decoding it is the next step anyway).
+    """
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def oriented_size(size: tuple[int, int], orientation: int) -> tuple[int, int]:
+    """(width, height) of the upright image."""
+    width, height = size
+    return (height, width) if orientation in _SWAPS_SIDES else (width, height)
+
+
+def orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
+    """(..., H, W) pixels made upright: exactly `exif_transpose`'s transpose, on a tensor.
+
+    On the decoded tensor rather than the PIL image so that a JPEG can still be decoded at reduced
+    scale (`Image.draft`), which a transpose of the lazily opened image would prevent.
+    """
+    if orientation in (2, 4):
+        return pixels.flip(-1 if orientation == 2 else -2)
+    if orientation == 3:
+        return pixels.flip(-2, -1)
+    if orientation == 5:
+        return pixels.transpose(-2, -1)
+    if orientation == 6:
+        return pixels.rot90(-1, dims=(-2, -1))
+    if orientation == 7:
+        return pixels.transpose(-2, -1).flip(-2, -1)
+    if orientation == 8:
+        return pixels.rot90(1, dims=(-2, -1))
+    return pixels
+
+
+def centre_to_aspect_ratio(pixels: torch.Tensor, max_ratio: float = MAX_ASPECT_RATIO) -> torch.Tensor:
+    """The centre of (..., H, W) `pixels` whose longer side is at most `max_ratio` times the shorter.
+
+    A view, no copy: what a resize of the shorter side followed by a centre crop keeps lies inside it.
+    """
+    height, width = pixels.shape[-2:]
+    short = min(height, width)
+    longest = max(1, int(short * max_ratio))
+    if height > longest:
+        top = (height - longest) // 2
+        return pixels[..., top : top + longest, :]
+    if width > longest:
+        left = (width - longest) // 2
+        return pixels[..., left : left + longest]
+    return pixels
+
+
 def decode_pixels(image: Image.Image, min_side: int) -> torch.Tensor:
     """The pixels as uint8 CHW RGB, skipping detail that a resize to `min_side` would throw away.
 
     A JPEG whose shorter side is at least twice `min_side` is decoded at 1/2, 1/4 or 1/8 scale
-    (`Image.draft` makes libjpeg do it) while its shorter side stays >= `min_side`; anything else
-    is decoded whole, by `full_pixels`.
+    (`Image.draft` makes libjpeg do it) while its shorter side stays >= `min_side`. Other formats
+    cannot decode at reduced scale, so once decoded they are shrunk the same way, by averaging
+    whole blocks of pixels (`Image.reduce`): the resize after it then works on about the size it
+    outputs, and its buffers follow the crop's size rather than the file's. A JPEG between one and
+    two times `min_side` is decoded whole, by `full_pixels`.
     """
-    if image.format in JPEG_FORMATS and min(image.size) >= 2 * min_side:
+    if image.format in JPEG_FORMATS:
+        if min(image.size) < 2 * min_side:
+            return full_pixels(image)
         width, height = image.size
         scale = min(width, height) / max(min_side, 1)
         image.draft("RGB", (int(width / scale), int(height / scale)))
-        return F.pil_to_tensor(to_rgb(image))
-    return full_pixels(image)
+    return F.pil_to_tensor(shrink_to(to_rgb(image), min_side))
+
+
+def shrink_to(image: Image.Image, min_side: int) -> Image.Image:
+    """`image` reduced by the largest whole factor that keeps its shorter side >= `min_side`."""
+    factor = min(image.size) // max(min_side, 1)
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def full_pixels(image: Image.Image) -> torch.Tensor:
@@ -84,7 +166,7 @@ class EvalPreset:
         self.resize_size = resize_size or resize_size_for(crop_size)
         # In three steps so a training loader can ship small uint8 images from its workers and
         # scale whole batches on the GPU, and the endpoint can decode where it answers bad files.
-        self.geometry = T.Compose([T.Resize(self.resize_size, antialias=True), T.CenterCrop(crop_size)])
+        self._resize_crop = T.Compose([T.Resize(self.resize_size, antialias=True), T.CenterCrop(crop_size)])
         self.scaling = Scaling(mean, std)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
@@ -95,8 +177,18 @@ class EvalPreset:
         return self.geometry(self.decode(image))
 
     def decode(self, image: Image.Image) -> torch.Tensor:
-        """The pixels as uint8 CHW, at reduced scale where the resize allows; `geometry` follows."""
-        return decode_pixels(image, self.resize_size)
+        """The upright pixels as uint8 CHW, at reduced scale where the resize allows; `geometry` follows."""
+        orientation = exif_orientation(image)
+        return orient(decode_pixels(image, self.resize_size), orientation)
+
+    def geometry(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Decoded pixels -> crop_size x crop_size, uint8 CHW, in memory of its own.
+
+        At most `MAX_ASPECT_RATIO` : 1 reaches the resize, so its output is bounded by the crop's
+        size whatever the image's shape. The crop is copied out of the resized buffer (CenterCrop
+        returns a view), so a batch of crops does not keep every resized image alive.
+        """
+        return self._resize_crop(centre_to_aspect_ratio(pixels)).clone(memory_format=torch.contiguous_format)
 
 
 class TrainPreset:
@@ -125,22 +217,29 @@ class TrainPreset:
 
     def uint8(self, image: Image.Image) -> torch.Tensor:
         """The randomly cropped, flipped uint8 CHW image; `scaling` (on one image or a batch) finishes it."""
-        # get_params reads only the size, so the box is known before any pixel is decoded.
-        top, left, height, width = RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
-        crop = resized_crop(image, (left, top, left + width, top + height), self.crop_size)
+        # The box is drawn on the upright image's size, read from the header: known before any pixel
+        # is decoded. get_params reads only the size, so an empty tensor of that size stands in.
+        orientation = exif_orientation(image)
+        upright_width, upright_height = oriented_size(image.size, orientation)
+        size_only = torch.empty((0, upright_height, upright_width), dtype=torch.uint8)
+        top, left, height, width = RandomResizedCrop.get_params(size_only, list(self.scale), list(self.ratio))
+        crop = resized_crop(image, (left, top, left + width, top + height), self.crop_size, orientation)
         # As RandomHorizontalFlip draws it, without its 0.1 ms of dispatch per image.
         if torch.rand(1).item() < self.hflip_prob:
             crop = F.horizontal_flip(crop)
         return crop.contiguous()
 
 
-def resized_crop(image: Image.Image, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
-    """`box` (left, top, right, bottom; full-size pixels) resized to size x size, as uint8 CHW RGB.
+def resized_crop(
+    image: Image.Image, box: tuple[int, int, int, int], size: int, orientation: int = 1
+) -> torch.Tensor:
+    """`box` (left, top, right, bottom; full-size pixels of the upright image) resized to size x size,
+    as uint8 CHW RGB; `orientation` is the file's EXIF orientation (`exif_orientation`).
 
-    Exactly torchvision's `resized_crop` (bilinear, antialiased), except that a JPEG is decoded at
-    the smallest scale (1/2, 1/4, 1/8, via `Image.draft`) at which the box still spans `size`
-    pixels: the resize then still only shrinks, and the result matches a full decode within
-    resampling noise (less than bilinear and bicubic differ).
+    Exactly torchvision's `resized_crop` (bilinear, antialiased) of the upright image, except that a
+    JPEG is decoded at the smallest scale (1/2, 1/4, 1/8, via `Image.draft`) at which the box still
+    spans `size` pixels: the resize then still only shrinks, and the result matches a full decode
+    within resampling noise (less than bilinear and bicubic differ).
     """
     left, top, right, bottom = box
     reduction = 1
@@ -148,13 +247,17 @@ def resized_crop(image: Image.Image, box: tuple[int, int, int, int], size: int) 
         while reduction < 8 and min(right - left, bottom - top) // (reduction * 2) >= size:
             reduction *= 2
     if reduction == 1:
-        return F.resize(full_pixels(image)[:, top:bottom, left:right], [size, size], antialias=True)
-    full_width, full_height = image.size
-    image.draft("RGB", (full_width // reduction, full_height // reduction))
+        upright = orient(full_pixels(image), orientation)
+        return F.resize(upright[:, top:bottom, left:right], [size, size], antialias=True)
+    full_width, full_height = oriented_size(image.size, orientation)
+    image.draft("RGB", (image.width // reduction, image.height // reduction))
+    reduced = to_rgb(image)
+    if orientation in EXIF_TRANSPOSE:  # small now: the transpose costs little at this scale
+        reduced = reduced.transpose(EXIF_TRANSPOSE[orientation])
     # A fractional box in the reduced image: rounding it to whole pixels would shift the crop.
-    x_scale, y_scale = image.width / full_width, image.height / full_height
+    x_scale, y_scale = reduced.width / full_width, reduced.height / full_height
     reduced_box = (left * x_scale, top * y_scale, right * x_scale, bottom * y_scale)
-    return F.pil_to_tensor(to_rgb(image).resize((size, size), Image.Resampling.BILINEAR, box=reduced_box))
+    return F.pil_to_tensor(reduced.resize((size, size), Image.Resampling.BILINEAR, box=reduced_box))
 
 
 def _decode_jpeg_bytes(image: Image.Image) -> torch.Tensor | None:

@@ -1,15 +1,17 @@
 """The endpoint handler that SageMaker's PyTorch serving container runs.
 
 The container calls `model_fn(model_dir)` once per worker, then for each request
-`input_fn(body, content_type)` -> `predict_fn(data, model)` -> `output_fn(prediction, accept)`.
-`serve` (the project's local endpoint) loads this same file and calls the same four functions.
+`input_fn(body, content_type)` -> `predict_fn(data, model)` -> `output_fn(prediction, accept)`,
+through the sagemaker-inference toolkit's `Transformer`; `serve` (the project's local endpoint)
+drives this same file through that same `Transformer`.
 
 Requests (Content-Type):
-    image/jpeg, image/png, application/x-image, application/octet-stream
+    image/jpeg, image/png, image/webp, image/gif, image/bmp, application/x-image, application/octet-stream
         one image's raw bytes; the format is read from the bytes (JPEG, PNG, WebP, BMP, GIF)
     application/json
         {"images": ["<base64>", ...], "top_k": 3}, or {"image": "<base64>"}; "top_k" is optional
-Responses (Accept, first supported type in the order listed; default application/json):
+Responses (Accept, negotiated as HTTP says: the highest q wins, q=0 refuses a type, ties go to the
+type listed first; no Accept or */*: application/json):
     application/json
         {"predictions": [{"top_k": [{"label": "Affenpinscher", "class_name": "001.Affenpinscher",
                                      "index": 0, "probability": 0.93}, ...]}, ...]}, one entry per image;
@@ -18,7 +20,21 @@ Responses (Accept, first supported type in the order listed; default application
     application/x-npy
         float32 logits, shape (images, classes), for the SDK's NumpyDeserializer
 Errors: a 4xx status whose message is one line of JSON, {"error": "...", "status": 415};
-the container appends a traceback after that line.
+the container appends a traceback after that line. Only `RequestError` (a toolkit error class)
+gives a 4xx; anything else is the toolkit's 500.
+
+Past decoding, every request's memory is bounded by the pixels the network sees, whatever the
+image's shape: cropped to at most 4:1 before the resize (a 3 x 30000 strip would otherwise grow to
+gigabytes), each crop copied out of its resize buffer, one image decoded at a time. Decoding is
+bounded by MAX_IMAGE_PIXELS: JPEGs decode at reduced scale where the resize allows, other formats
+are decoded whole (about 4 bytes a pixel, 16 for WebP, whose decoder has no reduced scale in
+Pillow) and shrunk right after. Incomplete image data is a 400, never a gray-filled prediction.
+
+One 500 is the toolkit's, not this file's: a body sent as exactly `application/json` that is not
+UTF-8. `Transformer.transform` decodes `application/json` and `text/csv` bodies to str itself,
+before it calls `input_fn`, and turns the UnicodeDecodeError into a 500; no handler function runs
+first, and `transform_fn` cannot sit beside `input_fn`. `application/json; charset=utf-8` reaches
+`input_fn` as bytes, so invalid UTF-8 sent that way is answered 400.
 """
 
 from __future__ import annotations
@@ -28,36 +44,36 @@ import binascii
 import io
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import numpy as np
 import torch
 from PIL import Image
+from sagemaker_inference.errors import GenericInferenceToolkitError
 from torch.fx.experimental.optimization import fuse
 
 from classifier.artifact import ModelMetadata, load_artifact, readable_class_name
-from classifier.presets import EvalPreset
-
-try:
-    from sagemaker_inference.errors import BaseInferenceToolkitError
-except ImportError:  # The local endpoint in a user's environment, which need not have the toolkit.
-
-    class BaseInferenceToolkitError(Exception):
-        """The toolkit's base class, same constructor: an error that carries its HTTP status."""
-
-        def __init__(self, status_code: int, message: str, phrase: str) -> None:
-            self.status_code = status_code
-            self.message = message
-            self.phrase = phrase
-            super().__init__(status_code, message, phrase)
-
+from classifier.presets import JPEG_FORMATS, EvalPreset
 
 logger = logging.getLogger(__name__)
 
-RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/octet-stream")
+# Each format under its own type, plus the generic ones; the format is always read from the bytes.
+RAW_IMAGE_TYPES = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "image/bmp",
+    "application/x-image",
+    "application/octet-stream",
+)
 JSON_TYPE = "application/json"
 NPY_TYPE = "application/x-npy"
+# What output_fn can produce, in the order preferred when the client likes several equally.
+ANSWER_TYPES = (JSON_TYPE, NPY_TYPE)
 # Decoders Pillow may use on request bytes; the rest (TIFF, PSD, EPS, ...) only widen the attack surface.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 # 40 megapixels covers phone photos (12-50 MP) yet bounds the memory a decode may take (a decompression
@@ -69,8 +85,11 @@ DEFAULT_TOP_K = 5
 JSON_KEYS = ("images", "image", "top_k")
 
 
-class RequestError(BaseInferenceToolkitError):
-    """A request the client must fix: answered with `status_code` and a one-line JSON message."""
+class RequestError(GenericInferenceToolkitError):
+    """A request the client must fix: answered with `status_code` and a one-line JSON message.
+
+    The toolkit answers a `BaseInferenceToolkitError` with its status code; anything else is a 500.
+    """
 
     def __init__(self, status_code: int, reason: str) -> None:
         message = json.dumps({"error": reason, "status": status_code})
@@ -121,7 +140,7 @@ def model_fn(model_dir: str) -> LoadedModel:
 
 def input_fn(request_body: bytes | bytearray | str, content_type: str | None) -> ImageRequest:
     """Parse the body and read each image's header; reject what cannot be served before decoding."""
-    media_type, _ = _parse_media_type(content_type or "")
+    media_type = _media_type(content_type or "")
     if media_type in RAW_IMAGE_TYPES:
         if isinstance(request_body, str):
             raise RequestError(400, f"a {media_type} body must be bytes, not text")
@@ -137,10 +156,9 @@ def input_fn(request_body: bytes | bytearray | str, content_type: str | None) ->
 
 def predict_fn(request: ImageRequest, model: LoadedModel) -> Prediction:
     """Decode each image at the size the preset needs, transform, and run the network once."""
-    preset = model.preset
-    crops = [preset.geometry(_decode(image, preset, index)) for index, image in enumerate(request.images)]
+    crops = [_network_pixels(image, model.preset, index) for index, image in enumerate(request.images)]
     # uint8 to the device (a quarter of the bytes), scaled there as one batch, as training does.
-    batch = preset.scaling(torch.stack(crops).to(model.device))
+    batch = model.preset.scaling(torch.stack(crops).to(model.device))
     batch = batch.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         logits = model.network(batch)
@@ -148,16 +166,14 @@ def predict_fn(request: ImageRequest, model: LoadedModel) -> Prediction:
 
 
 def output_fn(prediction: Prediction, accept: str | None) -> tuple[bytes, str]:
-    """Serialise for the first type in `accept` we can produce; returns (body, content type)."""
-    for media_type, params in _parse_accept(accept or JSON_TYPE):
-        if media_type in (JSON_TYPE, "application/*", "*/*"):
-            top_k = prediction.top_k if prediction.top_k is not None else _accept_top_k(params)
-            return _encode_json(prediction, top_k), JSON_TYPE
-        if media_type == NPY_TYPE:
-            buffer = io.BytesIO()
-            np.save(buffer, prediction.logits.numpy(), allow_pickle=False)
-            return buffer.getvalue(), NPY_TYPE
-    raise RequestError(406, f"cannot answer with {_shorten(accept)}; accept {JSON_TYPE} or {NPY_TYPE}")
+    """Serialise for the type `accept` prefers among those we produce; returns (body, content type)."""
+    media_type, params = negotiate(accept or JSON_TYPE)
+    if media_type == NPY_TYPE:
+        buffer = io.BytesIO()
+        np.save(buffer, prediction.logits.numpy(), allow_pickle=False)
+        return buffer.getvalue(), NPY_TYPE
+    top_k = prediction.top_k if prediction.top_k is not None else _accept_top_k(params)
+    return _encode_json(prediction, top_k), JSON_TYPE
 
 
 # --- the network ----------------------------------------------------------------------------------
@@ -190,24 +206,104 @@ def _fold_batch_norms(network: torch.nn.Module, image_size: int, device: torch.d
 # --- requests ---------------------------------------------------------------------------------------
 
 
-def _parse_media_type(value: str) -> tuple[str, dict[str, str]]:
-    """`application/json; top_k=3` -> ("application/json", {"top_k": "3"})."""
-    media_type, *raw_params = value.split(";")
-    params = {}
-    for raw in raw_params:
-        name, _, param_value = raw.partition("=")
-        params[name.strip().lower()] = param_value.strip().strip('"')
-    return media_type.strip().lower(), params
-
-
-def _parse_accept(accept: str) -> list[tuple[str, dict[str, str]]]:
-    return [_parse_media_type(part) for part in accept.split(",") if part.strip()]
+def _media_type(content_type: str) -> str:
+    """`Application/JSON; charset=utf-8` -> `application/json`."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 def _shorten(value: str | None, limit: int = 80) -> str:
     """A client-supplied value, quoted and cut short, safe to echo in a message."""
     text = repr(value) if value is not None else "(none)"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One element of an Accept header: `type/subtype;param=value;q=0.5`."""
+
+    type: str
+    subtype: str
+    params: dict[str, str]  # the media type's own parameters (those before q), names lowercased
+    q: float
+    position: int  # where the client listed it: earlier wins a tie
+
+    def matches(self, media_type: str) -> bool:
+        offered_type, _, offered_subtype = media_type.partition("/")
+        return self.type == "*" or (self.type == offered_type and self.subtype in ("*", offered_subtype))
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """type/subtype;params > type/subtype > type/* > */*: the most specific match sets the q."""
+        return (self.type != "*") + (self.subtype != "*"), len(self.params)
+
+
+# RFC 9110's grammar: tokens, quoted strings, media ranges with parameters, qvalues.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED_STRING = r'"(?:[^"\\\x00-\x1f]|\\[^\x00-\x1f])*"'
+_LIST_SEPARATORS = re.compile(r"[ \t,]*")
+_MEDIA_RANGE = re.compile(rf"({_TOKEN})/({_TOKEN})")
+_PARAMETER = re.compile(rf"[ \t]*;[ \t]*(?:({_TOKEN})[ \t]*=[ \t]*({_TOKEN}|{_QUOTED_STRING}))?")
+_ELEMENT_END = re.compile(r"[ \t]*(?:,|\Z)")
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+_TOP_K = re.compile(r"[0-9]{1,6}")  # ASCII digits only: int() would also take "²" or "١"
+
+
+def parse_accept(accept: str) -> list[MediaRange]:
+    """The media ranges of an Accept header; a malformed one is the client's error (400)."""
+    ranges: list[MediaRange] = []
+    position = _LIST_SEPARATORS.match(accept).end()
+    while position < len(accept):
+        media_range = _MEDIA_RANGE.match(accept, position)
+        if media_range is None or (media_range[1] == "*" and media_range[2] != "*"):
+            raise RequestError(
+                400, f"the Accept header {_shorten(accept)} is not a list like application/json;q=0.9"
+            )
+        position = media_range.end()
+        params: dict[str, str] = {}
+        q: float | None = None
+        while (parameter := _PARAMETER.match(accept, position)) is not None:
+            position = parameter.end()
+            name, value = parameter[1], parameter[2]
+            if name is None:  # an empty parameter, as in "application/json;"
+                continue
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            if name.lower() == "q" and q is None:
+                if not _QVALUE.fullmatch(value):
+                    raise RequestError(400, f"q={_shorten(value)} in Accept is not a weight from 0 to 1")
+                q = float(value)
+            elif q is None:  # after q come accept-extensions, which mean nothing here
+                params[name.lower()] = value
+        element_end = _ELEMENT_END.match(accept, position)
+        if element_end is None:
+            raise RequestError(
+                400, f"the Accept header {_shorten(accept)} is not a list like application/json;q=0.9"
+            )
+        weight = 1.0 if q is None else q
+        ranges.append(MediaRange(media_range[1].lower(), media_range[2].lower(), params, weight, len(ranges)))
+        position = _LIST_SEPARATORS.match(accept, element_end.end()).end()
+    return ranges
+
+
+def negotiate(accept: str) -> tuple[str, dict[str, str]]:
+    """The answer type `accept` prefers, with the parameters of the range that chose it (RFC 9110 12.5.1).
+
+    Each type we produce takes the q of the most specific range matching it; q=0 means "not this".
+    The highest q wins; a tie goes to the range listed first, then to the order of ANSWER_TYPES.
+    """
+    ranges = parse_accept(accept) or parse_accept("*/*")
+    best: tuple[tuple[float, int, int], str, dict[str, str]] | None = None
+    for preference, answer_type in enumerate(ANSWER_TYPES):
+        matching = [media_range for media_range in ranges if media_range.matches(answer_type)]
+        if not matching:
+            continue
+        chosen = max(matching, key=lambda media_range: (media_range.specificity, -media_range.position))
+        rank = (chosen.q, -chosen.position, -preference)
+        if chosen.q > 0 and (best is None or rank > best[0]):
+            best = (rank, answer_type, chosen.params)
+    if best is None:
+        raise RequestError(406, f"cannot answer with {_shorten(accept)}; accept {' or '.join(ANSWER_TYPES)}")
+    return best[1], best[2]
 
 
 def _parse_top_k(value: object, source: str) -> int:
@@ -220,7 +316,7 @@ def _accept_top_k(params: dict[str, str]) -> int | None:
     if "top_k" not in params:
         return None
     raw = params["top_k"]
-    return _parse_top_k(int(raw) if raw.isdigit() else raw, "the Accept parameter top_k")
+    return _parse_top_k(int(raw) if _TOP_K.fullmatch(raw) else raw, "the Accept parameter top_k")
 
 
 def _parse_json_request(body: bytes | bytearray | str) -> ImageRequest:
@@ -278,16 +374,114 @@ def _open_image(data: bytes, where: str) -> Image.Image:
         raise RequestError(
             413, f"{where} is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS} pixels in all"
         )
+    if image.format in JPEG_FORMATS:
+        _require_whole_jpeg(data, where)
     return image
 
 
-def _decode(image: Image.Image, preset: EvalPreset, index: int) -> torch.Tensor:
-    """Decode the pixels; a truncated or corrupt file is the client's error (400), never a 500."""
+# Frame headers (SOFn) of Huffman-coded JPEGs, and of arithmetic-coded ones, which can pack a block
+# into less than a bit and so are left to the decoder.
+_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7})
+_ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+# A scan's entropy-coded data ends at the first marker other than a stuffed 0xFF00 or a restart (RSTn).
+_END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def _jpeg_blocks_and_scan_bytes(data: bytes) -> tuple[int, int] | None:
+    """(8x8 blocks the frame header declares, bytes of entropy-coded data in all scans), or None
+    where the structure is not one this check understands (the decoder then has the last word)."""
+    position, blocks, scan_bytes = 2, 0, 0  # after SOI
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            position += 1
+            continue
+        if marker == 0xD9:  # EOI
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            position += 2
+            continue
+        if marker in _ARITHMETIC_FRAMES:
+            return None
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        segment = data[position + 4 : position + 2 + length]
+        if marker in _HUFFMAN_FRAMES:
+            if len(segment) < 6 or len(segment) < 6 + 3 * segment[5]:
+                return None
+            height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+            sampling = [(byte >> 4, byte & 15) for byte in segment[7 : 6 + 3 * segment[5] : 3]]
+            if not sampling or min(min(pair) for pair in sampling) == 0:
+                return None
+            h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
+            blocks = sum(
+                math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+                for h, v in sampling
+            )
+        position += 2 + length
+        if marker == 0xDA:  # SOS: the scan's entropy-coded data follows its header
+            end = _END_OF_SCAN.search(data, position)
+            scan_end = end.start() if end else len(data)
+            scan_bytes += scan_end - position
+            position = scan_end
+    return blocks, scan_bytes
+
+
+def _require_whole_jpeg(data: bytes, where: str) -> None:
+    """Refuse a JPEG whose image data is too short for the size its header declares.
+
+    libjpeg fills what is missing with gray and only warns (Pillow and torchvision both return the
+    gray image), so a header claiming 6000x6000 over a few hundred bytes would be "predicted".
+    Every 8x8 block of every component needs at least one bit in a Huffman-coded scan (its DC
+    symbol), so fewer bits than blocks cannot be a whole image. Data cut off mid-scan needs no
+    check here: the decoders fail on it (Pillow without LOAD_TRUNCATED_IMAGES).
+    """
+    counts = _jpeg_blocks_and_scan_bytes(data)
+    if counts is None:
+        return
+    blocks, scan_bytes = counts
+    if scan_bytes * 8 < blocks:
+        raise RequestError(
+            400,
+            f"{where} is incomplete: its size needs at least {math.ceil(blocks / 8)} bytes of image data, "
+            f"it has {scan_bytes}",
+        )
+
+
+def _network_pixels(image: Image.Image, preset: EvalPreset, index: int) -> torch.Tensor:
+    """The crop the network sees, uint8 CHW, in memory of its own.
+
+    A truncated or corrupt file is the client's error (400). Running out of memory on one image is
+    answered 413, not 500: the preset bounds the work by the crop's size, this is the last line.
+    """
     try:
-        return preset.decode(image)
-    except Exception:  # Corrupt data surfaces only now, as OSError, SyntaxError, zlib.error, ...
-        logger.info("image %d could not be decoded", index, exc_info=True)
+        try:
+            pixels = preset.decode(image)
+        finally:
+            image.close()  # the decoded PIL buffer is not needed once the tensor holds the pixels
+    except Exception as error:  # Corrupt data surfaces only now, as OSError, SyntaxError, zlib.error, ...
+        if _is_allocation_failure(error):
+            raise _too_large(index) from None
+        logger.info("image %d could not be decoded: %s", index, error)
         raise RequestError(400, f"image {index} is truncated or corrupt") from None
+    try:
+        return preset.geometry(pixels)
+    except (MemoryError, RuntimeError) as error:
+        if _is_allocation_failure(error):
+            raise _too_large(index) from None
+        raise  # anything else is this code's fault: the toolkit's 500
+
+
+def _is_allocation_failure(error: Exception) -> bool:
+    # Pillow raises MemoryError; torch's CPU allocator a RuntimeError ("can't allocate memory").
+    return isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def _too_large(index: int) -> RequestError:
+    return RequestError(413, f"image {index} needs more memory than one image may take here")
 
 
 # --- responses --------------------------------------------------------------------------------------

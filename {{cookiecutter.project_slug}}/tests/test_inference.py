@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SERVED_CLASS_NAMES, project_module
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from classifier.artifact import readable_class_name
 from classifier.backbones import SUPPORTED_BACKBONES, build_model
@@ -45,6 +45,17 @@ def encode(image: Image.Image, image_format: str = "JPEG", **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **options)
     return buffer.getvalue()
+
+
+def exif_with_orientation(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    return exif.tobytes()
+
+
+def strip(size: tuple[int, int]) -> Image.Image:
+    """A thin image with some texture, made fast (make_image draws pixel by pixel)."""
+    return Image.merge("RGB", [Image.effect_noise(size, 40).point(lambda v, o=o: v + o) for o in (0, 30, 60)])
 
 
 def raw_png(width: int, height: int, bit_depth: int, color_type: int, pixel_rows: bytes) -> bytes:
@@ -80,6 +91,9 @@ def json_body(**document) -> bytes:
 
 JPEG = encode(photo())
 PNG = encode(photo(hue=0.6), "PNG")
+WEBP = encode(photo(hue=0.4), "WEBP")
+GIF = encode(photo(hue=0.8).convert("P"), "GIF")
+BMP = encode(photo(hue=0.2), "BMP")
 INVALID_UTF8_JSON = b'{"images": ["\xff\xfe"]}'
 
 # (id, Content-Type, Accept, body, expected status). Every one must leave the worker serving.
@@ -93,13 +107,29 @@ HOSTILE_REQUESTS = [
     ("jpeg-header-3.6-gigapixels", "image/jpeg", None, jpeg_claiming(60_000, 60_000), 413),
     ("jpeg-header-49-megapixels", "image/jpeg", None, jpeg_claiming(7_000, 7_000), 413),
     ("png-header-49-megapixels", "image/png", None, raw_png(7_000, 7_000, 8, 2, b""), 413),
+    # Headers that claim more pixels than the data holds: decoders fill the rest with gray, or fail.
+    ("jpeg-header-36-megapixels-over-750-bytes", "image/jpeg", None, jpeg_claiming(6_000, 6_000), 400),
+    ("jpeg-header-640x480-over-16x16-data", "image/jpeg", None, jpeg_claiming(640, 480), 400),
+    ("png-header-larger-than-its-rows", "image/png", None, raw_png(400, 300, 8, 2, b"\0" * 16), 400),
+    ("truncated-webp", "image/webp", None, WEBP[: len(WEBP) // 2], 400),
+    ("truncated-gif", "image/gif", None, GIF[: len(GIF) // 2], 400),
+    ("truncated-bmp", "image/bmp", None, BMP[: len(BMP) // 2], 400),
     ("text-plain", "text/plain", None, JPEG, 415),
-    ("unlisted-image-type", "image/webp", None, JPEG, 415),
+    ("unlisted-image-type", "image/tiff", None, JPEG, 415),
     ("no-content-type", None, None, JPEG, 415),
     ("accept-csv", "image/jpeg", "text/csv", JPEG, 406),
     ("accept-list-unsupported", "image/jpeg", "application/xml, text/html", JPEG, 406),
+    ("accept-json-q-zero", "image/jpeg", "application/json;q=0", JPEG, 406),
+    ("accept-everything-q-zero", "image/jpeg", "*/*;q=0", JPEG, 406),
+    ("accept-q-not-a-number", "image/jpeg", "application/json;q=high", JPEG, 400),
+    ("accept-q-above-one", "image/jpeg", "application/json;q=1.5", JPEG, 400),
+    ("accept-not-a-media-type", "image/jpeg", "json", JPEG, 400),
     ("accept-top-k-word", "image/jpeg", "application/json;top_k=three", JPEG, 400),
     ("accept-top-k-zero", "image/jpeg", "application/json;top_k=0", JPEG, 400),
+    # str.isdigit() says yes to these, int() says no (or takes the Arabic-Indic digit): a 400, not a 500.
+    ("accept-top-k-superscript-two", "image/jpeg", "application/json;top_k=\u00b2", JPEG, 400),
+    ("accept-top-k-arabic-indic-three", "image/jpeg", "application/json;top_k=\u0663", JPEG, 400),
+    ("accept-top-k-5000-digits", "image/jpeg", "application/json;top_k=" + "9" * 5000, JPEG, 400),
     ("json-malformed", "application/json", None, b'{"images": [', 400),
     ("json-not-object", "application/json", None, b'["abc"]', 400),
     ("json-nested-100k", "application/json", None, b"[" * 100_000 + b"]" * 100_000, 400),
@@ -120,8 +150,10 @@ HOSTILE_REQUESTS = [
         400,
     ),
     ("json-charset-invalid-utf8", "application/json; charset=utf-8", None, INVALID_UTF8_JSON, 400),
-    # The toolkit decodes exactly `application/json` bodies to str before input_fn is called, so
-    # invalid UTF-8 fails inside the toolkit: the one 500 the handler cannot turn into a 400.
+    # Transformer.transform decodes exactly `application/json` bodies to str before it calls
+    # input_fn, so invalid UTF-8 fails inside the toolkit: the one 500 the handler cannot turn into
+    # a 400 (inference.py's docstring says why). This case pins it: a toolkit that let it through
+    # would turn it into the 400 above, and this test would say so.
     ("json-invalid-utf8", "application/json", None, INVALID_UTF8_JSON, 500),
 ]
 
@@ -139,6 +171,22 @@ ODD_BUT_VALID_IMAGES = {
     "bmp": ("application/x-image", encode(photo(), "BMP")),
     "webp": ("application/octet-stream", encode(photo(), "WEBP")),
     "png-sent-as-jpeg": ("image/jpeg", PNG),
+    # Each format under its own type.
+    "webp-as-image/webp": ("image/webp", WEBP),
+    "gif-as-image/gif": ("image/gif", GIF),
+    "bmp-as-image/bmp": ("image/bmp", BMP),
+    # Thin strips: their shorter side grows to the resize size; the crop is taken before that.
+    "3x30000-jpeg": ("image/jpeg", encode(strip((3, 30_000)))),
+    "30000x3-png": ("image/png", encode(strip((30_000, 3)), "PNG")),
+    "1x65500-jpeg": ("image/jpeg", encode(strip((1, 65_500)))),
+    "16383x1-webp": ("image/webp", encode(strip((16_383, 1)), "WEBP")),
+    "1x40000-gif": ("image/gif", encode(strip((1, 40_000)).convert("P"), "GIF")),
+    # As few bits per block as a whole JPEG can have: the completeness check must let it through.
+    "uniform-progressive-jpeg-2000px": (
+        "image/jpeg",
+        encode(Image.new("RGB", (2000, 2000), (90, 90, 90)), progressive=True, optimize=True),
+    ),
+    "exif-rotated-jpeg": ("image/jpeg", encode(photo((120, 80)), exif=exif_with_orientation(6))),
 }
 
 
@@ -255,7 +303,10 @@ def test_container_reads_top_k_from_accept_and_names_the_chosen_type(container):
     response = container.invoke(JPEG, "image/jpeg", "application/json;top_k=2")
     [top] = predictions(response)
     assert len(top) == 2
+    # q decides, not the order: JSON (q=1) over NumPy (q=0.9), NumPy (q=1) over JSON (q=0.5).
     response = container.invoke(JPEG, "image/jpeg", "text/html, application/x-npy;q=0.9, application/json")
+    assert response.content_type == "application/json"
+    response = container.invoke(JPEG, "image/jpeg", "application/json;q=0.5, application/x-npy")
     assert response.content_type == "application/x-npy"
 
 
@@ -309,6 +360,35 @@ def test_container_converts_odd_images(container, name):
     assert len(top) == len(SERVED_CLASS_NAMES)
 
 
+def test_container_json_batch_of_sixteen_thin_images_is_served(container):
+    """The batch that ran the worker out of memory: 16 strips of 3 x 30000 pixels."""
+    body = json_body(images=[b64(encode(strip((3, 30_000)), "PNG"))] * 16, top_k=1)
+    assert len(predictions(container.invoke(body, "application/json"))) == 16
+
+
+@pytest.mark.parametrize(
+    ("raised", "status"),
+    [
+        (MemoryError(), 413),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"), 413),
+        (RuntimeError("a bug in the resize"), 500),
+        (ValueError("a bug in the crop"), 500),
+    ],
+    ids=["memory-error", "torch-allocation", "other-runtime-error", "value-error"],
+)
+def test_container_only_toolkit_errors_are_4xx(container, monkeypatch, raised, status):
+    """Running out of memory on one image is the request's size (413); every other failure is ours (500)."""
+
+    def geometry(self, pixels):
+        raise raised
+
+    monkeypatch.setattr(sys.modules["classifier.presets"].EvalPreset, "geometry", geometry)
+    response = container.invoke(JPEG, "image/jpeg")
+    assert response.status == status
+    if status == 413:
+        assert json.loads(response.body.decode("utf-8").partition("\n")[0])["status"] == 413
+
+
 # --- the unit tier: the four functions, no toolkit -------------------------------------------------
 
 
@@ -334,17 +414,28 @@ def network_input(handler, model, body: bytes, content_type: str) -> torch.Tenso
 
 
 @pytest.mark.parametrize(
-    ("size", "image_format"), [((640, 480), "JPEG"), ((90, 70), "JPEG"), ((300, 200), "PNG")]
+    ("size", "image_format", "orientation"),
+    [
+        ((640, 480), "JPEG", None),
+        ((90, 70), "JPEG", None),
+        ((300, 200), "PNG", None),
+        ((640, 480), "JPEG", 6),  # a portrait phone photo, stored lying on its side
+        ((90, 70), "JPEG", 8),
+        ((300, 200), "PNG", 3),
+        ((120, 90), "WEBP", 5),
+    ],
+    ids=["jpeg-draft", "jpeg", "png", "jpeg-draft-exif-6", "jpeg-exif-8", "png-exif-3", "webp-exif-5"],
 )
 def test_serving_preprocessing_equals_training_evaluation(
-    tmp_path, handler, loaded_model, size, image_format
+    tmp_path, handler, loaded_model, size, image_format, orientation
 ):
-    """Same file, same tensor: the endpoint sees what evaluation saw during training.
+    """Same file, same tensor: the endpoint sees what evaluation saw during training, upright.
 
     640x480 is large enough for the JPEG decoder to decode at reduced scale (draft mode).
     """
     path = tmp_path / f"dog.{image_format.lower()}"
-    photo(size, hue=0.3).save(path, format=image_format, quality=90)
+    options = {"exif": exif_with_orientation(orientation)} if orientation else {}
+    photo(size, hue=0.3).save(path, format=image_format, quality=90, **options)
     # As training builds its evaluation transform, and as its dataset hands over each file (opened lazily,
     # so the JPEG decoder can skip detail); training scales whole uint8 batches, which must not matter.
     preset = EvalPreset(loaded_model.metadata.image_size)
@@ -354,6 +445,9 @@ def test_serving_preprocessing_equals_training_evaluation(
     assert serving_batch.shape == (1, 3, 32, 32)
     assert torch.equal(serving_batch[0], training_tensor)
     assert torch.equal(serving_batch, training_batch)
+    if orientation and min(size) < 2 * preset.resize_size:  # decoded whole: exactly PIL's upright image
+        upright = ImageOps.exif_transpose(Image.open(path))
+        assert torch.equal(serving_batch[0], preset(upright))
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(handler, loaded_model):
@@ -405,13 +499,81 @@ def test_a_network_that_does_not_trace_is_served_unfolded(handler):
     assert handler._fold_batch_norms(network, 32, torch.device("cpu")) is network
 
 
-def test_errors_derive_from_the_toolkit_base_class_when_it_is_installed(handler):
-    from sagemaker_inference.errors import BaseInferenceToolkitError
+def test_errors_are_the_toolkits_generic_error_with_a_status_code(handler):
+    from sagemaker_inference.errors import GenericInferenceToolkitError
 
-    with pytest.raises(BaseInferenceToolkitError) as raised:
+    with pytest.raises(GenericInferenceToolkitError) as raised:
         handler.input_fn(JPEG, "text/plain")
     assert raised.value.status_code == 415
     assert "text/plain" in json.loads(raised.value.message)["error"]
+
+
+@pytest.fixture(scope="module")
+def a_prediction(handler, loaded_model):
+    return handler.predict_fn(handler.input_fn(JPEG, "image/jpeg"), loaded_model)
+
+
+@pytest.mark.parametrize(
+    ("accept", "answer_type", "top_k"),
+    [
+        ("application/json", "application/json", 3),
+        ("application/x-npy", "application/x-npy", None),
+        ("*/*", "application/json", 3),
+        ("application/*", "application/json", 3),
+        ("Application/JSON", "application/json", 3),
+        ("application/x-npy;q=0.5, application/json;q=0.9", "application/json", 3),
+        ("application/json;q=0.5, application/x-npy;q=0.9", "application/x-npy", None),
+        ("application/x-npy, application/json", "application/x-npy", None),  # a tie: listed first
+        ("application/json;q=0, */*", "application/x-npy", None),  # the specific range sets json's q
+        ("*/*;q=0.1, application/json;q=0", "application/x-npy", None),
+        ("application/json;q=0.001", "application/json", 3),
+        ("application/json;top_k=2", "application/json", 2),
+        ('application/json; top_k="1"', "application/json", 1),
+        ("application/json;q=0.5;top_k=1", "application/json", 3),  # after q: an extension, not top_k
+        ("text/html, application/x-npy;q=0.1, application/json;top_k=2;q=0.2", "application/json", 2),
+        ('application/json;note="a, b", application/x-npy;q=0.5', "application/json", 3),
+        ("application/json, , application/x-npy", "application/json", 3),
+        ("application/json;", "application/json", 3),
+    ],
+)
+def test_accept_is_negotiated_by_q_value(handler, a_prediction, accept, answer_type, top_k):
+    body, content_type = handler.output_fn(a_prediction, accept)
+    assert content_type == answer_type
+    if top_k is not None:
+        assert [len(image["top_k"]) for image in json.loads(body)["predictions"]] == [top_k]
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/json;q=0", 406),
+        ("application/json;q=0.000, application/x-npy;q=0", 406),
+        ("text/*", 406),
+        ("application/json;q=1.001", 400),
+        ("application/json;q=0.1234", 400),
+        ("application/json;q=", 400),
+        ("application/json;q", 400),
+        ("*/json", 400),
+        ("application/json;top_k=\u00b2", 400),
+        ("application/json;top_k=-1", 400),
+        ('application/json;top_k="unterminated', 400),
+        ("application/json garbage", 400),
+        ("application/\u00e9", 400),
+    ],
+)
+def test_accept_refusals_are_clean_4xx(handler, a_prediction, accept, status):
+    with pytest.raises(handler.RequestError) as raised:
+        handler.output_fn(a_prediction, accept)
+    assert raised.value.status_code == status
+    assert json.loads(raised.value.message)["status"] == status
+
+
+def test_the_jpeg_completeness_check_counts_every_components_blocks(handler):
+    whole = encode(photo((640, 480)))
+    blocks, scan_bytes = handler._jpeg_blocks_and_scan_bytes(whole)
+    assert blocks == 80 * 60 + 2 * 40 * 30  # 4:2:0: full-size luma, chroma at half in each direction
+    assert scan_bytes < len(whole) and scan_bytes * 8 >= blocks
+    assert handler._jpeg_blocks_and_scan_bytes(b"\xff\xd8garbage") is None  # left to the decoder
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -5,10 +5,18 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import random
+import re
+import select
+import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -140,19 +148,23 @@ def test_npy_and_default_accept(endpoint):
     assert len(json.loads(body)["predictions"][0]["top_k"]) == len(SERVED_CLASS_NAMES)
 
 
+def raw_exchange(server, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are (no client library to tidy them up); everything the server answers."""
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=timeout) as connection:
+        connection.sendall(request)
+        connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
 def test_http_level_refusals(endpoint):
     assert request(endpoint, "GET", "/nowhere")[0] == 404
-    assert request(endpoint, "GET", "/invocations")[0] == 405
+    status, content_type, body = request(endpoint, "GET", "/invocations")
+    assert (status, content_type, json.loads(body)["status"]) == (405, "application/json", 405)
     host, port = endpoint.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=30)
-    try:
-        connection.putrequest("POST", "/invocations")
-        connection.putheader("Content-Type", "image/jpeg")
-        connection.putheader("Content-Length", str(local_endpoint.MAX_REQUEST_BYTES + 1))
-        connection.endheaders()  # the body is never sent: the size alone is refused
-        assert connection.getresponse().status == 413
-    finally:
-        connection.close()
     connection = http.client.HTTPConnection(host, port, timeout=30)
     try:
         connection.putrequest("POST", "/invocations")
@@ -160,6 +172,159 @@ def test_http_level_refusals(endpoint):
         assert connection.getresponse().status == 411
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("PUT", "/invocations", "POST"),
+        ("DELETE", "/invocations", "POST"),
+        ("PATCH", "/invocations", "POST"),
+        ("OPTIONS", "/invocations", "POST"),
+        ("POST", "/ping", "GET"),
+        ("PUT", "/ping", "GET"),
+        ("BREW", "/ping", "GET"),
+    ],
+)
+def test_other_methods_get_a_json_405_naming_the_allowed_one(endpoint, method, path, allowed):
+    host, port = endpoint.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        connection.request(method, path, body=b"{}", headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        body = response.read()
+        assert response.status == 405 and response.getheader("Allow") == allowed
+        assert response.getheader("Content-Type") == "application/json"
+        assert json.loads(body) == {"error": f"{path} answers {allowed} only, not {method}", "status": 405}
+    finally:
+        connection.close()
+
+
+def test_head_gets_a_405_without_a_body(endpoint):
+    answer = raw_exchange(endpoint, b"HEAD /ping HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405") and b"Allow: GET" in head and body == b""
+
+
+def test_an_oversized_body_is_read_then_answered_413_without_a_broken_pipe(endpoint):
+    """A client that sends all of a 7 MB photo gets the JSON 413, not a reset mid-upload."""
+    host, port = endpoint.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        body = b"\xff" * (local_endpoint.MAX_REQUEST_BYTES + 1024 * 1024)
+        connection.request("POST", "/invocations", body=body, headers={"Content-Type": "image/jpeg"})
+        response = connection.getresponse()
+        assert response.status == 413
+        assert json.loads(response.read())["status"] == 413
+        # The body was consumed, so the same connection goes on serving.
+        connection.request("POST", "/invocations", body=JPEG, headers={"Content-Type": "image/jpeg"})
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
+def test_a_body_past_what_is_worth_reading_is_refused_from_its_length(endpoint):
+    length = local_endpoint.READ_BEFORE_REFUSING_BYTES + 1
+    answer = raw_exchange(
+        endpoint,
+        f"POST /invocations HTTP/1.1\r\nHost: local\r\nContent-Length: {length}\r\n\r\n".encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Content-Length: \u0661\u0662".encode(),  # Arabic-Indic digits: int() would take them
+        "Content-Length: \u00b2".encode(),  # superscript two: str.isdigit() says yes
+        b"Content-Length: +12",
+        b"Content-Length: 12, 13",
+        "Accept: application/json;top_k=\u00b2".encode(),
+    ],
+    ids=["arabic-indic-length", "superscript-length", "plus-length", "list-length", "superscript-top-k"],
+)
+def test_odd_digits_in_headers_get_a_400_and_the_server_goes_on(endpoint, header):
+    answer = raw_exchange(
+        endpoint,
+        b"POST /invocations HTTP/1.1\r\nHost: local\r\nContent-Type: image/jpeg\r\n"
+        + header
+        + b"\r\n"
+        + (b"" if header.startswith(b"Content-Length") else f"Content-Length: {len(JPEG)}\r\n".encode())
+        + b"Connection: close\r\n\r\n"
+        + (b"" if header.startswith(b"Content-Length") else JPEG),
+    )
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert request(endpoint, "POST", "/invocations", JPEG, {"Content-Type": "image/jpeg"})[0] == 200
+
+
+@pytest.fixture(scope="module")
+def impatient_endpoint(model_archive) -> Iterator:
+    """An endpoint that closes a connection idle for one second."""
+    with running(local_endpoint.make_server(model_archive, port=0, channel_timeout=1)) as server:
+        yield server
+
+
+def test_a_request_whose_body_never_arrives_is_timed_out(impatient_endpoint):
+    host, port = impatient_endpoint.server_address[:2]
+    with socket.create_connection((host, port), timeout=15) as connection:
+        connection.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: local\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10
+        )
+        started = time.monotonic()
+        assert connection.recv(1024) == b""  # closed by the server, with nothing to answer
+        assert time.monotonic() - started < 10
+
+
+def test_slow_senders_hold_no_thread(impatient_endpoint):
+    """More stalled uploads than worker threads, and a whole request is still answered at once."""
+    host, port = impatient_endpoint.server_address[:2]
+    stalled = []
+    try:
+        for _ in range(local_endpoint.THREADS * 2):
+            connection = socket.create_connection((host, port), timeout=15)
+            connection.sendall(b"POST /invocations HTTP/1.1\r\nHost: local\r\nContent-Length: 5000\r\n\r\nxx")
+            stalled.append(connection)
+        started = time.monotonic()
+        status, _, _ = request(
+            impatient_endpoint, "POST", "/invocations", JPEG, {"Content-Type": "image/jpeg"}
+        )
+        assert status == 200 and time.monotonic() - started < 5
+    finally:
+        for connection in stalled:
+            connection.close()
+
+
+def test_serve_says_when_it_is_ready_and_where(model_archive, project_root):
+    """`serve` prints its URL once it answers; SIGTERM stops it cleanly."""
+    code = (
+        "import sys; from pathlib import Path; "
+        f"from {project_module('local_endpoint').__name__} import serve; "
+        "serve(Path(sys.argv[1]), port=0, project_root=Path(sys.argv[2]))"
+    )
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(project_root / "src"), str(project_root)]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(model_archive), str(project_root)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=environment,
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        line = process.stdout.readline() if ready else ""
+        match = re.search(r"Ready: serving .* at (http://127\.0\.0\.1:\d+)/invocations", line)
+        assert match, f"no ready line, got {line!r}"
+        with urllib.request.urlopen(match[1] + "/ping", timeout=10) as response:  # answered at once
+            assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_invoke_local_reports_refused_images_and_unreachable_endpoints(endpoint, tmp_path):
@@ -212,3 +377,11 @@ def test_taken_port_is_a_one_line_error(endpoint, model_artifact_dir, project_ro
     taken_port = endpoint.server_address[1]
     with pytest.raises(local_endpoint.LocalEndpointError, match=f"cannot listen on 127.0.0.1:{taken_port}"):
         local_endpoint.make_server(model_artifact_dir, port=taken_port, project_root=project_root)
+
+
+def test_running_endpoint_serves_for_the_with_block_only(model_archive, project_root, images):
+    with local_endpoint.running_endpoint(model_archive, project_root) as local:
+        [result] = local.predict(images[:1], top_k=2)
+        assert len(result["top_k"]) == 2
+    with pytest.raises(local_endpoint.LocalEndpointError, match="is `serve` running"):
+        local.predict(images[:1])

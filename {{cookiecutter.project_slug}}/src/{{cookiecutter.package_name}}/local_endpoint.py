@@ -2,20 +2,24 @@
 
 `serve` unpacks model.tar.gz the way the container does, imports `code/inference.py` from it (or
 the project's inference/ sources when the archive has none, as after `train --local`) and answers
-`GET /ping` and `POST /invocations` with that file's `model_fn`, `input_fn`, `predict_fn` and
-`output_fn`, mapping errors to status codes as the sagemaker-inference toolkit does. What works
-here works on the endpoint, before paying for one. Standard library HTTP only.
+`GET /ping` and `POST /invocations`. Each request goes through the sagemaker-inference toolkit's
+own `Transformer`, built as the PyTorch serving container's `HandlerService` builds it, so the
+default Accept, the UTF-8 decoding of JSON bodies, the calls of `model_fn`, `input_fn`,
+`predict_fn` and `output_fn` and the mapping of errors to status codes are the toolkit's, not a
+copy. What works here works on the endpoint, before paying for one.
+
+HTTP is waitress's (a pure-Python WSGI server, no C extension, any OS): it reads each request
+whole before a worker thread sees it, so a slow or stalled sender holds no thread; a connection
+idle for `channel_timeout` seconds (a body that never arrives) is closed; and its parser refuses
+malformed headers (a Content-Length in non-ASCII digits) with a 400 instead of crashing a thread.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import itertools
 import json
 import logging
-import mimetypes
-import os
 import shutil
 import signal
 import sys
@@ -25,12 +29,17 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import waitress
+from waitress import wasyncore
+from waitress.trigger import trigger
 
 from .config import ProjectConfig
 from .sources import stage_sources
@@ -42,11 +51,30 @@ CODE_DIRNAME = "code"
 JSON_TYPE = "application/json"
 # SageMaker real-time endpoints refuse larger payloads, so the local one does too.
 MAX_REQUEST_BYTES = 6 * 1024 * 1024
-# As in sagemaker_inference: the default Accept, and the types decoded to str before input_fn.
-DEFAULT_ACCEPT_ENV = "SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT"
-UTF8_TYPES = ("application/json", "text/csv")
-# What invoke_local sends as Content-Type; other files go as octet-stream, which the handler sniffs.
-NAMED_IMAGE_TYPES = ("image/jpeg", "image/png")
+# Bodies up to this size are read and then refused with the endpoint's JSON 413, so the client
+# gets its answer instead of a reset connection while it is still sending. Larger ones waitress
+# refuses from the Content-Length alone, and closes. Bodies past 512 KB wait in a temporary file,
+# not in memory.
+READ_BEFORE_REFUSING_BYTES = 4 * MAX_REQUEST_BYTES
+# A connection with nothing sent or answered for this long is closed (a request whose body never
+# arrives among them); a request being answered is never cut. Checked every CLEANUP_INTERVAL_S.
+CHANNEL_TIMEOUT_S = 30
+CLEANUP_INTERVAL_S = 2
+# Requests answered at once; more wait in waitress's queue. Connections beyond the limit wait in
+# the listen backlog instead of costing a file descriptor each.
+THREADS = 4
+CONNECTION_LIMIT = 64
+# What invoke_local sends as Content-Type, by file suffix; other files go as octet-stream, which
+# the handler sniffs.
+IMAGE_TYPES_BY_SUFFIX = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+}
+ROUTES = {"/ping": "GET", "/invocations": "POST"}
 
 _handler_ids = itertools.count()
 
@@ -126,157 +154,266 @@ def load_handler(code_dir: Path) -> ModuleType:
     return module
 
 
-def _toolkit_error_types(handler: ModuleType) -> tuple[type[BaseException], ...]:
-    """The exception classes whose `status_code` reaches the client; everything else is a 500."""
-    types: list[type[BaseException]] = []
-    try:
-        from sagemaker_inference.errors import BaseInferenceToolkitError
-
-        types.append(BaseInferenceToolkitError)
-    except ImportError:
-        pass
-    # The handler's stand-in for that class, when it runs without sagemaker-inference.
-    fallback = getattr(handler, "BaseInferenceToolkitError", None)
-    if isinstance(fallback, type) and issubclass(fallback, BaseException):
-        types.append(fallback)
-    return tuple(types)
+# --- inference.py behind the toolkit's Transformer -------------------------------------------------
 
 
-def _bind_handler(function: Callable[..., Any], num_args: int) -> Callable[..., Any]:
-    """`function` as the toolkit calls it: given a trailing context argument if it takes `num_args` + 1.
+class _RequestProcessor:
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
 
-    Bound once per server, so a request does not inspect the signature again.
+    def get_request_properties(self) -> dict[str, str]:
+        return self._headers
+
+
+class _Context:
+    """The part of TorchServe's `ts.context.Context` that the toolkit reads and writes, one per request."""
+
+    def __init__(self, model_dir: Path, headers: dict[str, str]) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": 0, "batch_size": 1}
+        self.request_processor = [_RequestProcessor(headers)]
+        self.status_code = HTTPStatus.OK.value
+        self.content_type: str | None = None
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.status_code = code
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_type = value
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str
+
+
+_user_module_lock = threading.Lock()
+
+
+@contextmanager
+def _importable_as(name: str, module: ModuleType) -> Iterator[None]:
+    """`import name` gives `module` meanwhile.
+
+    The Transformer finds the handler by module name (SAGEMAKER_PROGRAM, default inference.py), as
+    the container's worker does with code/ on its path. Here one process may serve several models
+    (tests do), each handler loaded under a name of its own, so the name points at the right one
+    for the moment the Transformer looks.
     """
-    if len(inspect.signature(function).parameters) == num_args + 1:
-        return lambda *args: function(*args, None)
-    return function
+    with _user_module_lock:
+        previous = sys.modules.get(name)
+        sys.modules[name] = module
+        try:
+            yield
+        finally:
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
 
 
-# --- the server -------------------------------------------------------------------------------------
+class HandlerChain:
+    """A loaded `inference.py` behind the toolkit's Transformer, as the PyTorch serving container runs it."""
+
+    def __init__(self, handler: ModuleType, model_dir: Path) -> None:
+        # Imported here, not at the top: `predict --local` imports this module for its client and
+        # must not pay for torch, which the PyTorch handler imports.
+        from sagemaker_inference.environment import Environment
+        from sagemaker_inference.transformer import Transformer
+        from sagemaker_pytorch_serving_container.default_pytorch_inference_handler import (
+            DefaultPytorchInferenceHandler,
+        )
+
+        self.handler = handler
+        self.model_dir = Path(model_dir)
+        # What sagemaker_pytorch_serving_container.handler_service.HandlerService builds; its
+        # initialize() only adds code/ to PYTHONPATH for the model server's worker processes.
+        self._transformer = Transformer(default_inference_handler=DefaultPytorchInferenceHandler())
+        with _importable_as(Environment().module_name, handler):
+            self._transformer.validate_and_initialize(
+                model_dir=str(self.model_dir), context=_Context(self.model_dir, {})
+            )
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> Answer:
+        """One request through `Transformer.transform`; an error's answer is its one-line JSON message.
+
+        The container sends the toolkit's message followed by a traceback; here the traceback goes
+        to the log, and a 500's plain message is wrapped in the same JSON shape as a 4xx's.
+        """
+        headers = {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if accept:
+            headers["Accept"] = accept
+        context = _Context(self.model_dir, headers)
+        # TorchServe hands the body over as a bytearray (the toolkit sets decode_input_request=false).
+        [result] = self._transformer.transform([{"body": bytearray(body)}], context)
+        payload = result.encode("utf-8") if isinstance(result, str) else bytes(result)
+        if context.status_code < 400:
+            return Answer(context.status_code, payload, context.content_type or JSON_TYPE)
+        return _error_answer(context.status_code, payload.decode("utf-8", "replace"))
 
 
-class LocalEndpoint(ThreadingHTTPServer):
-    """A threaded HTTP server answering /ping and /invocations with one loaded handler module."""
+def _error_answer(status: int, text: str) -> Answer:
+    """The toolkit's error text (message, newline, traceback) as the endpoint's JSON error."""
+    message, separator, trace = text.partition("\nTraceback (most recent call last):")
+    if not separator:
+        message = text.partition("\n")[0]
+    if status >= 500:
+        logger.error("the handler failed (%d): %s%s", status, message, separator + trace)
+    else:
+        logger.info("%d %s", status, message)
+    try:
+        document = json.loads(message)
+    except ValueError:
+        document = None
+    if not (isinstance(document, dict) and "error" in document):
+        document = {"error": message or HTTPStatus(status).phrase, "status": status}
+    return Answer(status, json.dumps(document).encode("utf-8"), JSON_TYPE)
 
-    daemon_threads = True
-    request_queue_size = 64  # many clients connecting at once must not be refused
+
+# --- HTTP ---------------------------------------------------------------------------------------------
+
+
+def _json_error(status: int, reason: str) -> Answer:
+    return Answer(status, json.dumps({"error": reason, "status": status}).encode("utf-8"), JSON_TYPE)
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Error"
+
+
+class EndpointApp:
+    """The WSGI application: /ping and /invocations, everything else a JSON 404 or 405."""
+
+    def __init__(self, chain: HandlerChain) -> None:
+        self.chain = chain
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        answer, extra_headers = self._answer(environ)
+        headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
+        start_response(_status_line(answer.status), headers + extra_headers)
+        # HTTP: a HEAD answer has the headers of the GET one and no body (waitress would send it).
+        return [b""] if environ["REQUEST_METHOD"] == "HEAD" else [answer.body]
+
+    def _answer(self, environ: dict[str, Any]) -> tuple[Answer, list[tuple[str, str]]]:
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        allowed = ROUTES.get(path)
+        if allowed is None:
+            return _json_error(404, "only GET /ping and POST /invocations exist"), []
+        if method != allowed:
+            return _json_error(405, f"{path} answers {allowed} only, not {method}"), [("Allow", allowed)]
+        if path == "/ping":
+            return Answer(200, b'{"status": "Healthy"}', JSON_TYPE), []
+        # waitress has checked that Content-Length is ASCII digits, and sets it for chunked bodies.
+        raw_length = environ.get("CONTENT_LENGTH") or ""
+        if not raw_length:
+            return _json_error(411, "send a Content-Length header"), []
+        length = int(raw_length)
+        if length > MAX_REQUEST_BYTES:
+            # waitress has read the body already, so the client is answered, not cut off.
+            return _json_error(413, f"{length} bytes; at most {MAX_REQUEST_BYTES}"), []
+        body = environ["wsgi.input"].read(length)
+        answer = self.chain.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
+        return answer, []
+
+
+class LocalEndpoint:
+    """A waitress server answering /ping and /invocations with one `HandlerChain`.
+
+    `serve_forever()` runs it (on a thread, in tests); `shutdown()` stops it from any thread and
+    `server_close()` removes the unpacked model.
+    """
 
     def __init__(
-        self, address: tuple[str, int], handler: ModuleType, model: Any, workdir: Path | None = None
+        self,
+        chain: HandlerChain,
+        host: str,
+        port: int,
+        workdir: Path | None = None,
+        channel_timeout: int = CHANNEL_TIMEOUT_S,
+        threads: int = THREADS,
     ) -> None:
-        # Set before binding: a failed bind calls server_close(), which reads _workdir.
-        self.handler = handler
-        self.model = model
+        self.chain = chain
         self._workdir = workdir
-        self._error_types = _toolkit_error_types(handler)
-        self._input_fn = _bind_handler(handler.input_fn, 2)
-        self._predict_fn = _bind_handler(handler.predict_fn, 2)
-        self._output_fn = _bind_handler(handler.output_fn, 2)
-        super().__init__(address, _RequestHandler)
+        self._map: dict[int, Any] = {}
+        self._stopped = threading.Event()
+        self._stopped.set()  # until serve_forever runs
+        self._server = waitress.create_server(
+            EndpointApp(chain),
+            map=self._map,
+            host=host,
+            port=port,
+            threads=threads,
+            channel_timeout=channel_timeout,
+            cleanup_interval=min(CLEANUP_INTERVAL_S, channel_timeout),
+            max_request_body_size=READ_BEFORE_REFUSING_BYTES,
+            connection_limit=CONNECTION_LIMIT,
+            asyncore_use_poll=True,  # select() cannot watch descriptors numbered past 1023
+            clear_untrusted_proxy_headers=True,
+        )
+        # Runs thunks on the server's own loop thread: the only safe place to close its sockets.
+        self._trigger = trigger(self._map)
+
+    @property
+    def handler(self) -> ModuleType:
+        return self.chain.handler
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        listening = getattr(self._server, "effective_listen", None)
+        if listening:
+            host, port = listening[0][:2]
+            return str(host), int(port)
+        return str(self._server.effective_host), int(self._server.effective_port)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        host, port = self.server_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def serve_forever(self) -> None:
+        self._stopped.clear()
+        try:
+            self._server.run()
+        finally:
+            self._server.task_dispatcher.shutdown(timeout=5)
+            self._stopped.set()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Close every socket on the loop thread, then wait for `serve_forever` to return."""
+        if not self._map:
+            return
+        self._trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
+        self._stopped.wait(timeout)
 
     def server_close(self) -> None:
-        super().server_close()
+        if self._map and self._stopped.is_set():  # never served: nothing else will close them
+            wasyncore.close_all(self._map)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
-    def invoke(self, body: bytes, content_type: str | None, accept: str | None) -> tuple[int, bytes, str]:
-        """One request through input_fn -> predict_fn -> output_fn; returns (status, body, content type).
-
-        Mirrors sagemaker_inference.transformer.Transformer.transform, except that an error's body is
-        its message alone (the container appends a traceback; here it goes to the log).
-        """
-        if not accept or accept == "*/*":
-            accept = os.environ.get(DEFAULT_ACCEPT_ENV, JSON_TYPE)
-        try:
-            data: bytes | str = body.decode("utf-8") if content_type in UTF8_TYPES else body
-            request = self._input_fn(data, content_type)
-            prediction = self._predict_fn(request, self.model)
-            result = self._output_fn(prediction, accept)
-        except self._error_types as error:
-            logger.info("%s %s", error.status_code, error.message)
-            return error.status_code, str(error.message).encode("utf-8"), JSON_TYPE
-        except Exception as error:
-            logger.exception("the handler failed")
-            message = json.dumps({"error": str(error) or type(error).__name__, "status": 500})
-            return 500, message.encode("utf-8"), JSON_TYPE
-        response, response_type = result if isinstance(result, tuple) else (result, accept)
-        if isinstance(response, str):
-            response = response.encode("utf-8")
-        return 200, bytes(response), response_type
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    server: LocalEndpoint
-    server_version = "LocalEndpoint/1"
-
-    def do_GET(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
-        if path == "/ping":
-            self._send(HTTPStatus.OK, b'{"status": "Healthy"}')
-        elif path == "/invocations":
-            self._send_error(HTTPStatus.METHOD_NOT_ALLOWED, "POST to /invocations")
-        else:
-            self._send_error(HTTPStatus.NOT_FOUND, "only GET /ping and POST /invocations exist")
-
-    def do_POST(self) -> None:
-        if urllib.parse.urlsplit(self.path).path != "/invocations":
-            self._send_error(HTTPStatus.NOT_FOUND, "only GET /ping and POST /invocations exist")
-            return
-        raw_length = self.headers.get("Content-Length")
-        if raw_length is None:
-            self._send_error(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header")
-            return
-        if not raw_length.isdigit():
-            self._send_error(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
-            return
-        length = int(raw_length)
-        if length > MAX_REQUEST_BYTES:
-            self.close_connection = True  # the unread body must not be parsed as the next request
-            self._send_error(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{length} bytes; at most {MAX_REQUEST_BYTES}"
-            )
-            return
-        body = self.rfile.read(length)
-        if len(body) < length:
-            return  # the client hung up mid-body
-        status, payload, content_type = self.server.invoke(
-            body, self.headers.get("Content-Type"), self.headers.get("Accept")
-        )
-        self._send(status, payload, content_type)
-
-    def _send(self, status: int, payload: bytes, content_type: str = JSON_TYPE) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def _send_error(self, status: HTTPStatus, reason: str) -> None:
-        self._send(status, json.dumps({"error": reason, "status": int(status)}).encode("utf-8"))
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.info("%s %s", self.address_string(), format % args)
-
 
 def make_server(
-    model_data: Path, host: str = "127.0.0.1", port: int = 8080, project_root: Path | None = None
+    model_data: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    project_root: Path | None = None,
+    channel_timeout: int = CHANNEL_TIMEOUT_S,
 ) -> LocalEndpoint:
-    """Unpack, load the handler and the model, and bind (port 0: any free port; see `.url`).
+    """Unpack, load the handler and the model, and listen (port 0: any free port; see `.url`).
 
     The caller runs `serve_forever()` (on a thread, in tests) and `shutdown()` + `server_close()`.
     """
     workdir = Path(tempfile.mkdtemp(prefix="local-endpoint-"))
     try:
         model_dir, code_dir = prepare_model_dir(Path(model_data), workdir, project_root)
-        handler = load_handler(code_dir)
-        model = _bind_handler(handler.model_fn, 1)(str(model_dir))
+        chain = HandlerChain(load_handler(code_dir), model_dir)
         try:
-            return LocalEndpoint((host, port), handler, model, workdir)
+            return LocalEndpoint(chain, host, port, workdir, channel_timeout=channel_timeout)
         except OSError as error:  # port taken, address not on this machine, ...
             raise LocalEndpointError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     except BaseException:
@@ -287,9 +424,15 @@ def make_server(
 def serve(
     model_data: Path, host: str = "127.0.0.1", port: int = 8080, project_root: Path | None = None
 ) -> None:
-    """Serve `model_data` until Ctrl+C: GET /ping and POST /invocations, as the SageMaker container does."""
+    """Serve `model_data` until Ctrl+C: GET /ping and POST /invocations, as the SageMaker container does.
+
+    Prints one line once the model is loaded and the port listens: from then on requests are answered.
+    """
     server = make_server(model_data, host, port, project_root)
-    print(f"Serving {model_data} at {server.url}/invocations (Ctrl+C to stop)", flush=True)
+    print(
+        f"Ready: serving {model_data} at {server.url}/invocations (GET {server.url}/ping; Ctrl+C to stop)",
+        flush=True,
+    )
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:  # `kill` and `docker stop` send SIGTERM: leave through the same cleanup as Ctrl+C
         previous_handler = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -301,6 +444,30 @@ def serve(
         server.server_close()
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
+
+
+@dataclass(frozen=True)
+class RunningEndpoint:
+    """A local endpoint started by `running_endpoint`: its URL, and predictions from it."""
+
+    url: str
+
+    def predict(self, images: Sequence[Path], top_k: int = 5) -> list[dict]:
+        return invoke_local(self.url, images, top_k=top_k)
+
+
+@contextmanager
+def running_endpoint(model_data: Path, project_root: Path | None = None) -> Iterator[RunningEndpoint]:
+    """Serve `model_data` on a free localhost port for the `with` block (the notebook's dry run uses it)."""
+    server = make_server(model_data, port=0, project_root=project_root)
+    thread = threading.Thread(target=server.serve_forever, name="local-endpoint", daemon=True)
+    thread.start()
+    try:
+        yield RunningEndpoint(server.url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 # --- the client -------------------------------------------------------------------------------------
@@ -315,8 +482,8 @@ def _invocations_url(url: str) -> str:
 
 
 def image_content_type(path: Path) -> str:
-    guessed, _ = mimetypes.guess_type(path.name)
-    return guessed if guessed in NAMED_IMAGE_TYPES else "application/octet-stream"
+    """The Content-Type the endpoint knows for this file's suffix, else octet-stream (sniffed there)."""
+    return IMAGE_TYPES_BY_SUFFIX.get(Path(path).suffix.lower(), "application/octet-stream")
 
 
 def _error_reason(error: urllib.error.HTTPError) -> str:
