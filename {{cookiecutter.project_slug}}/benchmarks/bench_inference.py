@@ -39,7 +39,6 @@ sys.path[:0] = [str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)]
 PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
 local_endpoint = importlib.import_module(f"{PACKAGE}.local_endpoint")
 ProjectConfig = importlib.import_module(f"{PACKAGE}.config").ProjectConfig
-stage_sources = importlib.import_module(f"{PACKAGE}.sources").stage_sources
 
 from classifier.artifact import ModelMetadata, readable_class_name, save_artifact  # noqa: E402
 from classifier.backbones import build_model  # noqa: E402
@@ -178,7 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = Path(workdir) / "model"
         save_artifact(model_dir, network, metadata)
-        code_dir = stage_sources(PROJECT_ROOT, "inference", Path(workdir) / "code")
+        # The code as the endpoint receives it: the SDK's repack (inference/ in code/, classifier/ in lib/).
+        serving = Path(workdir) / "serving"
+        serving.mkdir()
+        _, code_dir = local_endpoint.prepare_model_dir(model_dir, serving, PROJECT_ROOT)
         ours, served_network = our_handler(code_dir, model_dir)
         handlers = {"reference": reference_handler(network, metadata), "ours": ours}
         size = metadata.image_size

@@ -45,7 +45,9 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -55,8 +57,12 @@ from PIL import Image
 from sagemaker_inference.errors import GenericInferenceToolkitError
 from torch.fx.experimental.optimization import fuse
 
-from classifier.artifact import ModelMetadata, load_artifact, readable_class_name
-from classifier.presets import JPEG_FORMATS, EvalPreset
+# PyTorchModel(dependencies=["classifier"]) repacks the shared package into code/lib/; the serving
+# container puts only code/ on the import path.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
+
+from classifier.artifact import ModelMetadata, load_artifact, readable_class_name  # noqa: E402
+from classifier.presets import JPEG_FORMATS, EvalPreset  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,6 @@ TINY_TRAINING = {
 }
 
 ProjectConfig = project_module("config").ProjectConfig
-stage_sources = project_module("sources").stage_sources
 make_dataset = project_module("synthetic").make_dataset
 
 
@@ -65,20 +64,21 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def training_source(tmp_path_factory, project_config) -> Path:
-    """sourcedir.tar.gz as the estimator uploads it (training/ + classifier/), extracted as the toolkit does."""
+    """sourcedir.tar.gz as the estimator uploads it (training/ + classifier/), extracted like the toolkit."""
     import tarfile
 
     folder = tmp_path_factory.mktemp("staged")
-    archive = project_module("sagemaker_api").training_source_archive(project_config, folder / "sourcedir.tar.gz")
+    sagemaker_api = project_module("sagemaker_api")
+    archive = sagemaker_api.training_source_archive(project_config, folder / "sourcedir.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(folder / "training", filter="data")
     return folder / "training"
 
 
 @pytest.fixture(scope="session")
-def inference_source(tmp_path_factory) -> Path:
-    """inference/ + classifier/, exactly as placed under code/ in the repacked model.tar.gz."""
-    return stage_sources(PROJECT_ROOT, "inference", tmp_path_factory.mktemp("staged") / "inference")
+def inference_source(repacked_model_dir) -> Path:
+    """code/ of the repacked model.tar.gz: inference/ and, in code/lib/, classifier/ (the SDK's layout)."""
+    return repacked_model_dir / "code"
 
 
 # Classes of the tiny served model: index order, as training writes them into metadata.json.
@@ -107,13 +107,25 @@ def model_artifact_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_archive(tmp_path_factory, model_artifact_dir, inference_source) -> Path:
-    """model.tar.gz as PyTorchModel repacks it: the artifact at the root, inference_source under code/."""
+def model_archive(tmp_path_factory, model_artifact_dir, project_config) -> Path:
+    """model.tar.gz as PyTorchModel repacks it (the SDK's own repack_model): the artifact at the root,
+    inference/ under code/ and the shared classifier/ under code/lib/."""
     import tarfile
 
-    archive = tmp_path_factory.mktemp("repacked") / "model.tar.gz"
-    with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
+    folder = tmp_path_factory.mktemp("repacked")
+    trained = folder / "trained.tar.gz"
+    with tarfile.open(trained, "w:gz", compresslevel=1) as tar:
         for path in sorted(model_artifact_dir.iterdir()):
             tar.add(path, arcname=path.name)
-        tar.add(inference_source, arcname="code")
-    return archive
+    sagemaker_api = project_module("sagemaker_api")
+    return sagemaker_api.repack_model_locally(project_config, trained, folder / "model.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def repacked_model_dir(tmp_path_factory, model_archive) -> Path:
+    import tarfile
+
+    folder = tmp_path_factory.mktemp("repacked-model")
+    with tarfile.open(model_archive) as tar:
+        tar.extractall(folder, filter="data")
+    return folder

@@ -14,7 +14,7 @@ from PIL import Image
 
 data = project_module("data")
 cli = project_module("cli")
-aws_module = project_module("aws")
+open_session = project_module("session").open_session
 ProjectConfig = project_module("config").ProjectConfig
 
 
@@ -88,12 +88,17 @@ def test_synthetic_command_writes_the_requested_dataset(project_root, tmp_path):
 
 def test_upload_skips_files_already_there_and_unchanged(project_root, tiny_dataset, tmp_path):
     config = ProjectConfig.load(copy_project(project_root, tmp_path / "project"))
-    with aws_module.offline(config, tmp_path / "out") as aws:
-        first = data.upload(config, tiny_dataset, aws=aws)
-        second = data.upload(config, tiny_dataset, aws=aws)
+    with open_session(config, dry_run=True, folder=tmp_path / "out") as session:
+        first = data.upload(session.aws, tiny_dataset)
+        second = data.upload(session.aws, tiny_dataset)
+    # A later dry-run session finds the offline S3 as the last one left it: nothing to upload again.
+    with open_session(config, dry_run=True, folder=tmp_path / "out") as session:
+        third = data.upload(session.aws, tiny_dataset)
+        aws = session.aws
     files = [path for path in tiny_dataset.rglob("*") if path.is_file()]
     assert len(first.uploaded) == len(files) and not first.skipped
     assert not second.uploaded and len(second.skipped) == len(files)
+    assert not third.uploaded and len(third.skipped) == len(files)
     assert first.destination == aws.s3_uri("data") + "/"
     key = first.uploaded[0]
-    assert (tmp_path / "out" / "s3" / aws.bucket / key).is_file()
+    assert (tmp_path / "out" / "aws" / "s3" / aws.bucket / key).is_file()

@@ -281,9 +281,10 @@ def predictions(response: Response) -> list[list[dict]]:
 
 
 def test_container_imports_handler_and_classifier_from_code_dir(container):
+    """The model as the SDK repacks it: inference.py in code/, the `dependencies=` package in code/lib/."""
     code_dir = container.model_dir / "code"
     assert Path(sys.modules["inference"].__file__).parent == code_dir
-    assert Path(sys.modules["classifier"].__file__).parent == code_dir / "classifier"
+    assert Path(sys.modules["classifier"].__file__).parent == code_dir / "lib" / "classifier"
 
 
 def test_container_answers_jpeg_with_readable_breeds(container):

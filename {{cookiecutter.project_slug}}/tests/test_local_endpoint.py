@@ -340,14 +340,14 @@ def test_invoke_local_reports_refused_images_and_unreachable_endpoints(endpoint,
 
 
 def test_archive_without_code_serves_the_project_sources(tmp_path, model_artifact_dir, project_root, images):
-    """`train --local` writes model.tar.gz with the artifact only; the project's inference/ is used."""
+    """`train --local` writes model.tar.gz with the artifact only: it is repacked as PyTorchModel does."""
     archive = tmp_path / "model.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=1) as tar:
         for path in model_artifact_dir.iterdir():
             tar.add(path, arcname=path.name)
     with running(local_endpoint.make_server(archive, port=0, project_root=project_root)) as server:
         code_dir = Path(server.handler.__file__).parent
-        assert code_dir.name == "code" and (code_dir / "classifier" / "artifact.py").is_file()
+        assert code_dir.name == "code" and (code_dir / "lib" / "classifier" / "artifact.py").is_file()
         [result] = local_endpoint.invoke_local(server.url, images[:1], top_k=1)
         assert len(result["top_k"]) == 1
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import sagemaker_api
+from . import data, sagemaker_api
 from .config import ProjectConfig
 from .context import CAPTURED
 from .session import Session
@@ -35,10 +35,8 @@ class LaunchError(Exception):
 # --- data -----------------------------------------------------------------------------------------
 
 
-def upload_data(config: ProjectConfig, session: Session, data_dir: Path | None = None) -> Any:
+def upload_data(config: ProjectConfig, session: Session, data_dir: Path | None = None) -> data.UploadResult:
     """Copy the prepared dataset to `s3://<bucket>/<prefix>/data/` (see `data.upload`)."""
-    from . import data  # PIL and rich progress: only this step needs them
-
     return data.upload(session.aws, Path(data_dir) if data_dir else config.data_dir)
 
 
@@ -106,6 +104,11 @@ def _record_best(state: ProjectState, result: TuningResult) -> None:
         )
 
 
+def record_tuning(session: Session, tuning_job_name: str) -> None:
+    """Remember a tuning job started in this session (`attach_tuning` and `status` find it)."""
+    session.state.record(TUNING_JOB, tuning_job_name)
+
+
 def tune(config: ProjectConfig, session: Session, *, wait: bool = True) -> TuningResult:
     """Start the hyperparameter tuning job over hpo.py; with `wait`, also fetch and record the best job.
 
@@ -113,7 +116,7 @@ def tune(config: ProjectConfig, session: Session, *, wait: bool = True) -> Tunin
     """
     name = sagemaker_api.job_name(config, "hpo", max_length=32)
     sagemaker_api.launch_tuning(config, session.aws, tuning_job_name=name)
-    session.state.record(TUNING_JOB, name)
+    record_tuning(session, name)
     if session.dry_run or not wait:
         return TuningResult(name, CAPTURED if session.dry_run else "InProgress")
     return attach_tuning(config, session, name)
@@ -166,6 +169,11 @@ def training_hyperparameters(
     return config.script_hyperparameters({**tuned, **(overrides or {})})
 
 
+def record_training(session: Session, training_job_name: str, model_data: str) -> None:
+    """Remember a training job and where its model.tar.gz lands (`deploy` and `report` find them)."""
+    session.state.record(TRAINING_JOB, training_job_name, model_data=model_data)
+
+
 def train(
     config: ProjectConfig,
     session: Session,
@@ -179,7 +187,7 @@ def train(
     name = sagemaker_api.job_name(config, "train")
     wait = wait and not session.dry_run
     launch = sagemaker_api.launch_training(config, session.aws, merged, training_job_name=name, wait=wait)
-    session.state.record(TRAINING_JOB, name, model_data=launch.model_data)
+    record_training(session, name, launch.model_data)
     if session.dry_run:
         status = CAPTURED
     else:
@@ -234,10 +242,15 @@ def deploy(
         endpoint_name=sagemaker_api.job_name(config, "endpoint"),
         wait=wait and not session.dry_run,
     )
+    record_deployment(session, deployment)
+    return deployment
+
+
+def record_deployment(session: Session, deployment: sagemaker_api.Deployment) -> None:
+    """Remember the model, endpoint config and endpoint (`predict`, `status` and `teardown` find them)."""
     session.state.record(MODEL, deployment.model_name, model_data=deployment.repacked_model_data)
     session.state.record(ENDPOINT_CONFIG, deployment.endpoint_config_name)
     session.state.record(ENDPOINT, deployment.endpoint_name)
-    return deployment
 
 
 # --- prediction -----------------------------------------------------------------------------------

@@ -41,8 +41,8 @@ import waitress
 from waitress import wasyncore
 from waitress.trigger import trigger
 
+from . import sagemaker_api
 from .config import ProjectConfig
-from .sources import stage_sources
 
 logger = logging.getLogger(__name__)
 
@@ -100,34 +100,42 @@ def _extract_archive(archive: Path, destination: Path) -> None:
         tar.extractall(destination)
 
 
-def prepare_model_dir(
-    model_data: Path, workdir: Path, project_root: Path | None = None
-) -> tuple[Path, Path]:
+def prepare_model_dir(model_data: Path, workdir: Path, project_root: Path | None = None) -> tuple[Path, Path]:
     """Lay out the model as the container does; returns (model_dir, code_dir).
 
-    `model_data` is a model.tar.gz or a folder holding model.pth + metadata.json. Without a
-    `code/` folder in it, the project's inference sources are staged, as PyTorchModel would repack them.
+    `model_data` is a model.tar.gz or a folder holding model.pth + metadata.json. Without a `code/`
+    folder in it, it is repacked with the project's inference sources by the SDK's own `repack_model`,
+    exactly as PyTorchModel repacks it for the endpoint (inference/ in code/, classifier/ in code/lib/).
     """
     model_data = Path(model_data)
     if model_data.is_dir():
-        model_dir = model_data
-        code_dir = model_dir / CODE_DIRNAME
-        staged_code_dir = workdir / CODE_DIRNAME  # never write into the user's folder
-    elif model_data.is_file():
-        model_dir = workdir / "model"
-        model_dir.mkdir(parents=True)
-        try:
-            _extract_archive(model_data, model_dir)
-        except tarfile.TarError as error:
-            raise LocalEndpointError(f"{model_data} is not a model.tar.gz: {error}") from None
-        code_dir = staged_code_dir = model_dir / CODE_DIRNAME
-    else:
+        if (model_data / CODE_DIRNAME / HANDLER_FILENAME).is_file():
+            return model_data, model_data / CODE_DIRNAME
+        # Never write into the user's folder: pack it, then repack the archive below.
+        archive = workdir / "model.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(model_data.iterdir()):
+                tar.add(path, arcname=path.name)
+        model_data = archive
+    elif not model_data.is_file():
         raise LocalEndpointError(f"{model_data} does not exist")
-    if not (code_dir / HANDLER_FILENAME).is_file():
-        root = ProjectConfig.load(project_root).root
-        logger.info("%s has no %s/; serving %s/inference", model_data, CODE_DIRNAME, root)
-        code_dir = stage_sources(root, "inference", staged_code_dir)
-    return model_dir, code_dir
+    model_dir = workdir / "model"
+    model_dir.mkdir(parents=True)
+    try:
+        _extract_archive(model_data, model_dir)
+    except tarfile.TarError as error:
+        raise LocalEndpointError(f"{model_data} is not a model.tar.gz: {error}") from None
+    if not (model_dir / CODE_DIRNAME / HANDLER_FILENAME).is_file():
+        # As PyTorchModel repacks it for the endpoint: the SDK's own repack_model, on this disk.
+        config = ProjectConfig.load(project_root)
+        logger.info(
+            "%s has no %s/; serving %s with the SDK's repack", model_data, CODE_DIRNAME, config.inference_dir
+        )
+        shutil.rmtree(model_dir)
+        model_dir.mkdir()
+        repacked = sagemaker_api.repack_model_locally(config, model_data, workdir / "repacked.tar.gz")
+        _extract_archive(repacked, model_dir)
+    return model_dir, model_dir / CODE_DIRNAME
 
 
 def load_handler(code_dir: Path) -> ModuleType:

@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
@@ -52,6 +53,7 @@ from sagemaker.deserializers import JSONDeserializer  # noqa: E402
 from sagemaker.predictor import Predictor  # noqa: E402
 from sagemaker.pytorch import PyTorch, PyTorchModel  # noqa: E402
 from sagemaker.serializers import IdentitySerializer  # noqa: E402
+from sagemaker.session_settings import SessionSettings  # noqa: E402
 from sagemaker.tuner import (  # noqa: E402
     CategoricalParameter,
     ContinuousParameter,
@@ -187,7 +189,8 @@ def repack_model_locally(config: ProjectConfig, model_data: Path, destination: P
         arguments["dependencies"],
         f"file://{Path(model_data).resolve()}",
         f"file://{Path(destination).resolve()}",
-        sagemaker_session=None,
+        # For file:// URIs the SDK reads only the session's settings; no AWS session is needed.
+        sagemaker_session=SimpleNamespace(settings=SessionSettings()),
     )
     return Path(destination)
 
