@@ -1,17 +1,177 @@
-"""The training report: rule verdicts from a job's description, loss curves from smdebug output, the CLI."""
+"""The report: reports/<run>/index.html, its pictures and summary.md, from a local run or a job's S3 output.
+
+Most tests use small synthetic output folders shaped like what training/engine.py writes (fast); one
+tiny real `train --local` run checks the recorder's confusion matrix end to end.
+"""
 
 from __future__ import annotations
 
+import io
+import json
+import tarfile
+from html.parser import HTMLParser
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
-from conftest import project_module
+from conftest import TINY_TRAINING, project_module
 from launch_helpers import copy_project
+from PIL import Image
 
 report = project_module("report")
 cli = project_module("cli")
+launcher = project_module("launcher")
+open_session = project_module("session").open_session
 
 JOB = "dog-train-2026-01-01-00-00-00-000"
 OUTPUT = "s3://bucket/prefix/output"
+CLASSES = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_terrier"]
+
+
+# --- synthetic outputs, as the training job writes them ------------------------------------------
+
+
+def verdicts_document() -> dict:
+    return {
+        "version": 1,
+        "rules": [
+            {"rule": "loss_not_decreasing", "verdict": "IssuesFound", "reason": "loss rose\nby 3%",
+             "kind": "debugger", "step": 40, "mode": "TRAIN", "steps_had": {}, "steps_needed": {},
+             "parameters": {}},
+            {"rule": "overfit", "verdict": "NoIssuesFound", "reason": "within 10%", "kind": "debugger",
+             "step": None, "mode": None, "steps_had": {}, "steps_needed": {}, "parameters": {}},
+            {"rule": "overtraining", "verdict": "NotEnoughData", "reason": "3 saved EVAL steps; needs 11",
+             "kind": "debugger", "step": None, "mode": "EVAL", "steps_had": {"EVAL": 3},
+             "steps_needed": {"EVAL": 11}, "parameters": {}},
+            {"rule": "DataLoadingBottleneck", "verdict": "IssuesFound",
+             "reason": "72% of training step time waiting for data", "kind": "profiler", "step": None,
+             "mode": None, "steps_had": {}, "steps_needed": {}, "parameters": {}},
+        ],
+    }  # fmt: skip
+
+
+def recording_document(epochs: int = 3, steps_per_epoch: int = 10, confusion=None) -> dict:
+    confusion = confusion or [[2, 0, 0], [1, 1, 0], [0, 0, 2]]
+    train_losses = [[s, 2.0 - 0.04 * s] for s in range(0, epochs * steps_per_epoch, 2)]
+    eval_losses = [[s, 1.5 - 0.1 * s] for s in range(epochs * 2)]
+    return {
+        "version": 1,
+        "save_intervals": {"TRAIN": 2, "EVAL": 1, "PREDICT": 1},
+        "steps_seen": {"TRAIN": epochs * steps_per_epoch, "EVAL": epochs * 2, "PREDICT": 1},
+        "class_names": CLASSES,
+        "losses": {"TRAIN": train_losses, "EVAL": eval_losses, "PREDICT": [[0, 0.9]]},
+        "epochs": [
+            {
+                "epoch": e,
+                "train_steps": [e * steps_per_epoch, (e + 1) * steps_per_epoch],
+                "eval_steps": [2 * e, 2 * e + 2],
+                "train_loss": 1.8 - 0.3 * e,
+                "train_accuracy": 0.4 + 0.2 * e,
+                "eval_loss": 1.4 - 0.1 * e,
+                "eval_accuracy": 0.5 + 0.1 * e,
+            }
+            for e in range(epochs)
+        ],
+        "gradients": [
+            {
+                "step": s,
+                "layers": {
+                    "conv.weight": {"mean_abs": 1e-3 / (1 + s), "variance": 1e-6, "nonfinite": 0, "nan": 0},
+                    "fc.weight": {"mean_abs": 1e-2 / (1 + s), "variance": 1e-5, "nonfinite": 0, "nan": 0},
+                },
+                "all": {"p5": -0.01, "p95": 0.01},
+            }
+            for s in range(0, epochs * steps_per_epoch, 2)
+        ],
+        "weights": [],
+        "activations": [],
+        "labels": {
+            "TRAIN": {"counts": [10, 10, 10], "correct": [5, 6, 7]},
+            "PREDICT": {
+                "counts": [sum(row) for row in confusion],
+                "correct": [confusion[i][i] for i in range(len(confusion))],
+                "confusion": confusion,
+            },
+        },
+        "test": {"loss": 0.9, "accuracy": 5 / 6, "images": 6},
+    }
+
+
+def profile_document(samples: int = 20, gpu: bool = False) -> dict:
+    return {
+        "version": 1,
+        "interval_millis": 500,
+        "gpu_count": 1 if gpu else 0,
+        "gpu_note": None if gpu else "no GPU on this machine",
+        "samples": [
+            {
+                "t": 0.5 * i,
+                "cpu_percent": 50.0 + i % 7,
+                "memory_percent": 30.0,
+                **({"gpus": [{"index": 0, "utilization_percent": 20.0}]} if gpu else {}),
+            }
+            for i in range(samples)
+        ],
+        "steps": [
+            {"mode": "TRAIN", "epoch": 0, "step": i, "data_seconds": 0.03, "compute_seconds": 0.01,
+             "first_of_epoch": i == 0}
+            for i in range(12)
+        ],
+    }  # fmt: skip
+
+
+def write_outputs(folder: Path, **recording_options) -> Path:
+    """An output data folder (SM_OUTPUT_DATA_DIR) with every file the report reads."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rule_verdicts.json").write_text(json.dumps(verdicts_document()))
+    (folder / "recording.json").write_text(json.dumps(recording_document(**recording_options)))
+    (folder / "profiler.json").write_text(json.dumps(profile_document()))
+    (folder / "profiler-report.html").write_text(
+        "<!DOCTYPE html><html><body><h1>Profiler report</h1></body></html>"
+    )
+    (folder / "history.json").write_text(
+        json.dumps({"epochs": [{"loss": 1.4, "accuracy": 0.5}], "test_accuracy": 5 / 6, "test_loss": 0.9})
+    )
+    return folder
+
+
+@pytest.fixture()
+def local_run(tmp_path) -> Path:
+    """A run folder as `train --local` leaves it (only the part the report reads)."""
+    run = tmp_path / "runs" / "local"
+    write_outputs(run / "opt_ml" / "output" / "data")
+    return run
+
+
+class Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [value for name, value in attrs if name in ("href", "src") and value]
+
+
+def assert_self_contained(index: Path) -> list[str]:
+    """Every href/src of index.html is a file in the report folder: it reads offline."""
+    parser = Links()
+    parser.feed(index.read_text(encoding="utf-8"))
+    assert parser.links
+    for link in parser.links:
+        assert "://" not in link and not link.startswith(("/", "//", "data:")), link
+        assert (index.parent / link).is_file(), link
+    return parser.links
+
+
+def assert_png(path: Path) -> None:
+    assert path.stat().st_size > 1000
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 100 and image.size[1] > 100
+
+
+# --- SageMaker's rule statuses (DescribeTrainingJob) ---------------------------------------------
 
 
 def description(**extra) -> dict:
@@ -68,6 +228,7 @@ def test_artifact_locations_follow_sagemakers_layout():
     assert artifacts.profiler_report == (
         f"{OUTPUT}/{JOB}/rule-output/ProfilerReport-1645031653/profiler-output/profiler-report.html"
     )
+    assert report.output_archive_uri(description()) == f"{OUTPUT}/{JOB}/output/output.tar.gz"
 
 
 def test_no_debugger_or_profiler_means_no_such_locations():
@@ -90,65 +251,268 @@ def test_console_url_points_at_the_object():
     )
 
 
-@pytest.fixture(scope="module")
-def saved_losses(tmp_path_factory):
-    """smdebug output of a tiny model: 4 TRAIN steps and 2 EVAL steps, loss saved every step."""
-    import smdebug.pytorch as smd
-    import torch
+# --- a local run ----------------------------------------------------------------------------------
 
-    out_dir = tmp_path_factory.mktemp("tensors") / "tensors"
-    hook = smd.Hook(
-        out_dir=str(out_dir), save_config=smd.SaveConfig(save_interval=1), include_collections=["losses"]
+
+def test_local_report_writes_pictures_and_an_index_whose_links_resolve(project_config, local_run, tmp_path):
+    result = report.build_local_report(project_config, local_run, reports_dir=tmp_path / "reports")
+    assert result.folder == tmp_path / "reports" / "local"
+    assert set(result.pictures) == {"loss", "gradients", "confusion", "class_accuracy", "utilisation"}
+    for path in result.pictures.values():
+        assert path.parent == result.folder
+        assert_png(path)
+    links = assert_self_contained(result.index_html)
+    assert {p.name for p in result.pictures.values()} <= set(links)
+    assert "profiler-report.html" in links and "summary.md" in links
+    text = result.index_html.read_text(encoding="utf-8")
+    # Small: the pictures are files beside it, not inline.
+    assert len(text) < 50_000
+    for rule in ("loss_not_decreasing", "overfit", "overtraining", "DataLoadingBottleneck"):
+        assert rule in text
+    assert "002.Afghan_hound" in text  # the worst class, named
+    # Titles a person reads: no absolute path in the page.
+    assert str(tmp_path) not in text
+
+
+def test_summary_names_each_verdict_with_its_step_and_the_headline_facts(project_config, local_run, tmp_path):
+    result = report.build_local_report(project_config, local_run, reports_dir=tmp_path)
+    summary = result.summary_path.read_text(encoding="utf-8")
+    assert summary == result.summary_markdown
+    for verdict in verdicts_document()["rules"]:
+        step = "-" if verdict["step"] is None else str(verdict["step"])
+        assert f"| {verdict['rule']} | {verdict['verdict']} | {step} |" in summary
+    assert "loss rose by 3%" in summary  # one line per verdict, whatever the reason's line breaks
+    assert "Test accuracy**: 83.3% on 6 test images" in summary
+    # The profiler's main finding is the rule that found an issue.
+    assert "Profiler**: DataLoadingBottleneck: 72% of training step time waiting for data" in summary
+    assert "Best tuned hyperparameters**: none recorded" in summary
+    assert "Worst classes**: 002.Afghan_hound (50.0% of 2)" in summary
+
+
+def test_summary_has_the_best_tuned_hyperparameters_of_the_session(project_config, tmp_path):
+    state = project_module("state").ProjectState(tmp_path / "state")
+    state.set_value(
+        launcher.BEST_HYPERPARAMETERS,
+        {
+            "tuning_job": "hpo-1",
+            "training_job": "hpo-1-003",
+            "hyperparameters": {"lr": 0.003, "batch_size": 40},
+        },
     )
-    torch.manual_seed(0)
-    model, loss_fn = torch.nn.Linear(3, 2), torch.nn.CrossEntropyLoss()
-    hook.register_module(model)
-    hook.register_loss(loss_fn)
-    inputs, targets = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
-    expected = {"TRAIN": [], "EVAL": []}
-    for mode, steps in (("TRAIN", 4), ("EVAL", 2)):
-        hook.set_mode(smd.modes[mode])
-        for _ in range(steps):
-            loss = loss_fn(model(inputs), targets)
-            expected[mode].append(loss.item())
-            if mode == "TRAIN":
-                loss.backward()
-                with torch.no_grad():
-                    for parameter in model.parameters():
-                        parameter -= 0.5 * parameter.grad
-                        parameter.grad = None
-    hook.close()
-    return out_dir, expected
+    output = report.read_output(write_outputs(tmp_path / "data"))
+    result = report.write_report(
+        output,
+        tmp_path / "out",
+        run="job",
+        source="test",
+        best_hyperparameters=state.value(launcher.BEST_HYPERPARAMETERS),
+    )
+    assert (
+        "Best tuned hyperparameters**: batch_size=40, lr=0.003 (tuning job hpo-1)" in result.summary_markdown
+    )
 
 
-def test_loss_curves_hold_every_saved_step_per_mode(saved_losses):
-    out_dir, expected = saved_losses
-    curves = {curve.mode: curve for curve in report.loss_curves(out_dir)}
-    assert sorted(curves) == ["EVAL", "TRAIN"]
-    assert curves["TRAIN"].steps == [0, 1, 2, 3]
-    assert curves["EVAL"].steps == [0, 1]
-    for mode in curves:
-        assert curves[mode].values == pytest.approx(expected[mode], rel=1e-5)
-    assert curves["TRAIN"].values[-1] < curves["TRAIN"].values[0]
+def test_per_epoch_losses_share_one_axis_and_steps_sit_beside_them(tmp_path):
+    output = report.read_output(write_outputs(tmp_path / "data"))
+    points = report.epoch_points(output.recording, output.history)
+    assert [p.epoch for p in points] == [1, 2, 3]
+    assert points[0].training_loss == pytest.approx(1.8) and points[2].validation_accuracy == pytest.approx(
+        0.7
+    )
+    figure = report.loss_figure(points, output.recording)
+    per_epoch, steps = figure.axes[0], figure.axes[1]
+    assert per_epoch.get_title() == "Loss and accuracy per epoch"
+    assert [line.get_label() for line in per_epoch.get_lines()] == ["training loss", "validation loss"]
+    assert per_epoch.get_xlabel() == "epoch"
+    # Training and validation steps are placed on the same epoch axis.
+    assert steps.get_xlabel().startswith("epoch")
+    train, evaluation = steps.get_lines()
+    # Epoch n's steps lie in (n-1, n]: the last of the third epoch at 3, where its per-epoch point is.
+    assert max(evaluation.get_xdata()) == pytest.approx(3) and min(evaluation.get_xdata()) > 0
+    assert 2 < max(train.get_xdata()) <= 3
+    accuracy = figure.axes[2]  # the right-hand axis of the first panel
+    assert [line.get_label() for line in accuracy.get_lines()] == ["training accuracy", "validation accuracy"]
 
 
-def test_plot_draws_one_panel_per_mode_with_the_values(saved_losses):
-    curves = report.loss_curves(saved_losses[0])
-    figure = report.plot_loss_curves(curves)
-    titles = [axes.get_title() for axes in figure.axes]
-    assert titles == [report.MODE_TITLES["TRAIN"], report.MODE_TITLES["EVAL"]]
-    (line,) = figure.axes[0].get_lines()
-    assert list(line.get_ydata()) == pytest.approx([c for c in curves if c.mode == "TRAIN"][0].values)
+def test_a_one_epoch_run_gets_one_tick_and_a_marker(tmp_path):
+    recording = recording_document(epochs=1)
+    figure = report.loss_figure(report.epoch_points(recording, None), recording)
+    axes = figure.axes[0]
+    assert list(axes.get_xticks()) == [1]
+    assert axes.get_xlim() == (0.5, 1.5)
+    assert all(line.get_marker() == "o" for line in axes.get_lines())
 
 
-def test_plot_without_curves_says_so():
-    figure = report.plot_loss_curves([])
-    assert "no loss values" in figure.axes[0].texts[0].get_text()
+def test_long_series_are_thinned_before_they_are_drawn(tmp_path):
+    steps = 20_000
+    recording = recording_document(epochs=2, steps_per_epoch=steps // 2)
+    figure = report.loss_figure(report.epoch_points(recording, None), recording)
+    for line in figure.axes[1].get_lines():
+        assert len(line.get_xdata()) <= report.MAX_PLOT_POINTS
+    profile = profile_document(samples=50_000)
+    (line, *_) = report.utilisation_figure(profile).axes[0].get_lines()
+    assert len(line.get_xdata()) == report.MAX_PLOT_POINTS
+    assert report.downsample(list(range(1000)), 10)[::9] == [0, 999]
 
 
-def test_missing_tensor_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(report.ReportError, match="no debugger output"):
-        report.loss_curves(tmp_path / "nothing-here")
+def test_gpu_lines_only_when_a_gpu_was_sampled():
+    labels = [line.get_label() for line in report.utilisation_figure(profile_document()).axes[0].get_lines()]
+    assert labels == ["CPU (all cores)", "memory"]
+    labels = [
+        line.get_label() for line in report.utilisation_figure(profile_document(gpu=True)).axes[0].get_lines()
+    ]
+    assert labels == ["CPU (all cores)", "memory", "GPU 0"]
+
+
+def test_confusion_matrix_and_class_accuracy_come_from_the_test_pass():
+    recording = recording_document(confusion=[[3, 1, 0], [0, 2, 2], [0, 0, 4]])
+    matrix = report.confusion_matrix(recording)
+    assert len(matrix) == 3 and all(len(row) == 3 for row in matrix)
+    assert sum(map(sum, matrix)) == 12
+    classes = report.class_accuracies(recording)
+    best, worst = report.best_and_worst(classes)
+    assert [c.name for c in best] == ["003.Airedale_terrier"]
+    assert [c.name for c in worst] == ["002.Afghan_hound"]
+    figure = report.confusion_figure(matrix, report.class_names(recording, 3))
+    assert figure.axes[0].get_xlabel() == "predicted class"
+    assert "12 images" in figure.axes[0].get_title()
+
+
+def test_classes_all_alike_are_not_called_best_and_worst(tmp_path):
+    output = report.read_output(write_outputs(tmp_path / "data", confusion=[[2, 0, 0], [0, 2, 0], [0, 0, 2]]))
+    summary = report.write_report(output, tmp_path / "out", run="run", source="test").summary_markdown
+    assert "Per-class accuracy**: 100.0% for every class" in summary
+    assert "Worst classes" not in summary
+
+
+def test_an_oversized_file_is_left_out_with_a_note(tmp_path, monkeypatch):
+    folder = write_outputs(tmp_path / "data")
+    monkeypatch.setattr(report, "MAX_FILE_BYTES", 4096)
+    (folder / "recording.json").write_text(json.dumps(recording_document(epochs=1, steps_per_epoch=2000)))
+    output = report.read_output(folder)
+    assert output.recording is None
+    assert any("recording.json not read" in note and "limit" in note for note in output.notes)
+    # The rest still makes a report.
+    result = report.write_report(output, tmp_path / "out", run="run", source="test")
+    assert "recording.json not read" in result.index_html.read_text(encoding="utf-8")
+    assert_self_contained(result.index_html)
+
+
+def test_a_run_without_rules_still_reports_its_validation_losses(project_config, tmp_path):
+    folder = tmp_path / "run" / "opt_ml" / "output" / "data"
+    folder.mkdir(parents=True)
+    (folder / "history.json").write_text(
+        json.dumps({"epochs": [{"loss": 1.2, "accuracy": 0.4}], "test_accuracy": 0.5})
+    )
+    result = report.build_local_report(project_config, tmp_path / "run", reports_dir=tmp_path / "reports")
+    assert result.verdicts == [] and set(result.pictures) == {"loss"}
+    assert result.epochs == [report.EpochPoint(1, validation_loss=1.2, validation_accuracy=0.4)]
+    assert_png(result.pictures["loss"])
+    assert_self_contained(result.index_html)
+    assert "the run judged no rules" in result.summary_markdown
+
+
+def test_a_missing_run_folder_names_what_to_do(project_config, tmp_path):
+    with pytest.raises(report.ReportError, match="run `train --local` first"):
+        report.build_local_report(project_config, tmp_path / "nothing")
+
+
+def test_a_second_report_removes_pictures_the_run_no_longer_has(project_config, local_run, tmp_path):
+    first = report.build_local_report(project_config, local_run, reports_dir=tmp_path)
+    assert first.pictures["confusion"].is_file()
+    (local_run / "opt_ml" / "output" / "data" / "recording.json").unlink()
+    second = report.build_local_report(project_config, local_run, reports_dir=tmp_path)
+    assert "confusion" not in second.pictures and not (tmp_path / "local" / "confusion.png").exists()
+
+
+# --- a job's output.tar.gz ------------------------------------------------------------------------
+
+
+def output_archive(folder: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    """output.tar.gz as SageMaker packs SM_OUTPUT_DATA_DIR (members relative to it), plus `extra`."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, arcname=path.name)
+        for name, data in (extra or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_extraction_takes_only_the_expected_files(tmp_path):
+    archive = tmp_path / "output.tar.gz"
+    archive.write_bytes(
+        output_archive(write_outputs(tmp_path / "data"), {"../escape.json": b"{}", "trace/big.json": b"{}"})
+    )
+    report.extract_outputs(archive, tmp_path / "out")
+    assert {p.name for p in (tmp_path / "out").iterdir()} == set(report.OUTPUT_FILES)
+    assert not (tmp_path / "escape.json").exists()
+
+
+def create_job(session, name: str) -> str:
+    """A training job in the offline AWS (moto), as `train --dry-run` would leave it; its output path."""
+    output_path = session.aws.s3_uri("output")
+    session.aws.client("sagemaker").create_training_job(
+        TrainingJobName=name,
+        AlgorithmSpecification={
+            "TrainingImage": "123.dkr.ecr.us-east-1.amazonaws.com/pytorch:2.8",
+            "TrainingInputMode": "File",
+        },
+        RoleArn=session.aws.role_arn,
+        OutputDataConfig={"S3OutputPath": output_path},
+        ResourceConfig={"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        StoppingCondition={"MaxRuntimeInSeconds": 3600},
+    )
+    session.state.record("training-job", name, model_data=f"{output_path}/{name}/output/model.tar.gz")
+    return output_path
+
+
+def put_output(session, output_path: str, name: str, archive: bytes) -> None:
+    bucket, _, prefix = output_path.removeprefix("s3://").partition("/")
+    session.aws.client("s3").put_object(
+        Bucket=bucket, Key=f"{prefix}/{name}/output/output.tar.gz", Body=archive
+    )
+
+
+def test_job_report_reads_the_archive_from_the_offline_s3(project_config, tmp_path):
+    archive = output_archive(write_outputs(tmp_path / "data"))
+    with open_session(project_config, dry_run=True, folder=tmp_path / "dry") as session:
+        put_output(session, create_job(session, JOB), JOB, archive)
+        result = report.build_job_report(
+            project_config, session, JOB, reports_dir=tmp_path / "reports", progress=True
+        )
+    assert result.folder == tmp_path / "reports" / JOB and not result.captured
+    assert (result.folder / "job-output" / "recording.json").is_file()
+    links = assert_self_contained(result.index_html)
+    assert "job-output/profiler-report.html" in links
+    for path in result.pictures.values():
+        assert_png(path)
+    assert sum(map(sum, result.confusion)) == 6
+    # Honest about where the outputs came from.
+    assert any("dry run" in note for note in result.notes)
+    assert [v.rule for v in result.verdicts][0] == "loss_not_decreasing"
+
+
+def test_job_report_refuses_an_archive_over_the_limit(project_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "MAX_ARCHIVE_BYTES", 100)
+    with open_session(project_config, dry_run=True, folder=tmp_path / "dry") as session:
+        put_output(session, create_job(session, JOB), JOB, b"x" * 101)
+        with pytest.raises(report.ReportError, match="more than the report downloads"):
+            report.build_job_report(project_config, session, JOB, reports_dir=tmp_path / "reports")
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_captured_job_writes_nothing(project_config, tmp_path):
+    with open_session(project_config, dry_run=True, folder=tmp_path / "dry") as session:
+        create_job(session, JOB)
+        result = report.build_job_report(project_config, session, JOB, reports_dir=tmp_path / "reports")
+    assert result.captured and result.index_html is None
+    assert not (tmp_path / "reports").exists()
+
+
+# --- the CLI --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -163,38 +527,75 @@ def test_cli_report_without_a_job_names_what_to_do(project):
     assert "Traceback" not in result.output
 
 
-def test_cli_report_local_prints_and_plots_the_curves(project, saved_losses, tmp_path):
-    out_dir, _ = saved_losses
-    png = tmp_path / "plots" / "loss.png"
+def test_cli_report_local_prints_the_verdicts_and_the_page(project, local_run, tmp_path):
+    out = tmp_path / "reports"
     result = CliRunner().invoke(
         cli.main,
-        ["--project", str(project), "report", "--local", "--tensors", str(out_dir), "--plot", str(png)],
+        ["--project", str(project), "report", "--local", "--run-dir", str(local_run), "--out", str(out)],
     )
     assert result.exit_code == 0, result.output
-    assert "train loss" in result.output and "4 steps saved" in result.output
-    assert "eval loss" in result.output and "2 steps saved" in result.output
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "loss_not_decreasing" in result.output and "IssuesFound" in result.output
+    assert f"report: {out / 'local' / 'index.html'}" in result.output
+    assert (out / "local" / "loss.png").is_file()
+
+
+def test_cli_report_dry_run_chains_from_the_recorded_job(project, tmp_path):
+    config = project_module("config").ProjectConfig.load(project)
+    dry = tmp_path / "dry"
+    with open_session(config, dry_run=True, folder=dry) as session:
+        create_job(session, JOB)
+    arguments = [
+        "--project",
+        str(project),
+        "report",
+        "--dry-run",
+        "--dry-run-dir",
+        str(dry),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    result = CliRunner().invoke(cli.main, arguments)
+    assert result.exit_code == 0, result.output
+    assert f"training job {JOB} was captured, not run (dry run)" in result.output
+    assert not (tmp_path / "r").exists()
+    # With outputs in the offline S3, the same command writes the report.
+    with open_session(config, dry_run=True, folder=dry) as session:
+        put_output(
+            session, session.aws.s3_uri("output"), JOB, output_archive(write_outputs(tmp_path / "data"))
+        )
+    result = CliRunner().invoke(cli.main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "SageMaker's built-in rules" not in result.output  # the job configured none
+    assert f"report: {tmp_path / 'r' / JOB / 'index.html'}" in result.output
+
+
+# --- one tiny real run ----------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_dry_run_job_reports_its_configured_rules_as_not_evaluated(project_config, tmp_path):
-    """moto drops the profiler rules from DescribeTrainingJob; the report takes them from the request."""
-    launcher = project_module("launcher")
-    sagemaker_api = project_module("sagemaker_api")
-    open_session = project_module("session").open_session
-    with open_session(project_config, dry_run=True, folder=tmp_path) as session:
-        job = launcher.train(project_config, session).training_job_name
-    # The next session (e.g. `report --dry-run` after `train --dry-run`) still knows the job.
-    with open_session(project_config, dry_run=True, folder=tmp_path) as session:
-        result = report.training_report(session, job)
-        context = session.aws
-    rules = sagemaker_api.rule_set(project_config)
-    assert len(result.verdicts) == len(rules.debugger) + len(rules.profiler)
-    assert {v.status for v in result.verdicts} <= {report.NOT_EVALUATED_OFFLINE}
-    assert [v.kind for v in result.verdicts].count("profiler") == len(rules.profiler)
-    assert result.curves == [] and result.tensors is None
-    if "ProfilerReport" in rules.profiler:
-        assert result.artifacts.profiler_report.startswith(f"s3://{context.bucket}/")
-        assert result.artifacts.profiler_report.endswith(
-            f"/{job}/rule-output/ProfilerReport/profiler-output/profiler-report.html"
-        )
+def test_a_real_local_run_reports_its_confusion_matrix(project_config, tiny_dataset, tmp_path):
+    """train_model.py under the training toolkit: the recorder's test-pass counts reach the report."""
+    run_dir = tmp_path / "run"
+    project_module("local_training").run_local_training(
+        project_config,
+        tiny_dataset,
+        run_dir,
+        {**TINY_TRAINING, "rules": "loss_not_decreasing,overfit,LowGPUUtilization,ProfilerReport",
+         "train_save_interval": 1, "eval_save_interval": 1},
+        quiet=True,
+    )  # fmt: skip
+    result = report.build_local_report(project_config, run_dir, reports_dir=tmp_path / "reports")
+    classes = TINY_TRAINING["num_classes"]
+    test_images = sum(1 for _ in (tiny_dataset / "test").rglob("*.jpg"))
+    assert len(result.confusion) == classes and all(len(row) == classes for row in result.confusion)
+    assert sum(map(sum, result.confusion)) == test_images == result.test_images
+    assert sum(c.images for c in result.classes) == test_images
+    assert [p.epoch for p in result.epochs] == list(range(1, TINY_TRAINING["epochs"] + 1))
+    assert all(p.training_loss is not None and p.validation_loss is not None for p in result.epochs)
+    assert {v.rule for v in result.verdicts} >= {"loss_not_decreasing", "overfit", "LowGPUUtilization"}
+    for path in result.pictures.values():
+        assert_png(path)
+    assert {"loss", "confusion", "utilisation"} <= set(result.pictures)
+    assert_self_contained(result.index_html)
+    for verdict in result.verdicts:
+        assert verdict.rule in result.summary_markdown

@@ -9,7 +9,13 @@ test pass, uses the eval interval), per mode:
   step), weight statistics (and once at initialisation), ReLU input variance and per-unit activity
   where a rule needs them;
 - label counts and correct predictions of every step (an index_add on the device costs nothing, and
-  two sampled batches per epoch could not judge 133 classes).
+  two sampled batches per epoch could not judge 133 classes);
+- per pass, the mean loss and accuracy over every step, not only the saved ones (the report's
+  per-epoch curves), and for the test pass a num_classes x num_classes confusion matrix of
+  (true, predicted) counts (the report's confusion matrix and per-class accuracy).
+
+The recorder runs on the main process only: in a distributed job its means and counts are that
+process's share of the data.
 
 Statistics stay on the device until the step ends, then move in one transfer. `recording()` is plain
 JSON (rules.py reads it, the job writes it to `recording.json`), and it travels in the checkpoint,
@@ -26,6 +32,9 @@ from torch import nn
 MODES = ("TRAIN", "EVAL", "PREDICT")
 # Elements of each gradient kept for the percentiles: enough for a 5th-95th spread, cheap on any net.
 GRADIENT_SAMPLE = 20_000
+# Above this many classes the test pass keeps no confusion matrix: n x n counts would make
+# recording.json megabytes (1000 classes: a million numbers) for a picture nobody could read.
+MAX_CONFUSION_CLASSES = 1000
 
 
 class Observer:
@@ -148,6 +157,17 @@ class Recorder(Observer):
         self.counts = {mode: torch.zeros(num_classes, device=device) for mode in MODES}
         self.correct = {mode: torch.zeros(num_classes, device=device) for mode in MODES}
         self.eval_labels: dict[str, list[float]] | None = None
+        # (true, predicted) counts of the test pass, on the device until recording() reads them.
+        self.num_classes = num_classes
+        self.confusion = (
+            torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+            if num_classes <= MAX_CONFUSION_CLASSES
+            else None
+        )
+        # Per pass: summed loss (host floats, `loss` already is one) and images; correct from `correct`.
+        self._pass: dict[str, dict[str, float]] = {}
+        self.train_pass: dict[str, float] | None = None
+        self.test: dict[str, float] | None = None
         self._pending: dict[str, dict[str, torch.Tensor]] = {"inputs": {}, "activity": {}}
         self._calls: dict[str, int] = {}
         self.handles = self._hook_relus() if activations else []
@@ -198,14 +218,34 @@ class Recorder(Observer):
         if mode == "EVAL":
             self.counts["EVAL"].zero_()
             self.correct["EVAL"].zero_()
+        if mode == "PREDICT" and self.confusion is not None:
+            self.confusion.zero_()
+        # One transfer per pass: the correct predictions so far, to subtract at the end.
+        self._pass[mode] = {"loss_sum": 0.0, "images": 0, "correct_before": self.correct[mode].sum().item()}
+
+    def _pass_means(self, mode: str) -> dict[str, float] | None:
+        totals = self._pass.get(mode)
+        if not totals or not totals["images"]:
+            return None
+        correct = self.correct[mode].sum().item() - totals["correct_before"]
+        images = int(totals["images"])
+        return {"loss": totals["loss_sum"] / images, "accuracy": correct / images, "images": images}
 
     def end_pass(self, mode: str, epoch: int, end_step: int) -> None:
         if mode == "EVAL" and "TRAIN" in self.pass_start:
+            means = {"train": self.train_pass, "eval": self._pass_means("EVAL")}
             self.epochs.append(
                 {
                     "epoch": epoch,
                     "train_steps": [self.pass_start["TRAIN"], self.train_end],
                     "eval_steps": [self.pass_start["EVAL"], end_step],
+                    **{
+                        f"{part}_{key}": value
+                        for part, values in means.items()
+                        if values
+                        for key, value in values.items()
+                        if key != "images"
+                    },
                 }
             )
             self.eval_labels = {
@@ -214,6 +254,9 @@ class Recorder(Observer):
             }
         if mode == "TRAIN":
             self.train_end = end_step
+            self.train_pass = self._pass_means("TRAIN")
+        if mode == "PREDICT":
+            self.test = self._pass_means("PREDICT")
 
     def begin_step(self, mode: str, step: int) -> None:
         self.mode = mode
@@ -256,8 +299,16 @@ class Recorder(Observer):
     ) -> None:
         self.steps_seen[mode] = max(self.steps_seen[mode], step + 1)
         ones = torch.ones_like(labels, dtype=self.counts[mode].dtype)
+        predicted = logits.detach().argmax(1)
         self.counts[mode].index_add_(0, labels, ones)
-        self.correct[mode].index_add_(0, labels, (logits.detach().argmax(1) == labels).to(ones.dtype))
+        self.correct[mode].index_add_(0, labels, (predicted == labels).to(ones.dtype))
+        if mode in self._pass:
+            self._pass[mode]["loss_sum"] += loss * len(labels)
+            self._pass[mode]["images"] += len(labels)
+        if mode == "PREDICT" and self.confusion is not None:
+            # Row = true class, column = predicted class, as sklearn's confusion_matrix lays it out.
+            cells = labels.to(torch.long) * self.num_classes + predicted
+            self.confusion.index_add_(0, cells, torch.ones_like(cells))
         if not self.saving:
             return
         self.losses[mode].append([step, loss])
@@ -296,6 +347,10 @@ class Recorder(Observer):
         }
         if self.eval_labels is not None:
             labels["EVAL"] = self.eval_labels
+        if self.confusion is not None and self.test is not None:
+            n = self.num_classes
+            flat = self.confusion.cpu().tolist()
+            labels["PREDICT"]["confusion"] = [flat[row * n : (row + 1) * n] for row in range(n)]
         return {
             "version": 1,
             "save_intervals": self.intervals,
@@ -308,6 +363,8 @@ class Recorder(Observer):
             "activations": self.activations,
             "activations_note": self.activations_note,
             "labels": labels,
+            # The test pass's mean loss, accuracy and image count (None: no test pass).
+            "test": self.test,
             "amp_skipped_steps": self.amp_skipped,
         }
 
@@ -326,3 +383,5 @@ class Recorder(Observer):
             self.counts[mode].copy_(torch.tensor(state["labels"][mode]["counts"]))
             self.correct[mode].copy_(torch.tensor(state["labels"][mode]["correct"]))
         self.eval_labels = state["labels"].get("EVAL")
+        # A restart resumes training; the test pass (and its confusion matrix) runs after it anew.
+        self.test = None

@@ -320,14 +320,17 @@ def train(
 
 @main.command()
 @click.option("--job", "training_job_name", help="Training job; default: the last one `train` started.")
+@click.option("--local", is_flag=True, help="Report on a local run (`train --local`); no AWS calls.")
 @click.option(
-    "--local", is_flag=True, help="Only plot the tensors of `train --local --debugger`; no AWS calls."
+    "--run-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="--local: the run folder (default: runs/local), or a folder holding an extracted output.tar.gz.",
 )
 @click.option(
-    "--tensors", help="Debugger output to read: a folder or s3:// URI; default: the job's (or runs/local's)."
-)
-@click.option(
-    "--plot", type=click.Path(dir_okay=False, path_type=Path), help="Save the loss curves as this PNG file."
+    "--out",
+    "reports_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where reports go (default: reports/ in the project); each run gets <out>/<run>/.",
 )
 @dry_run_options
 @click.pass_context
@@ -335,18 +338,20 @@ def report(
     ctx: click.Context,
     training_job_name: str | None,
     local: bool,
-    tensors: str | None,
-    plot: Path | None,
+    run_dir: Path | None,
+    reports_dir: Path | None,
     dry_run: bool,
     dry_run_dir: Path | None,
 ) -> None:
-    """Rule verdicts, loss curves and the profiler report's location of a training job."""
+    """Rule verdicts, curves, confusion matrix and profiler report of a run, as reports/<run>/index.html."""
     from . import report as report_module
     from . import tables
 
     config = _config(ctx)
+    if run_dir is not None and not local:
+        raise click.UsageError("--run-dir goes with --local")
     if local:
-        source = tensors or str(report_module.local_tensors_dir(config.root / "runs" / "local"))
+        result = report_module.build_local_report(config, run_dir, reports_dir=reports_dir)
     else:
         from .session import session_state
 
@@ -354,32 +359,20 @@ def report(
         # Read before connecting: "nothing recorded" needs no credentials.
         name = training_job_name or report_module.latest_training_job(recorded)
         with _session(config, dry_run, dry_run_dir) as session:
-            result = report_module.training_report(session, name, curves=False)
-            console.print(
-                tables.rich_table(tables.verdict_rows(result), f"training job {name}: {result.status}")
+            result = report_module.build_job_report(
+                config, session, name, reports_dir=reports_dir, progress=console.is_terminal
             )
-            for label, value in tables.location_rows(result, session.aws.region):
-                console.print(f"{label}: {value}")
-        source = tensors or result.artifacts.debugger_output
-        if session.dry_run and tensors is None:
-            console.print(f"no debugger output to read: the job was {CAPTURED}")
-            return
-        if source is None:
-            console.print("no debugger output: the job ran without the debugger hook")
-            return
-    curves = report_module.loss_curves(source)
-    for curve in curves:
-        console.print(
-            f"{curve.mode.lower()} loss ({curve.tensor}): {len(curve.steps)} steps saved, "
-            f"{curve.values[0]:.4f} at step {curve.steps[0]} -> "
-            f"{curve.values[-1]:.4f} at step {curve.steps[-1]}"
-        )
-    if not curves:
-        console.print(f"no loss values saved in {source}")
-    if plot:
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        report_module.plot_loss_curves(curves, title=f"loss per step: {source}").savefig(plot, dpi=120)
-        console.print(f"loss curves: {plot}")
+    if result.captured:
+        console.print(f"training job {result.run} was {CAPTURED} (dry run): it has no outputs to report")
+        return
+    rows = report_module.verdict_rows(result) or [{"rule": "none", "reason": "the run judged no rules"}]
+    console.print(tables.rich_table(rows, f"{result.run}: rule verdicts (judged in the job)"))
+    if result.sagemaker_verdicts:
+        console.print(tables.rich_table(report_module.sagemaker_rows(result), "SageMaker's built-in rules"))
+    for note in result.notes:
+        console.print(f"[yellow]note[/]: {note}")
+    console.print(f"report: {result.index_html}")
+    console.print(f"summary for a write-up: {result.summary_path}")
 
 
 # --- deployment and prediction --------------------------------------------------------------------
@@ -565,3 +558,56 @@ def teardown(ctx: click.Context, stop_jobs: bool, yes: bool, dry_run: bool, dry_
             console.print(f"{kind} {name}: {outcome}")
         if not actions:
             console.print("nothing to tear down")
+
+
+# --- checking a project (graders, CI) -------------------------------------------------------------
+
+
+@main.command()
+@click.option("--fast", is_flag=True, help="Skip the checks that train and serve (minutes on a CPU).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON record per line: name, status, seconds, detail."
+)
+@click.option(
+    "--only", multiple=True, metavar="NAME", help="Run this check (and what it needs) only; repeatable."
+)
+@click.pass_context
+def check(ctx: click.Context, fast: bool, as_json: bool, only: tuple[str, ...]) -> None:
+    """Check the project as a grader would: scripts, notebook, config, dry runs, local training, serving.
+
+    Exits with status 1 when a check fails. Nothing is written into the project.
+    """
+    from . import checks
+    from .config import find_project_root
+
+    # Not _config(ctx): a config that does not load is one of the results, not the end of the command.
+    given = ctx.find_root().obj
+    root = given.root if isinstance(given, ProjectConfig) else Path(given) if given else find_project_root()
+    try:
+        checks.selected(only)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--only") from None
+
+    def show(result: checks.CheckResult) -> None:
+        if as_json:
+            click.echo(json.dumps(result.record()))
+        elif console.is_terminal:
+            console.print(f"{result.status:>4}  {result.name}", style=_CHECK_STYLES[result.status])
+
+    results = checks.run_checks(root, fast=fast, only=only, on_result=show)
+    if not as_json:
+        table = Table(title=f"check: {root}")
+        for column in ("check", "result", "seconds", "detail"):
+            table.add_column(column, justify="right" if column == "seconds" else "left")
+        for result in results:
+            style = _CHECK_STYLES[result.status]
+            table.add_row(result.name, f"[{style}]{result.status}[/]", f"{result.seconds:.1f}", result.detail)
+        console.print(table)
+    if not checks.passed(results):
+        failed = ", ".join(result.name for result in results if result.status == checks.FAIL)
+        if not as_json:
+            console.print(f"[red]failed:[/] {failed}")
+        ctx.exit(1)
+
+
+_CHECK_STYLES = {"pass": "green", "fail": "bold red", "skip": "dim"}
