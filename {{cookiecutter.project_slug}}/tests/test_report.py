@@ -425,6 +425,42 @@ def test_a_second_report_removes_pictures_the_run_no_longer_has(project_config, 
     assert "confusion" not in second.pictures and not (tmp_path / "local" / "confusion.png").exists()
 
 
+def test_the_recorder_keeps_per_pass_means_and_the_test_confusion_matrix(training_source, monkeypatch):
+    """Recorder's bookkeeping driven by hand: every step counts, not only the saved ones."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(training_source))
+    from recorder import Recorder
+
+    recorder = Recorder(
+        torch.nn.Linear(2, 3),
+        intervals={"TRAIN": 100, "EVAL": 100, "PREDICT": 100},
+        num_classes=3,
+        class_names=CLASSES,
+        activations=False,
+    )
+    one_hot = torch.eye(3) * 5
+
+    def run_pass(mode, batches, epoch=0):
+        recorder.begin_pass(mode, epoch, 0)
+        for step, (labels, predicted, loss) in enumerate(batches):
+            recorder.begin_step(mode, step)
+            labels = torch.tensor(labels)
+            recorder.end_step(mode, step, loss, one_hot[predicted], labels, 0.0, 0.0)
+        recorder.end_pass(mode, epoch, len(batches))
+
+    run_pass("TRAIN", [([0, 1], [0, 1], 1.0), ([2, 2], [2, 0], 2.0)])  # 3 of 4 right, mean loss 1.5
+    run_pass("EVAL", [([0, 1, 2], [0, 0, 2], 0.5)])
+    run_pass("PREDICT", [([0, 1], [0, 2], 0.2), ([2, 2, 1], [2, 2, 1], 0.7)])
+    recording = recorder.recording()
+    (epoch,) = recording["epochs"]
+    assert epoch["train_loss"] == pytest.approx(1.5) and epoch["train_accuracy"] == pytest.approx(0.75)
+    assert epoch["eval_loss"] == pytest.approx(0.5) and epoch["eval_accuracy"] == pytest.approx(2 / 3)
+    assert recording["test"] == {"loss": pytest.approx(0.5), "accuracy": pytest.approx(0.8), "images": 5}
+    assert report.confusion_matrix(recording) == [[1, 0, 0], [0, 1, 1], [0, 0, 2]]
+    json.dumps(recording)  # plain JSON, as recording.json and the checkpoint need
+
+
 # --- a job's output.tar.gz ------------------------------------------------------------------------
 
 
