@@ -42,6 +42,14 @@ TINY_TRAINING = {
     "num_classes": 3,
 }
 
+# What train_model.py / hpo.py require (config.toml's values, which SageMaker always passes), as
+# `--name value`: tests that call the scripts' parser put these first and override what they change.
+# Head-only finetuning of resnet18 without pretrained weights: fast, and batch-size-1 safe (BatchNorm frozen).
+REQUIRED_SCRIPT_ARGS = [
+    *("--epochs", "1", "--batch_size", "6", "--test_batch_size", "6", "--lr", "0.005"),
+    *("--backbone", "resnet18", "--image_size", "32", "--finetune", "head", "--pretrained", "false"),
+]
+
 ProjectConfig = project_module("config").ProjectConfig
 make_dataset = project_module("synthetic").make_dataset
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REQUIRED_SCRIPT_ARGS
 from test_rules import mlp_builder, noisy_dataset
 from torch import nn
 
@@ -39,6 +40,7 @@ def run(training, monkeypatch, tmp_path: Path, data: Path, *extra: str, model=No
     monkeypatch.setattr(engine, "build_model", model or mlp_builder(1.0))
     args = engine.get_args_parser("test").parse_args(
         [
+            *REQUIRED_SCRIPT_ARGS,
             "--data_dir", str(data),
             "--model_dir", str(tmp_path / "model"),
             "--output_data_dir", str(tmp_path / "output"),

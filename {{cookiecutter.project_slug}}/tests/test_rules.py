@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REQUIRED_SCRIPT_ARGS
 from PIL import Image
 from torch import nn
 
@@ -210,6 +211,7 @@ def tiny_run(training, monkeypatch, tmp_path: Path, data: Path, *extra: str, sca
     monkeypatch.setattr(engine, "build_model", mlp_builder(scale))
     args = engine.get_args_parser("test").parse_args(
         [
+            *REQUIRED_SCRIPT_ARGS,
             "--data_dir", str(data),
             "--model_dir", str(tmp_path / "model"),
             "--output_data_dir", str(tmp_path / "output"),
@@ -302,7 +304,7 @@ def test_a_save_interval_too_large_to_judge_gives_not_enough_data(training, monk
 def test_unknown_rules_are_refused_before_training(training, datasets, tmp_path):
     engine = training("engine")
     args = engine.get_args_parser("test").parse_args(
-        ["--data_dir", str(datasets["noisy"]), "--rules", "overfit,dead_relus", "--pretrained", "false"]
+        [*REQUIRED_SCRIPT_ARGS, "--data_dir", str(datasets["noisy"]), "--rules", "overfit,dead_relus"]
     )
     with pytest.raises(SystemExit, match="unknown rule 'dead_relus'; choose from .*dead_relu"):
         engine.main(args, use_debugger=True)

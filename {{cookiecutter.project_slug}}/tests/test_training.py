@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset, project_module
+from conftest import REQUIRED_SCRIPT_ARGS, make_dataset, project_module
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -33,6 +33,7 @@ def tiny_args(training, data_dir: Path, tmp_path: Path, *extra: str):
     engine = training("engine")
     return engine.get_args_parser("test").parse_args(
         [
+            *REQUIRED_SCRIPT_ARGS,
             "--data_dir",
             str(data_dir),
             "--model_dir",
@@ -79,7 +80,7 @@ def test_paths_default_to_the_sagemaker_environment(training, monkeypatch, tmp_p
     monkeypatch.setenv("SM_HOSTS", '["algo-1","algo-2"]')
     monkeypatch.setenv("SM_CURRENT_HOST", "algo-2")
     monkeypatch.delenv("SAGEMAKER_BASE_DIR", raising=False)
-    args = training("engine").get_args_parser("test").parse_args(["--pretrained", "False"])
+    args = training("engine").get_args_parser("test").parse_args(REQUIRED_SCRIPT_ARGS)
     assert (args.data_dir, args.model_dir, args.output_data_dir) == (
         "/data/training",
         "/ml/model",
@@ -87,7 +88,7 @@ def test_paths_default_to_the_sagemaker_environment(training, monkeypatch, tmp_p
     )
     assert args.checkpoint_dir == "/opt/ml/checkpoints"
     assert (args.num_gpus, args.hosts, args.current_host) == (4, ["algo-1", "algo-2"], "algo-2")
-    assert args.pretrained is False
+    assert args.pretrained is False  # "false", as the toolkit passes a boolean
 
 
 def test_objective_line_is_read_by_the_configured_regex(training, project_config):

@@ -29,8 +29,9 @@ from torch.utils.data import (
     SequentialSampler,
 )
 
+from classifier.schema import IMAGE_SUFFIXES
+
 SPLITS = ("train", "valid", "test")
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # What a broken file raises while PIL opens or decodes it (truncated JPEGs raise OSError).
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 

@@ -51,11 +51,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.artifact import ModelMetadata, atomic_save, save_artifact
-from classifier.backbones import FINETUNE_MODES, build_model, head, trainable_parameters
+from classifier.backbones import build_model, head, trainable_parameters
 from classifier.presets import EvalPreset, TrainPreset
+from classifier.schema import FINETUNE_MODES, OPTIMIZERS, SCHEDULERS
 
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULERS = ("cosine", "step", "none")
 CHECKPOINT_FILENAME = "checkpoint.pth"
 BEST_FILENAME = "best.pth"
 # Arguments that do not change the result: a checkpoint written under other values still resumes.
@@ -98,19 +97,21 @@ def get_args_parser(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     env = os.environ.get
     hp = parser.add_argument_group("hyperparameters (SageMaker passes each as --name value)")
-    hp.add_argument("--epochs", type=int, default=5, help="passes over the training images")
-    hp.add_argument("--batch_size", type=int, default=40, help="training batch size (per process)")
-    hp.add_argument("--test_batch_size", type=int, default=100, help="validation and test batch size")
-    hp.add_argument("--lr", type=float, default=0.005, help="peak learning rate")
-    hp.add_argument("--backbone", default="resnet18", help="torchvision model name, e.g. resnet18")
+    # Required, no defaults: config.toml ([hyperparameters], [model]) holds these values once, and the
+    # launcher passes every one of them; a default here would be a second copy that drifts.
+    hp.add_argument("--epochs", type=int, required=True, help="passes over the training images")
+    hp.add_argument("--batch_size", type=int, required=True, help="training batch size (per process)")
+    hp.add_argument("--test_batch_size", type=int, required=True, help="validation and test batch size")
+    hp.add_argument("--lr", type=float, required=True, help="peak learning rate")
+    hp.add_argument("--backbone", required=True, help="torchvision model name, e.g. resnet18")
     hp.add_argument(
         "--num_classes", type=int, default=None, help="classes expected in the data (default: as found)"
     )
-    hp.add_argument("--image_size", type=int, default=224, help="side of the square the network sees")
+    hp.add_argument("--image_size", type=int, required=True, help="side of the square the network sees")
     hp.add_argument(
-        "--finetune", choices=FINETUNE_MODES, default="head", help="head: new layer only; full: all"
+        "--finetune", choices=FINETUNE_MODES, required=True, help="head: new layer only; full: all"
     )
-    hp.add_argument("--pretrained", type=str2bool, default=True, help="start from ImageNet weights")
+    hp.add_argument("--pretrained", type=str2bool, required=True, help="start from ImageNet weights")
     hp.add_argument("--optimizer", default="adamw", help=f"one of {', '.join(OPTIMIZERS)}")
     hp.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     hp.add_argument("--weight_decay", type=float, default=1e-4, help="decoupled (AdamW) or L2 (SGD) decay")

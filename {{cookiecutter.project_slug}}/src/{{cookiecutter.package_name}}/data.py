@@ -23,11 +23,10 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, track
 
-from .config import ProjectConfig
+from .config import ProjectConfig, schema
 from .context import AwsContext
 from .synthetic import SPLITS
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MANIFEST_FILENAME = "manifest.json"
 
 
@@ -74,7 +73,7 @@ def download(url: str, destination: Path) -> Path:
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(
-        path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+        path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in schema.IMAGE_SUFFIXES
     )
 
 
