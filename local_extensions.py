@@ -50,6 +50,30 @@ def yes_no(value: object) -> bool | None:
     return True if text in YES else False if text in NO else None
 
 
+def rule_list(rule_set: object) -> str:
+    """The `rule_set` answer as config.toml's [debugger] rules: a TOML array, one rule a line."""
+    rules = _schema().RULE_SETS.get(str(rule_set), ())
+    if not rules:
+        return "[]"
+    return "[\n" + "".join(f"    {json.dumps(name)},\n" for name in rules) + "]"
+
+
+def _schema() -> Any:
+    """The project's classifier/schema.py (one definition of the rule sets), loaded by path."""
+    import importlib.util
+    from pathlib import Path
+
+    name = "_template_config_schema"
+    if name not in sys.modules:
+        path = Path(__file__).resolve().parent / "{{cookiecutter.project_slug}}" / "classifier" / "schema.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def toml_bool(value: object) -> str:
     """Write a yes/no answer as a TOML boolean (the hook has refused every other word)."""
     return "true" if yes_no(value) else "false"
@@ -97,6 +121,7 @@ class TomlExtension(Extension):
         super().__init__(environment)
         environment.filters["toml_string"] = toml_string
         environment.filters["toml_bool"] = toml_bool
+        environment.filters["rule_list"] = rule_list
         environment.filters["project_slug"] = project_slug
         # The folder a template is rendered in. cookiecutter renders the hooks inside the template
         # folder (also under cruft, which gives the hooks no `_repo_dir`), so the pre-generation

@@ -14,6 +14,23 @@ import pytest
 from allpairspy import AllPairs
 from conftest import PROJECT_TEMPLATE, QUESTIONS, bake_ok, read_config
 
+_STANDARD = (
+    "vanishing_gradient",
+    "overfit",
+    "overtraining",
+    "poor_weight_initialization",
+    "loss_not_decreasing",
+    "LowGPUUtilization",
+    "ProfilerReport",
+)
+# What each rule_set answer means, as the issue and README define it (independently of the code).
+RULE_SETS = {
+    "standard": _STANDARD,
+    "minimal": ("loss_not_decreasing", "ProfilerReport"),
+    "extended": (*_STANDARD, "exploding_tensor", "dead_relu", "class_imbalance", "CPUBottleneck"),
+    "none": (),
+}
+
 AXES = {
     "backbone": QUESTIONS["backbone"],
     "rule_set": QUESTIONS["rule_set"],
@@ -80,7 +97,8 @@ def test_render(cookies, case: dict) -> None:
 
     assert config["model"]["backbone"] == case["backbone"]
     assert config["model"]["finetune"] == case["finetune"]
-    assert config["debugger"]["rule_set"] == case["rule_set"]
+    # The rule set answer, expanded into the list a user edits (each set spelled out in test_defaults).
+    assert config["debugger"]["rules"] == list(RULE_SETS[case["rule_set"]])
     assert config["jobs"]["use_spot"] is case["use_spot"]
     assert config["tuning"]["ranges"]["lr"]["scaling"] == case["lr_scaling"]
     assert (project / ".python-version").read_text().strip() == case["python_version"]

@@ -32,8 +32,33 @@ from typing import Any, Union
 # Tested torchvision classification models (each ends in an nn.Linear the project replaces).
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
 FINETUNE_MODES = ("head", "full")
-# Keys of the rule sets the launcher builds (README, "Debugger and profiler rules").
-RULE_SET_NAMES = ("standard", "minimal", "extended", "none")
+# The rules the project judges, by the names of SageMaker's built-in rules: debugger rules as the SDK's
+# `rule_configs` functions, profiler rules as its classes. DataLoadingBottleneck is judged in the job only.
+SAGEMAKER_DEBUGGER_RULES = (
+    "vanishing_gradient",
+    "overfit",
+    "overtraining",
+    "poor_weight_initialization",
+    "loss_not_decreasing",
+    "exploding_tensor",
+    "dead_relu",
+    "class_imbalance",
+)
+SAGEMAKER_PROFILER_RULES = ("LowGPUUtilization", "CPUBottleneck", "ProfilerReport")
+IN_JOB_ONLY_RULES = ("DataLoadingBottleneck",)
+KNOWN_RULES = (*SAGEMAKER_DEBUGGER_RULES, *SAGEMAKER_PROFILER_RULES, *IN_JOB_ONLY_RULES)
+_STANDARD_RULES = (*SAGEMAKER_DEBUGGER_RULES[:5], "LowGPUUtilization", "ProfilerReport")
+# The `rule_set` answer, expanded at render time into config.toml's [debugger] rules list.
+RULE_SETS: dict[str, tuple[str, ...]] = {
+    "standard": _STANDARD_RULES,
+    "minimal": ("loss_not_decreasing", "ProfilerReport"),
+    "extended": (*_STANDARD_RULES, "exploding_tensor", "dead_relu", "class_imbalance", "CPUBottleneck"),
+    "none": (),
+}
+RULE_SET_NAMES = tuple(RULE_SETS)
+# Where the rules are judged: in the training job itself (any account), by SageMaker Debugger's rule jobs
+# (accounts that still have Debugger), or both.
+RULE_EVALUATIONS = ("in_job", "sagemaker", "both")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
 LR_SCALINGS = ("Logarithmic", "Linear", "ReverseLogarithmic", "Auto")
@@ -430,9 +455,19 @@ class Tuning:
             )
 
 
+def _known_rules(rules: tuple[str, ...]) -> str | None:
+    unknown = [name for name in rules if name not in KNOWN_RULES]
+    if unknown:
+        return f"names unknown rules ({', '.join(unknown)}); choose from {', '.join(KNOWN_RULES)}"
+    if len(set(rules)) != len(rules):
+        return "names a rule twice"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Debugger:
-    rule_set: str = setting(choices=RULE_SET_NAMES)
+    rules: tuple[str, ...] = setting(check=_known_rules)
+    evaluation: str = setting("both", choices=RULE_EVALUATIONS)
     train_save_interval: int = setting(minimum=1, maximum=1_000_000)
     eval_save_interval: int = setting(minimum=1, maximum=1_000_000)
 

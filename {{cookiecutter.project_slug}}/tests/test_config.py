@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,12 @@ COMMANDS = [
 EDITS = {
     "lr is text": ("lr = ", 'lr = "fast"\n#', '[hyperparameters] lr = "fast": must be a number'),
     "typo'd key": ("epochs = ", "epochz = ", "[hyperparameters] epochz: is not a known key"),
-    "unknown rule set": ('rule_set = "', 'rule_set = "loud" #"', '[debugger] rule_set = "loud": must be'),
+    "unknown rule": ("rules = [", 'rules = ["loud_rule", ', "[debugger] rules = "),
+    "unknown evaluation": (
+        'evaluation = "',
+        'evaluation = "often" #"',
+        '[debugger] evaluation = "often": must be',
+    ),
     "missing key": ("num_classes = ", "# num_classes = ", "[model] num_classes: is missing"),
 }
 
@@ -113,8 +119,16 @@ def test_the_schema_regions_and_images_are_what_the_sdk_serves() -> None:
 
 
 def test_rule_sets_and_image_suffixes_are_defined_once() -> None:
-    sagemaker_api = __import__(f"{PACKAGE}.sagemaker_api", fromlist=["RULE_SETS"])
-    assert tuple(sagemaker_api.RULE_SETS) == schema.RULE_SET_NAMES
+    # The in-job rules (training/rules.py) know exactly the schema's rule names.
+    sys.path.insert(0, str(PROJECT_ROOT / "training"))
+    try:
+        rules = __import__("rules")
+    finally:
+        sys.path.remove(str(PROJECT_ROOT / "training"))
+    assert set(rules.KNOWN_RULES) == set(schema.KNOWN_RULES)
+    assert set(config_module.ProjectConfig.load(PROJECT_ROOT).section("debugger")["rules"]) <= set(
+        schema.KNOWN_RULES
+    )
     assert ".tif" in schema.IMAGE_SUFFIXES
 
 

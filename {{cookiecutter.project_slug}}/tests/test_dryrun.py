@@ -29,27 +29,33 @@ open_session = project_module("session").open_session
 ProjectConfig = project_module("config").ProjectConfig
 ProjectState = project_module("state").ProjectState
 
-EXPECTED_RULES = {
-    "standard": (
-        {"VanishingGradient", "Overfit", "Overtraining", "PoorWeightInitialization", "LossNotDecreasing"},
-        {"LowGPUUtilization", "ProfilerReport"},
-    ),
-    "minimal": ({"LossNotDecreasing"}, {"ProfilerReport"}),
-    "extended": (
-        {
-            "VanishingGradient",
-            "Overfit",
-            "Overtraining",
-            "PoorWeightInitialization",
-            "LossNotDecreasing",
-            "ExplodingTensor",
-            "DeadRelu",
-            "ClassImbalance",
-        },
-        {"LowGPUUtilization", "ProfilerReport", "CPUBottleneck"},
-    ),
-    "none": (set(), set()),
+# SageMaker's names of the built-in rules, spelled out here independently of the code.
+RULE_CONFIGURATION_NAMES = {
+    "vanishing_gradient": "VanishingGradient",
+    "overfit": "Overfit",
+    "overtraining": "Overtraining",
+    "poor_weight_initialization": "PoorWeightInitialization",
+    "loss_not_decreasing": "LossNotDecreasing",
+    "exploding_tensor": "ExplodingTensor",
+    "dead_relu": "DeadRelu",
+    "class_imbalance": "ClassImbalance",
 }
+PROFILER_RULES = {"LowGPUUtilization", "ProfilerReport", "CPUBottleneck"}
+
+
+def expected_sagemaker_rules(config) -> tuple[set[str], set[str]]:
+    """(debugger, profiler) rule names the CreateTrainingJob request carries for this config."""
+    debugger = config.section("debugger")
+    if debugger["evaluation"] == "in_job":
+        return set(), set()
+    image = config.section("images")["training"]
+    # SageMaker's debugger rules read smdebug's tensors: only images up to PyTorch 2.0 (or custom) have it.
+    has_smdebug = bool(image["image_uri"]) or tuple(
+        int(p) for p in image["framework_version"].split(".")[:2]
+    ) <= (2, 0)
+    names = debugger["rules"]
+    debugger_rules = {RULE_CONFIGURATION_NAMES[n] for n in names if n in RULE_CONFIGURATION_NAMES}
+    return (debugger_rules if has_smdebug else set()), {n for n in names if n in PROFILER_RULES}
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +179,11 @@ def test_training_job_runs_train_model_with_the_configured_hyperparameters(confi
     script = {
         name: json.loads(value) for name, value in parameters.items() if not name.startswith("sagemaker_")
     }
-    assert script == config.script_hyperparameters()
+    # config.toml's values plus what the in-job rules need (the rules of [debugger], its intervals).
+    watch = project_module("sagemaker_api").watch_hyperparameters(config)
+    assert script == config.script_hyperparameters(watch)
+    in_job = config.section("debugger")["evaluation"] != "sagemaker"
+    assert script["rules"] == (",".join(config.section("debugger")["rules"]) if in_job else "")
     machines = config.section("instances")["training"]
     assert training_job["ResourceConfig"]["InstanceType"] == machines["type"]
     assert training_job["ResourceConfig"]["InstanceCount"] == machines["count"]
@@ -198,7 +208,7 @@ def test_spot_training_checkpoints_and_waits(config, training_job):
 
 
 def test_training_job_has_the_rule_set_of_the_config(config, training_job):
-    debugger_rules, profiler_rules = EXPECTED_RULES[config.section("debugger")["rule_set"]]
+    debugger_rules, profiler_rules = expected_sagemaker_rules(config)
     names = {rule["RuleConfigurationName"] for rule in training_job.get("DebugRuleConfigurations", [])}
     assert names == debugger_rules
     names = {rule["RuleConfigurationName"] for rule in training_job.get("ProfilerRuleConfigurations", [])}
@@ -208,7 +218,7 @@ def test_training_job_has_the_rule_set_of_the_config(config, training_job):
 def test_debugger_collections_are_saved_at_the_hook_intervals(config, training_job):
     """The SDK's rule defaults (save_interval 500) must not reach the request."""
     debugger = config.section("debugger")
-    if not EXPECTED_RULES[debugger["rule_set"]][0]:
+    if not expected_sagemaker_rules(config)[0]:
         assert "DebugHookConfig" not in training_job
         return
     hook = training_job["DebugHookConfig"]
@@ -227,7 +237,7 @@ def test_debugger_collections_are_saved_at_the_hook_intervals(config, training_j
 
 def test_profiler_monitors_the_system_only(config, training_job):
     profiler = training_job["ProfilerConfig"]
-    if config.section("debugger")["rule_set"] == "none":
+    if expected_sagemaker_rules(config) == (set(), set()):
         assert profiler.get("DisableProfiler") is True
         return
     assert (
@@ -394,15 +404,15 @@ def test_a_refused_debugger_configuration_relaunches_once_without_it(config, tmp
             "provide-client-params.sagemaker.CreateTrainingJob", refuse_debugger
         )
         result = launcher.train(config, session)
-    if config.section("debugger")["rule_set"] == "none":
-        assert len(attempts) == 1 and result.notes == ()
+    if expected_sagemaker_rules(config) == (set(), set()):
+        assert len(attempts) == 1
         return
     assert len(attempts) == 2
     assert not attempts[1].get("DebugRuleConfigurations") and not attempts[1].get(
         "ProfilerRuleConfigurations"
     )
     assert "DebugHookConfig" not in attempts[1]
-    (note,) = result.notes
+    note = result.notes[0]
     assert "relaunched once without it" in note and "SageMaker Debugger is not available" in note
     # The relaunched job is the one recorded: deploy and report find it.
     assert [item["name"] for item in session.state.resources("training-job")] == [result.training_job_name]

@@ -132,7 +132,11 @@ def test_notebook_runs_top_to_bottom_offline(notebook, tmp_path, monkeypatch):
 
     text = "\n".join(_outputs_text(cell) for cell in cells)
     assert "dry run (offline" in text
-    if project_module("config").ProjectConfig.load(PROJECT_ROOT).section("debugger")["rule_set"] != "none":
+    if (
+        project_module("sagemaker_api")
+        .rule_set(project_module("config").ProjectConfig.load(PROJECT_ROOT))
+        .profiler
+    ):
         assert "not evaluated offline" in text
     # The predictions name the generated classes (readable names, as the endpoint answers them).
     prediction_cell = next(cell for cell in cells if "predictions_rows" in cell.source)

@@ -164,9 +164,12 @@ def training_hyperparameters(
     *,
     use_tuned: bool = True,
 ) -> dict[str, Any]:
-    """What train_model.py receives: config.toml's defaults, then the best tuned ones, then `overrides`."""
+    """What train_model.py receives: config.toml's defaults and what the in-job rules need, then the best
+    tuned ones, then `overrides`."""
     tuned = best_hyperparameters(state) if use_tuned else {}
-    return config.script_hyperparameters({**tuned, **(overrides or {})})
+    return config.script_hyperparameters(
+        {**sagemaker_api.watch_hyperparameters(config), **tuned, **(overrides or {})}
+    )
 
 
 def record_training(session: Session, training_job_name: str, model_data: str) -> None:

@@ -310,7 +310,10 @@ def read_output(folder: Path) -> JobOutput:
             for item in verdicts.get("rules", [])
         ]
     else:
-        output.notes.append(f"no {VERDICTS_FILE}: the run judged no rules ([debugger] rule_set = none?)")
+        output.notes.append(
+            f"no {VERDICTS_FILE}: the run judged no rules "
+            "([debugger] rules is empty, or evaluation is sagemaker)"
+        )
     output.recording = load(RECORDING_FILE)
     output.profile = load(PROFILE_FILE)
     output.history = load(HISTORY_FILE)

@@ -62,7 +62,7 @@ from sagemaker.tuner import (  # noqa: E402
 )
 from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
-from .config import ConfigError, ProjectConfig  # noqa: E402
+from .config import ConfigError, ProjectConfig, schema  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
 # The single input channel; the scripts read SM_CHANNEL_TRAINING/{train,valid,test}.
@@ -86,25 +86,10 @@ class RuleSet:
     profiler: tuple[str, ...]
 
 
-_STANDARD = RuleSet(
-    debugger=(
-        "vanishing_gradient",
-        "overfit",
-        "overtraining",
-        "poor_weight_initialization",
-        "loss_not_decreasing",
-    ),
-    profiler=("LowGPUUtilization", "ProfilerReport"),
-)
-RULE_SETS: dict[str, RuleSet] = {
-    "standard": _STANDARD,
-    "minimal": RuleSet(debugger=("loss_not_decreasing",), profiler=("ProfilerReport",)),
-    "extended": RuleSet(
-        debugger=(*_STANDARD.debugger, "exploding_tensor", "dead_relu", "class_imbalance"),
-        profiler=(*_STANDARD.profiler, "CPUBottleneck"),
-    ),
-    "none": RuleSet(debugger=(), profiler=()),
-}
+# The last PyTorch training image with smdebug, which SageMaker's debugger rules read tensors from:
+# smdebug 1.0.34 cannot go on later images without breaking numpy 2 and protobuf (training/requirements.txt).
+LAST_FRAMEWORK_WITH_SMDEBUG = (2, 0)
+
 
 _RANGE_TYPES = {"continuous": ContinuousParameter, "integer": IntegerParameter}
 
@@ -224,12 +209,59 @@ def hyperparameter_ranges(config: ProjectConfig) -> dict[str, Any]:
     return ranges
 
 
+def _image_has_smdebug(config: ProjectConfig) -> bool:
+    image = config.section("images")["training"]
+    if image.get("image_uri"):
+        return True  # a custom image: its author decides what it holds
+    major, minor = (int(part) for part in image["framework_version"].split(".")[:2])
+    return (major, minor) <= LAST_FRAMEWORK_WITH_SMDEBUG
+
+
+def in_job_rules(config: ProjectConfig) -> tuple[str, ...]:
+    """The rules train_model.py judges itself ([debugger] evaluation "in_job" or "both")."""
+    debugger = config.section("debugger")
+    return () if debugger["evaluation"] == "sagemaker" else tuple(debugger["rules"])
+
+
 def rule_set(config: ProjectConfig) -> RuleSet:
-    name = config.section("debugger")["rule_set"]
-    try:
-        return RULE_SETS[name]
-    except KeyError:
-        raise ConfigError(f"[debugger] rule_set is {name!r}; choose one of {', '.join(RULE_SETS)}") from None
+    """The rules SageMaker's own rule jobs judge ([debugger] evaluation "sagemaker" or "both").
+
+    Debugger rules need the hook's tensors, so smdebug in the job: on images without it they are left to
+    the in-job evaluation (`rule_notes` says so). Profiler rules read SageMaker's own system metrics."""
+    debugger = config.section("debugger")
+    if debugger["evaluation"] == "in_job":
+        return RuleSet(debugger=(), profiler=())
+    rules = debugger["rules"]
+    debugger_rules = tuple(name for name in rules if name in schema.SAGEMAKER_DEBUGGER_RULES)
+    return RuleSet(
+        debugger=debugger_rules if _image_has_smdebug(config) else (),
+        profiler=tuple(name for name in rules if name in schema.SAGEMAKER_PROFILER_RULES),
+    )
+
+
+def rule_notes(config: ProjectConfig) -> tuple[str, ...]:
+    """One line for each configured rule that SageMaker's rule jobs cannot judge here, and why."""
+    debugger = config.section("debugger")
+    skipped = [name for name in debugger["rules"] if name in schema.SAGEMAKER_DEBUGGER_RULES]
+    if debugger["evaluation"] == "in_job" or not skipped or _image_has_smdebug(config):
+        return ()
+    version = config.section("images")["training"]["framework_version"]
+    where = "in the job only" if debugger["evaluation"] == "both" else 'by nobody: set evaluation = "both"'
+    return (
+        f"SageMaker's debugger rules ({', '.join(skipped)}) need smdebug, which the PyTorch {version} "
+        f"training image cannot install; they are judged {where}",
+    )
+
+
+def watch_hyperparameters(config: ProjectConfig) -> dict[str, Any]:
+    """What train_model.py needs to judge the rules in the job: the rules, save intervals, profiler rate."""
+    debugger = config.section("debugger")
+    return {
+        "rules": ",".join(in_job_rules(config)),
+        "train_save_interval": debugger["train_save_interval"],
+        "eval_save_interval": debugger["eval_save_interval"],
+        "profiler_interval_millis": config.section("profiler")["system_monitor_interval_millis"],
+    }
 
 
 def rule_collections(
@@ -480,6 +512,7 @@ def launch_training(
             "the rules are judged in the job only"
         )
         fit(debugger=False)
+    notes.extend(rule_notes(config))
     return TrainingLaunch(training_job_name, training_output(aws, training_job_name), tuple(notes))
 
 

@@ -163,7 +163,8 @@ def training_facts(config: ProjectConfig, result: TrainingResult) -> dict[str, A
         "status": result.status,
         "model": result.model_data,
         "hyperparameters": result.hyperparameters,
-        "rule set": config.section("debugger")["rule_set"],
+        "rules": ", ".join(config.section("debugger")["rules"]) or "none",
+        "judged": config.section("debugger")["evaluation"],
     }
 
 
@@ -172,7 +173,7 @@ def training_facts(config: ProjectConfig, result: TrainingResult) -> dict[str, A
 
 def verdict_rows(report: TrainingReport) -> Rows:
     return [asdict(verdict) for verdict in report.verdicts] or [
-        {"rule": "none", "details": "[debugger] rule_set is none"}
+        {"rule": "none", "details": "[debugger] rules is empty"}
     ]
 
 
