@@ -190,7 +190,8 @@ def default_prefix(course: str) -> str:
 
 
 def plan(students: list[Student], course: str, prefix: str, questions: dict[str, Any]) -> list[RowResult]:
-    """Each student's answers (slug, prefix, owner, overrides); a failed result for each duplicate."""
+    """Give each student their answers (slug, S3 prefix, owner, overrides); the students that cannot
+    have a project (no usable id, a duplicate) leave `students` and come back as failed results."""
     failures: list[RowResult] = []
     by_id: dict[str, int] = {}
     by_slug: dict[str, int] = {}
@@ -767,13 +768,12 @@ def main(
         console.print(f"note: the template has uncommitted changes; projects record commit {commit[:12]}")
 
     out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()  # the summary names every folder the same way, whether new or existing
     (out / STAGING).mkdir(exist_ok=True)
     identity = tuple(git_identity()) if use_git or update else ()
     existing = [s for s in students if (out / s.slug).exists()]
     new = [s for s in students if not (out / s.slug).exists()]
-    render_jobs = [
-        RenderJob(s, template, out.resolve(), commit, use_git, identity, not isolated_hooks) for s in new
-    ]
+    render_jobs = [RenderJob(s, template, out, commit, use_git, identity, not isolated_hooks) for s in new]
     render_started = time.monotonic()
     results += run_pool(render_student, render_jobs, jobs, "render", not isolated_hooks)
     render_seconds = time.monotonic() - render_started
