@@ -134,8 +134,9 @@ def test_requirements_split_between_containers(default_project: Path) -> None:
 
     # Neither container installs anything over its image: smdebug 1.0.34 would downgrade the PyTorch 2.8
     # image's numpy and protobuf (the rules are judged in the job instead), and serving needs nothing more.
+    image_packages = ("smdebug", "numpy", "protobuf", "torch")
     for role in ("training", "inference"):
-        assert not any(line.startswith(("smdebug", "numpy", "protobuf", "torch")) for line in requirements(role))
+        assert not any(line.startswith(image_packages) for line in requirements(role))
 
 
 def test_entry_points_exist(default_project: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 from torchvision import models
@@ -30,6 +32,27 @@ def _set_submodule(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
+class WeightsUnavailable(RuntimeError):
+    """The pretrained weights could not be downloaded; the message is one line with the ways out."""
+
+
+def _get_model(backbone: str, pretrained: bool) -> nn.Module:
+    if not pretrained:
+        return models.get_model(backbone, weights=None)
+    weights = models.get_model_weights(backbone).DEFAULT
+    try:
+        return models.get_model(backbone, weights=weights)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a cut download a RuntimeError
+        # torch.hub keeps downloads under $TORCH_HOME/hub/checkpoints (default ~/.cache/torch).
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+        reason = " ".join(str(error).split())[:200]
+        raise WeightsUnavailable(
+            f"cannot download the pretrained {backbone} weights ({reason}): either train without them "
+            f"(--hp pretrained=false, or [model] pretrained = false), or put {weights.url} at {cache} "
+            "(set $TORCH_HOME to use another folder)"
+        ) from None
+
+
 def build_model(
     backbone: str,
     num_classes: int,
@@ -48,7 +71,7 @@ def build_model(
         raise ValueError(f"unknown finetune mode {finetune!r}; choose one of {', '.join(FINETUNE_MODES)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    model = models.get_model(backbone, weights="DEFAULT" if pretrained else None)
+    model = _get_model(backbone, pretrained)
     name = head_name(model)
     old_head = model.get_submodule(name)
     _set_submodule(model, name, nn.Linear(old_head.in_features, num_classes))

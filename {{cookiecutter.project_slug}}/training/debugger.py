@@ -37,6 +37,27 @@ def hook_config_path() -> Path:
     return Path(os.environ.get(CONFIG_PATH_ENV, DEFAULT_CONFIG_PATH))
 
 
+# The config.toml key that sets each mode's save interval (the test pass saves at the evaluation's).
+INTERVAL_KEYS = {
+    "TRAIN": "train_save_interval",
+    "EVAL": "eval_save_interval",
+    "PREDICT": "eval_save_interval",
+}
+
+
+def saving_advice(mode: str, saved: int, needed: int, steps: int) -> str:
+    """Why a rule cannot judge this mode, and a change that would let it (naming the real setting)."""
+    key = INTERVAL_KEYS.get(mode, "train_save_interval")
+    problem = f"only {saved} {mode} loss steps saved; the rules need at least {needed} to judge"
+    if steps >= needed:
+        interval = max(steps // needed, 1)
+        return (
+            f"{problem}. Set [debugger] {key} to {interval} or less in config.toml "
+            f"(train --local: --hp {key}={interval}), or train longer."
+        )
+    return f"{problem}, and this run has only {steps} {mode} steps: train longer (more epochs or images)."
+
+
 class DebuggerHook:
     """The smdebug hook, or a stand-in that does nothing when there is none."""
 
@@ -106,11 +127,8 @@ class DebuggerHook:
         for mode, count in saved.items():
             needed = MIN_SAVED_STEPS.get(mode, 0)
             if count < needed:
-                print(
-                    f"WARNING debugger: only {count} {mode} loss steps saved; the rules need at least "
-                    f"{needed} to judge. Lower {mode.lower()}.save_interval, or train longer.",
-                    flush=True,
-                )
+                advice = saving_advice(mode, count, needed, planned_steps[mode])
+                print(f"WARNING debugger: {advice}", flush=True)
 
     def actual_steps(self) -> dict[str, int]:
         """Steps the hook has seen per mode so far."""

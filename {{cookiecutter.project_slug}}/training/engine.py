@@ -11,6 +11,7 @@ Imports only what the PyTorch training image has plus this source directory.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -51,7 +52,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.artifact import ModelMetadata, atomic_save, save_artifact
-from classifier.backbones import build_model, head, trainable_parameters
+from classifier.backbones import WeightsUnavailable, build_model, head, trainable_parameters
 from classifier.presets import EvalPreset, TrainPreset
 from classifier.schema import FINETUNE_MODES, OPTIMIZERS, SCHEDULERS
 
@@ -64,6 +65,7 @@ NOT_RESULT_AFFECTING = {
     "output_data_dir",
     "checkpoint_dir",
     "num_workers",
+    "log_every",
     "num_gpus",
     "hosts",
     "current_host",
@@ -128,6 +130,9 @@ def get_args_parser(description: str) -> argparse.ArgumentParser:
     hp.add_argument("--seed", type=int, default=0, help="seed of weights init, shuffling and augmentation")
     hp.add_argument(
         "--num_workers", type=int, default=-1, help="loader processes per GPU/process; -1: one per CPU"
+    )
+    hp.add_argument(
+        "--log_every", type=int, default=20, help="a progress line every N steps of each pass; 0: none"
     )
     hp.add_argument("--augment", type=str2bool, default=True, help="random crop and flip of training images")
     hp.add_argument(
@@ -269,6 +274,36 @@ class Stage:
     cluster: Cluster
     observer: Observer = field(default_factory=Observer)
     epoch: int = 0  # the epoch running, for the observers
+    log_every: int = 0  # a progress line every N steps of a pass (0: none)
+
+
+@dataclass
+class ProgressLine:
+    """Progress inside a pass, as torchvision's MetricLogger.log_every prints it: step, loss, rate, ETA.
+
+    Plain lines, so they read the same in a terminal, in `train --local`'s log and in CloudWatch."""
+
+    mode: str
+    epoch: int
+    total: int | None
+    every: int
+    started: float = field(default_factory=time.perf_counter)
+    images: int = 0
+
+    def step(self, done: int, batch_size: int, loss: float) -> None:
+        self.images += batch_size
+        if not self.every or done % self.every:
+            return
+        elapsed = time.perf_counter() - self.started
+        rate = self.images / elapsed if elapsed > 0 else 0.0
+        where = f"{done}/{self.total}" if self.total else str(done)
+        eta = ""
+        if self.total and done:
+            eta = f"  eta {datetime.timedelta(seconds=round(elapsed / done * (self.total - done)))}"
+        print(
+            f"{self.mode.lower()} epoch {self.epoch} [{where}] loss {loss:.4f}  {rate:.1f} images/s{eta}",
+            flush=True,
+        )
 
 
 def image_preparer(device: torch.device, scaling: nn.Module, channels_last: bool):
@@ -327,6 +362,12 @@ def run_epoch(
     observer = stage.observer
     loss_sum, correct, count = 0.0, 0, 0
     index = first_step
+    try:
+        total = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        total = None
+    every = stage.log_every if stage.cluster.is_main else 0
+    progress = ProgressLine(mode, stage.epoch + 1, total, every)  # counted from 1, as the epoch lines are
     observer.begin_pass(mode, stage.epoch, first_step)
     for index, (batch, waited) in enumerate(_timed(loader), start=first_step):
         on_failed(batch.failed)
@@ -345,6 +386,7 @@ def run_epoch(
         loss_sum += value * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
+        progress.step(index - first_step + 1, len(labels), value)
     observer.end_pass(mode, stage.epoch, index + 1)
     loss_sum, correct, count = stage.cluster.all_sum([loss_sum, correct, count])
     return loss_sum / max(count, 1), correct / max(count, 1)
@@ -510,7 +552,16 @@ def discover(args: argparse.Namespace, log: Callable[..., None]) -> tuple[list[s
 
 
 def build_network(args: argparse.Namespace, cluster: Cluster, num_classes: int) -> nn.Module:
-    model = build_model(args.backbone, num_classes, pretrained=args.pretrained, finetune=args.finetune)
+    if args.finetune == "head" and not args.pretrained:
+        print(
+            "WARNING model: finetune=head without pretrained weights trains only the last layer over a "
+            "random network; expect accuracy near chance. Use pretrained=true, or finetune=full.",
+            flush=True,
+        )
+    try:
+        model = build_model(args.backbone, num_classes, pretrained=args.pretrained, finetune=args.finetune)
+    except WeightsUnavailable as error:
+        raise SystemExit(str(error)) from None  # one line in the job's log, not a torch.hub traceback
     # Moved once. On a GPU channels-last, the layout `image_preparer` gives the batches there.
     on_gpu = cluster.device.type == "cuda"
     return model.to(cluster.device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
@@ -617,7 +668,7 @@ def build_training(args: argparse.Namespace, cluster: Cluster, model: nn.Module,
     return Training(
         model=model,
         trained=trained,
-        stage=Stage(module, data.prepare, criterion, amp, cluster),
+        stage=Stage(module, data.prepare, criterion, amp, cluster, log_every=args.log_every),
         optimizer=optimizer,
         scheduler=make_scheduler(args, optimizer),
         scaler=torch.amp.GradScaler(cluster.device.type, enabled=amp),

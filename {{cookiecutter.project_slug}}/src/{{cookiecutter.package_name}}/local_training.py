@@ -44,7 +44,14 @@ TOOLKIT_INVOKES_SCRIPT = "Invoking script with the following command"
 
 
 class LocalTrainingError(RuntimeError):
-    """The entry point exited with an error; the message ends with the last lines it printed."""
+    """The entry point exited with an error; the message ends with the last lines it printed.
+
+    `summary` is the one line a command line shows: the output itself was already on the screen.
+    """
+
+    def __init__(self, message: str, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def sagemaker_hyperparameters(
@@ -225,9 +232,11 @@ def run_toolkit(
     if quiet:
         print(*list(tail)[-QUIET_TAIL_LINES:], f"log: {log_path}", sep="\n")
     if process.returncode != 0:
+        last = next((line.strip() for line in reversed(tail) if line.strip()), "no output")
         raise LocalTrainingError(
             f"{entry_point} exited with status {process.returncode}; last lines of {log_path}:\n"
-            + "\n".join(tail)
+            + "\n".join(tail),
+            summary=f"{entry_point} stopped: {last} (the whole log: {log_path})",
         )
     return package_model(base_dir / "model", output_dir / "model.tar.gz")
 

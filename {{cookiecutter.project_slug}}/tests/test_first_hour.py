@@ -1,0 +1,138 @@
+"""What a newcomer meets first: errors that say what to do, progress inside an epoch, advice to follow."""
+
+from __future__ import annotations
+
+import sys
+import urllib.error
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import REQUIRED_SCRIPT_ARGS, TINY_TRAINING, project_module
+
+from classifier import backbones
+
+local_training = project_module("local_training")
+cli = project_module("cli")
+
+
+@pytest.fixture
+def no_internet(monkeypatch, tmp_path):
+    """torch.hub as it fails without a network: the download raises URLError."""
+
+    def refuse(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+
+def test_unreachable_weights_are_one_line_with_both_ways_out(no_internet, tmp_path):
+    with pytest.raises(backbones.WeightsUnavailable) as failure:
+        backbones.build_model("resnet18", 3, pretrained=True)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert "pretrained=false" in message  # way out 1: train without them
+    assert "resnet18-" in message and str(tmp_path / "torch-home" / "hub" / "checkpoints") in message  # way 2
+    assert "TORCH_HOME" in message
+
+
+def test_the_training_script_says_it_in_one_line_not_a_traceback(
+    no_internet, training_source, tiny_dataset, tmp_path, capsys
+):
+    sys.path.insert(0, str(training_source))
+    try:
+        engine = __import__("engine")
+        args = engine.get_args_parser("test").parse_args(
+            [
+                *REQUIRED_SCRIPT_ARGS,
+                "--pretrained",
+                "true",
+                "--data_dir",
+                str(tiny_dataset),
+                "--model_dir",
+                str(tmp_path / "model"),
+                "--output_data_dir",
+                str(tmp_path / "out"),
+                "--checkpoint_dir",
+                "",
+                "--num_workers",
+                "0",
+            ]
+        )
+        with pytest.raises(SystemExit) as stopped:
+            engine.main(args)
+    finally:
+        sys.path.remove(str(training_source))
+    assert str(stopped.value).startswith("cannot download the pretrained resnet18 weights")
+
+
+def test_a_failed_local_run_is_one_line_on_the_command_line(project_root, tiny_dataset, tmp_path):
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "--project",
+            str(project_root),
+            "train",
+            "--local",
+            "--data",
+            str(tiny_dataset),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--no-tuned",
+            "--hp",
+            "optimizer=adm",
+            "--hp",
+            "epochs=1",
+            "--hp",
+            "image_size=32",
+            "--hp",
+            "pretrained=false",
+            "--hp",
+            "num_workers=0",
+            "--hp",
+            "num_classes=3",
+        ],
+    )
+    assert result.exit_code == 1
+    # The script's own output streamed as it ran; the error is one line naming what stopped it and the log.
+    assert "unknown optimizer 'adm'" in result.stdout
+    (error,) = result.stderr.strip().splitlines()
+    assert error.startswith("Error: train_model.py stopped: unknown optimizer 'adm'; choose adamw, sgd")
+    assert str(tmp_path / "run" / "training.log") in error
+
+
+def test_debugger_advice_names_the_real_setting_and_a_possible_value(training_source):
+    sys.path.insert(0, str(training_source))
+    try:
+        debugger = __import__("debugger")
+    finally:
+        sys.path.remove(str(training_source))
+    advice = debugger.saving_advice("TRAIN", saved=1, needed=4, steps=40)
+    assert (
+        "[debugger] train_save_interval to 10 or less" in advice and "--hp train_save_interval=10" in advice
+    )
+    advice = debugger.saving_advice("EVAL", saved=1, needed=4, steps=3)
+    assert "eval_save_interval" not in advice and "train longer" in advice  # no interval below 1 would do
+    assert "eval_save_interval" in debugger.saving_advice("PREDICT", saved=0, needed=1, steps=5)
+
+
+def test_progress_lines_inside_an_epoch(project_config, tiny_dataset, tmp_path):
+    """A job's log shows step, loss, rate and ETA every N steps, as torchvision's MetricLogger does."""
+    local_training.run_local_training(
+        project_config,
+        tiny_dataset,
+        tmp_path,
+        {**TINY_TRAINING, "epochs": 1, "batch_size": 2, "log_every": 3, "backbone": "resnet18"},
+        entry_point="hpo.py",
+        quiet=True,
+    )
+    log = (tmp_path / "training.log").read_text()
+    # 18 training images in batches of 2: 9 steps, a line at 3, 6 and 9.
+    lines = [line for line in log.splitlines() if line.startswith("train epoch 1 [")]
+    assert [line.split("]")[0] for line in lines] == [
+        "train epoch 1 [3/9",
+        "train epoch 1 [6/9",
+        "train epoch 1 [9/9",
+    ]
+    assert all("images/s" in line and "loss " in line and "eta " in line for line in lines)
