@@ -38,6 +38,7 @@ from data import (
 from debugger import DebuggerHook
 from feature_cache import extract_features
 from profiler import Profiler, TorchTrace, write_report
+from quantize import CALIBRATION_IMAGES, Quantized, quantize_and_compare
 from recorder import Observer, Observers, Recorder
 from rules import (
     ACTIVATION_RULES,
@@ -51,10 +52,10 @@ from rules import (
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from classifier.artifact import ModelMetadata, atomic_save, save_artifact
+from classifier.artifact import ModelMetadata, atomic_save, choose_precision, save_artifact
 from classifier.backbones import WeightsUnavailable, build_model, head, trainable_parameters
 from classifier.presets import EvalPreset, TrainPreset
-from classifier.schema import FINETUNE_MODES, OPTIMIZERS, SCHEDULERS
+from classifier.schema import FINETUNE_MODES, OPTIMIZERS, QUANTIZE_SETTINGS, SCHEDULERS
 
 CHECKPOINT_FILENAME = "checkpoint.pth"
 BEST_FILENAME = "best.pth"
@@ -75,6 +76,8 @@ NOT_RESULT_AFFECTING = {
     "eval_save_interval",
     "profiler_interval_millis",
     "torch_profiler_steps",
+    # Whether an int8 copy is made after training: the float weights are the same either way.
+    "quantize",
 }
 
 
@@ -145,6 +148,12 @@ def get_args_parser(description: str) -> argparse.ArgumentParser:
         "--class_weights", type=str2bool, default=False, help="weight the loss by inverse class frequency"
     )
     hp.add_argument("--amp", type=str2bool, default=True, help="mixed precision on GPU")
+    hp.add_argument(
+        "--quantize",
+        choices=QUANTIZE_SETTINGS,
+        default="auto",
+        help="train_model.py: also save an int8 copy for CPU endpoints, measured on validation (float: none)",
+    )
     watch = parser.add_argument_group("rules and profiling judged in the job (train_model.py)")
     watch.add_argument(
         "--rules",
@@ -884,7 +893,56 @@ def judge(args: argparse.Namespace, watch: Watch, log) -> list[Verdict]:
     return verdicts
 
 
-def save(args: argparse.Namespace, training: Training, data: Data, result: dict, history: list[dict]) -> None:
+def quantize_for_cpu(
+    args: argparse.Namespace, cluster: Cluster, training: Training, data: Data, log: Callable[..., None]
+) -> Quantized:
+    """The restored best model as int8 too, calibrated on training images and measured on validation.
+
+    Both through the eval preset, in fresh loaders of image files (the training loaders may hold
+    augmented images or cached features); the whole validation split, on this process alone.
+    """
+    if args.quantize == "float":
+        log("int8: quantize=float; serving the float model, no int8 copy made", flush=True)
+        return Quantized(None, {"available": False, "reason": "quantize=float when it was trained"})
+    preset = EvalPreset(args.image_size)
+    num_workers = auto_num_workers(cluster.local_world_size) if args.num_workers < 0 else args.num_workers
+    train = data.splits["train"].samples
+    # Evenly spread over the class-sorted list, so every class is in the calibration set when it can be.
+    stride = max(1, len(train) // CALIBRATION_IMAGES)
+    calibration_files = SplitFiles("train", train[::stride][:CALIBRATION_IMAGES])
+
+    def batches(files: SplitFiles) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        def generate() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            loader = make_loader(
+                ImageFiles(files, preset.uint8),
+                args.test_batch_size,
+                shuffle=False,
+                seed=args.seed,
+                num_workers=num_workers,
+                distributed=False,
+                pin_memory=False,
+            )
+            for batch in loader:
+                if len(batch.labels):
+                    yield preset.scaling(batch.inputs), batch.labels
+
+        return generate
+
+    training.model.eval()
+    return quantize_and_compare(
+        training.model, args.backbone, batches(calibration_files), batches(data.splits["valid"]), cluster.device, log
+    )
+
+
+def save(
+    args: argparse.Namespace,
+    training: Training,
+    data: Data,
+    result: dict,
+    history: list[dict],
+    quantized: Quantized | None = None,
+) -> None:
+    """The artifact (float weights, the int8 copy if any, metadata.json) and history.json."""
     metadata = ModelMetadata(
         backbone=args.backbone,
         num_classes=len(data.class_names),
@@ -892,8 +950,12 @@ def save(args: argparse.Namespace, training: Training, data: Data, result: dict,
         image_size=args.image_size,  # resize_size follows from it, as for the eval preset
         finetune=args.finetune,
         training={**result, "hyperparameters": run_signature(args)},
+        quantization={"setting": args.quantize, **quantized.figures} if quantized is not None else {},
     )
-    save_artifact(args.model_dir, training.model, metadata)
+    save_artifact(args.model_dir, training.model, metadata, quantized.module if quantized is not None else None)
+    if quantized is not None:  # runs on the main process only: print is its log
+        precision, reason = choose_precision(metadata, "cpu")
+        print(f"int8: a CPU endpoint will serve {precision}: {reason}; a GPU endpoint serves float", flush=True)
     Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_data_dir) / "history.json").write_text(
         json.dumps({"epochs": history, **result}, indent=2)
@@ -942,8 +1004,10 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
     log(f"skipped images in total: {skipped}", flush=True)
     result["skipped_images"] = skipped
     if cluster.is_main:
-        save(args, training, data, result, progress.history)
-        log(f"model saved to {args.model_dir} in {time.perf_counter() - started:.1f}s", flush=True)
+        # The deployed model (train_model.py's) gets an int8 copy; a tuning job's is ranked, not served.
+        quantized = quantize_for_cpu(args, cluster, training, data, log) if evaluate_test else None
+        save(args, training, data, result, progress.history, quantized)
+        log(f"model saved to {args.model_dir}; the whole run took {time.perf_counter() - started:.1f}s", flush=True)
     cluster.barrier()
     if cluster.distributed:
         dist.destroy_process_group()

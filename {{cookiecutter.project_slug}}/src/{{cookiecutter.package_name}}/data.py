@@ -284,7 +284,13 @@ def prepared(config: ProjectConfig, destination: Path) -> Manifest:
     """The prepared dataset in `destination`: read when it is there, else downloaded and checked once."""
     if (Path(destination) / MANIFEST_FILENAME).is_file():
         return read_manifest(destination)
-    return prepare(config.section("data")["url"], destination, **prepare_options(config))
+    url = config.section("data")["url"]
+    if not url:
+        raise DataError(
+            f"{destination} holds no prepared dataset and [data] url is empty: "
+            "run `data prepare path/to/your/images` first"
+        )
+    return prepare(url, destination, **prepare_options(config))
 
 
 def test_images(data_dir: Path, count: int = 3) -> list[Path]:
