@@ -321,7 +321,8 @@ def install_fast_rendering() -> None:
     from cookiecutter import hooks
     from cookiecutter.environment import StrictEnvironment
 
-    if not getattr(hooks.run_script, "cohort_in_process", False):
+    # Leans on cookiecutter 2.x's hooks.run_script; a cookiecutter without it keeps its own hook processes.
+    if hasattr(hooks, "run_script") and not getattr(hooks.run_script, "cohort_in_process", False):
         hooks.run_script = _run_hook_here(hooks.run_script)
         hooks.run_script.cohort_in_process = True  # type: ignore[attr-defined]
     if "compile" not in StrictEnvironment.__dict__:
