@@ -9,7 +9,8 @@ Requests (Content-Type):
     image/jpeg, image/png, image/webp, image/gif, image/bmp, application/x-image, application/octet-stream
         one image's raw bytes; the format is read from the bytes (JPEG, PNG, WebP, BMP, GIF)
     application/json
-        {"images": ["<base64>", ...], "top_k": 3}, or {"image": "<base64>"}; "top_k" is optional
+        {"images": ["<base64>", ...], "top_k": 3}, or {"image": "<base64>"}; "top_k" is optional;
+        {"instances": ["<base64>" or {"b64": "<base64>"}, ...]}, the shape SageMaker users send by habit
 Responses (Accept, negotiated as HTTP says: the highest q wins, q=0 refuses a type, ties go to the
 type listed first; no Accept or */*: application/json):
     application/json
@@ -88,7 +89,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 # SageMaker caps a request at 6 MB anyway; this bounds one request's batch on the GPU.
 MAX_IMAGES_PER_REQUEST = 16
 DEFAULT_TOP_K = 5
-JSON_KEYS = ("images", "image", "top_k")
+JSON_KEYS = ("images", "image", "instances", "top_k")
+# The keys that carry images: a list of base64 strings, one string, or a list in the "instances" habit.
+IMAGE_KEYS = ("images", "image", "instances")
 
 
 class RequestError(GenericInferenceToolkitError):
@@ -337,13 +340,20 @@ def _parse_json_request(body: bytes | bytearray | str) -> ImageRequest:
     if unknown:
         allowed = ", ".join(JSON_KEYS)
         raise RequestError(400, f"unknown JSON keys {_shorten(', '.join(unknown))}; allowed: {allowed}")
-    if ("images" in document) == ("image" in document):
-        raise RequestError(400, 'give exactly one of "images" (a list) and "image" (one base64 string)')
-    encoded = document["images"] if "images" in document else [document["image"]]
+    given = [key for key in IMAGE_KEYS if key in document]
+    if len(given) != 1:
+        raise RequestError(
+            400, 'give exactly one of "images" (a list), "image" (one base64 string) and "instances" (a list)'
+        )
+    (key,) = given
+    encoded = [document["image"]] if key == "image" else document[key]
+    if key == "instances" and isinstance(encoded, list):
+        # TensorFlow Serving's habit, {"b64": "..."} per instance, beside plain base64 strings.
+        encoded = [_instance(item) for item in encoded]
     if not isinstance(encoded, list) or not all(isinstance(item, str) for item in encoded):
-        raise RequestError(400, '"images" must be a list of base64 strings')
+        raise RequestError(400, f'"{key}" must be a list of base64 strings')
     if not encoded:
-        raise RequestError(400, '"images" is empty')
+        raise RequestError(400, f'"{key}" is empty')
     if len(encoded) > MAX_IMAGES_PER_REQUEST:
         raise RequestError(413, f"{len(encoded)} images in one request; at most {MAX_IMAGES_PER_REQUEST}")
     top_k = _parse_top_k(document["top_k"], '"top_k"') if "top_k" in document else None
@@ -369,6 +379,11 @@ def _open_image(data: bytes, where: str) -> Image.Image:
         raise RequestError(400, f"{where} is empty; send the image's bytes")
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+def _instance(item: object) -> object:
+    """One entry of "instances": a base64 string, or {"b64": "<base64>"}; anything else as it is."""
+    return item.get("b64") if isinstance(item, dict) and set(item) == {"b64"} else item
+
+
     except Image.DecompressionBombError:
         raise RequestError(413, f"{where} is too large; at most {MAX_IMAGE_PIXELS} pixels") from None
     except Exception:  # Pillow raises many types on hostile headers; all mean "not an image we read".

@@ -27,7 +27,7 @@ def test_estimate_is_hours_times_price(project_config):
 
 def test_missing_price_names_the_instance_type(project_config):
     data = dict(project_config.data)
-    data["instances"] = {**data["instances"], "endpoint": {"type": "ml.zz9.huge", "count": 1}}
+    data["instances"] = {**data["instances"], "endpoint": {"type": "ml.zz9.xlarge", "count": 1}}
     config = dataclasses.replace(project_config, data=data)
-    with pytest.raises(config_module.ConfigError, match=r"no price for ml\.zz9\.huge in \[prices\]"):
+    with pytest.raises(config_module.ConfigError, match=r"no price for ml\.zz9\.xlarge in \[prices\]"):
         costs.estimate(config)

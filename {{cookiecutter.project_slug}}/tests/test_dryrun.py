@@ -6,7 +6,11 @@ the rule sets are spelled out here, independently of the code, as the issue defi
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -442,3 +446,142 @@ def test_any_other_refusal_is_not_retried(config, tmp_path):
         with pytest.raises(ClientError, match="service limit"):
             launcher.train(config, session)
     assert len(attempts) == 1
+
+
+# --- tags, teardown by tag, the deploy that proves itself, serverless ---------------------------------
+
+tagging = project_module("tagging")
+
+
+@pytest.mark.parametrize("run", ["tune_run", "train_run", "deploy_run"])
+def test_every_create_request_carries_the_project_tags(config, run, request):
+    creates = [
+        call
+        for call in requests_of(request.getfixturevalue(run))
+        if call["service"] == "sagemaker" and call["operation"].startswith("Create")
+    ]
+    assert creates
+    for call in creates:
+        tags = {tag["Key"]: tag["Value"] for tag in call["params"].get("Tags", [])}
+        assert tags.get("template") == tagging.TEMPLATE_NAME, call["operation"]
+        assert tags.get("project") == config.section("project")["slug"], call["operation"]
+        assert tags.get("owner") == tagging.owner_of(config), call["operation"]
+        assert tags.get("created", "").endswith("Z"), call["operation"]
+
+
+def owned(config: ProjectConfig, owner: str, root: Path) -> ProjectConfig:
+    """The same project as another owner would render it (its own folder, so its own .state/)."""
+    folder = root / owner
+    if not folder.exists():
+        shutil.copytree(config.root, folder)
+    text = (folder / "config.toml").read_text()
+    text = re.sub(r'(?m)^owner = ".*"$', f'owner = "{owner}"', text)
+    (folder / "config.toml").write_text(text)
+    return ProjectConfig.load(folder)
+
+
+def test_teardown_by_tag_deletes_one_owners_resources_and_nothing_else(config, tmp_path):
+    """Two owners deploy into one (offline) account; a fresh clone of one tears down exactly its own."""
+    alice, bob = owned(config, "alice", tmp_path), owned(config, "bob", tmp_path)
+    dry = tmp_path / "dry"
+    deployed = {}
+    for person in (alice, bob):
+        with open_session(person, dry_run=True, folder=dry) as session:
+            deployed[tagging.owner_of(person)] = launcher.deploy(
+                person, session, model_archive(tmp_path / "model.tar.gz")
+            )
+    with open_session(config, dry_run=True, folder=dry) as session:
+        client = session.aws.client("sagemaker")
+        # Someone else's model, untagged: no search by tag may reach it.
+        client.create_model(
+            ModelName="not-this-project",
+            PrimaryContainer={"Image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/x:1"},
+            ExecutionRoleArn=session.aws.role_arn,
+        )
+    shutil.rmtree(dry / "state")  # a fresh clone: no local record of what was created
+    with open_session(alice, dry_run=True, folder=dry) as session:
+        assert session.state.resources() == []
+        actions = launcher.teardown(alice, session)
+        client = session.aws.client("sagemaker")
+        endpoints = {item["EndpointName"] for item in client.list_endpoints()["Endpoints"]}
+        models = {item["ModelName"] for item in client.list_models()["Models"]}
+    mine, theirs = deployed["alice"], deployed["bob"]
+    assert {(kind, name) for kind, name, outcome in actions if outcome == "deleted"} == {
+        ("endpoint", mine.endpoint_name),
+        ("endpoint-config", mine.endpoint_config_name),
+        ("model", mine.model_name),
+    }
+    assert endpoints == {theirs.endpoint_name}
+    assert models == {theirs.model_name, "not-this-project"}
+    # Staff, from alice's machine: bob's by his id.
+    with open_session(alice, dry_run=True, folder=dry) as session:
+        listed = launcher.status(alice, session, owner="bob")
+        actions = launcher.teardown(alice, session, owner="bob")
+        assert session.aws.client("sagemaker").list_endpoints()["Endpoints"] == []
+    assert {item["name"] for item in listed} == {
+        theirs.endpoint_name,
+        theirs.endpoint_config_name,
+        theirs.model_name,
+    }
+    assert {item["owner"] for item in listed} == {"bob"}
+    assert {name for _, name, outcome in actions if outcome == "deleted"} == {
+        theirs.endpoint_name,
+        theirs.model_name,
+    }
+
+
+def test_a_failing_first_invocation_returns_the_endpoints_log_tail(config, tmp_path):
+    from botocore.exceptions import ClientError
+
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        deployment = launcher.deploy(config, session, model_archive(tmp_path / "model.tar.gz"))
+        group = launcher.log_group(deployment.endpoint_name)
+        logs = session.aws.client("logs")
+        logs.create_log_group(logGroupName=group)
+        logs.create_log_stream(logGroupName=group, logStreamName="AllTraffic/i-0")
+        lines = ["loading model.pth", "RuntimeError: Attempting to deserialize object on a CUDA device"]
+        now = int(time.time() * 1000)  # CloudWatch (and moto) keep no events from weeks ago
+        logs.put_log_events(
+            logGroupName=group,
+            logStreamName="AllTraffic/i-0",
+            logEvents=[{"timestamp": now + n, "message": line} for n, line in enumerate(lines)],
+        )
+
+        def model_error(**_):
+            raise ClientError(
+                {"Error": {"Code": "ModelError", "Message": "Received server error (500) from primary"}},
+                "InvokeEndpoint",
+            )
+
+        session.aws.boto_session.events.register_first(
+            "before-call.sagemaker-runtime.InvokeEndpoint", model_error
+        )
+        check = launcher.verify_endpoint(config, session, deployment.endpoint_name)
+    assert not check.ok
+    assert "Received server error (500)" in check.detail
+    assert check.log_group == f"/aws/sagemaker/Endpoints/{deployment.endpoint_name}"
+    assert check.log_tail == lines
+
+
+def test_a_dry_run_first_invocation_is_captured_not_answered(config, tmp_path):
+    with open_session(config, dry_run=True, folder=tmp_path) as session:
+        deployment = launcher.deploy(config, session, model_archive(tmp_path / "model.tar.gz"))
+        check = launcher.verify_endpoint(config, session, deployment.endpoint_name)
+    assert check.ok and "captured, not run" in check.detail
+    call = only(requests_of(tmp_path), "InvokeEndpoint")
+    assert call["EndpointName"] == deployment.endpoint_name
+
+
+def test_the_serverless_option_makes_a_valid_endpoint_config(config, tmp_path):
+    data = json.loads(json.dumps(config.data))
+    data["endpoint"] = {"serverless": True, "memory_mb": 4096, "max_concurrency": 3}
+    serverless = dataclasses.replace(config, data=data)
+    with open_session(serverless, dry_run=True, folder=tmp_path) as session:
+        launcher.deploy(serverless, session, model_archive(tmp_path / "model.tar.gz"))
+    calls = requests_of(tmp_path)
+    (endpoint_config,) = [call for call in calls if call["operation"] == "CreateEndpointConfig"]
+    assert validation_errors(endpoint_config) == ""
+    (variant,) = endpoint_config["params"]["ProductionVariants"]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 3}
+    assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
+    assert {tag["Key"] for tag in endpoint_config["params"]["Tags"]} >= {"project", "owner", "created"}

@@ -130,6 +130,53 @@ def dry_run_options(command: Any) -> Any:
     )(command)
 
 
+def launch_options(command: Any) -> Any:
+    """--skip-preflight and --yes, for the commands that start what costs money (tune, train, deploy)."""
+    command = click.option(
+        "--yes", is_flag=True, help="Launch even when the estimate goes over [budget] usd in config.toml."
+    )(command)
+    return click.option(
+        "--skip-preflight",
+        is_flag=True,
+        help="Do not run `preflight`'s checks (account, quotas, images) first.",
+    )(command)
+
+
+_PREFLIGHT_STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+
+
+def _preflight_table(checks: list[Any], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("check", "result", "detail"):
+        table.add_column(column)
+    for check in checks:
+        style = _PREFLIGHT_STYLES[check.status]
+        table.add_row(check.name, f"[{style}]{check.status}[/]", check.detail)
+    return table
+
+
+def _before_launch(
+    config: ProjectConfig, session: Session, command: str, skip_preflight: bool, yes: bool
+) -> None:
+    """`preflight` for `command` (a fail stops it), then the budget (over it stops it, unless --yes)."""
+    from . import launcher, preflight
+
+    if not skip_preflight:
+        checks = preflight.run(config, session, command)
+        console.print(_preflight_table(checks, f"preflight for {command}"))
+        failed = preflight.failed(checks)
+        if failed:
+            names = ", ".join(check.name for check in failed)
+            raise click.ClickException(
+                f"preflight failed ({names}): fix what the table says, or pass --skip-preflight"
+            )
+    problem = launcher.budget_problem(config, session, command)
+    if problem and not yes:
+        raise click.ClickException(problem)
+    if problem:
+        console.print(f"[yellow]note[/]: --yes: {problem.split(': raise')[0]}")
+
+
 @click.group(cls=ProjectGroup)
 @click.option(
     "--project",
@@ -230,9 +277,18 @@ def data_upload(ctx: click.Context, data_dir: Path | None, dry_run: bool, dry_ru
 @click.option(
     "--attach", is_flag=True, help="Start nothing: wait for the last tuning job and record its best."
 )
+@launch_options
 @dry_run_options
 @click.pass_context
-def tune(ctx: click.Context, wait: bool, attach: bool, dry_run: bool, dry_run_dir: Path | None) -> None:
+def tune(
+    ctx: click.Context,
+    wait: bool,
+    attach: bool,
+    skip_preflight: bool,
+    yes: bool,
+    dry_run: bool,
+    dry_run_dir: Path | None,
+) -> None:
     """Tune lr and batch size over hpo.py; records the best hyperparameters for `train`."""
     from . import launcher
 
@@ -241,6 +297,7 @@ def tune(ctx: click.Context, wait: bool, attach: bool, dry_run: bool, dry_run_di
         if attach:
             result = launcher.attach_tuning(config, session, wait=wait)
         else:
+            _before_launch(config, session, "tune", skip_preflight, yes)
             result = launcher.tune(config, session, wait=wait)
         console.print(f"tuning job {result.tuning_job_name}: {result.status}")
         if result.best_training_job:
@@ -275,6 +332,7 @@ def tune(ctx: click.Context, wait: bool, attach: bool, dry_run: bool, dry_run_di
     "--wait/--no-wait", default=True, show_default=True, help="Stream the job's logs until it ends."
 )
 @click.option("--debugger", is_flag=True, help="--local: run with the smdebug hook.")
+@launch_options
 @dry_run_options
 @click.pass_context
 def train(
@@ -286,6 +344,8 @@ def train(
     tuned: bool,
     wait: bool,
     debugger: bool,
+    skip_preflight: bool,
+    yes: bool,
     dry_run: bool,
     dry_run_dir: Path | None,
 ) -> None:
@@ -311,6 +371,7 @@ def train(
         console.print(f"model: {model}")
         return
     with _session(config, dry_run, dry_run_dir) as session:
+        _before_launch(config, session, "train", skip_preflight, yes)
         result = launcher.train(config, session, hyperparameters=overrides, use_tuned=tuned, wait=wait)
         for note in result.notes:
             console.print(f"[yellow]note[/]: {note}")
@@ -383,21 +444,62 @@ def report(
     "--model-data", help="model.tar.gz: an s3:// URI or a local file; default: the last trained model."
 )
 @click.option(
-    "--wait/--no-wait", default=True, show_default=True, help="Wait until the endpoint is InService."
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait until the endpoint is InService, then invoke it once with a sample image.",
 )
+@click.option(
+    "--teardown-on-failure/--keep-on-failure",
+    default=None,
+    help="When the first invocation fails: delete the endpoint, or keep it; default: ask (or keep).",
+)
+@launch_options
 @dry_run_options
 @click.pass_context
 def deploy(
-    ctx: click.Context, model_data: str | None, wait: bool, dry_run: bool, dry_run_dir: Path | None
+    ctx: click.Context,
+    model_data: str | None,
+    wait: bool,
+    teardown_on_failure: bool | None,
+    skip_preflight: bool,
+    yes: bool,
+    dry_run: bool,
+    dry_run_dir: Path | None,
 ) -> None:
-    """Deploy the model behind a real-time endpoint (inference.py, raw image bytes in, JSON out)."""
+    """Deploy the model behind an endpoint (inference.py, image bytes in, JSON out) and prove it answers."""
     from . import launcher
 
     config = _config(ctx)
     with _session(config, dry_run, dry_run_dir) as session:
+        _before_launch(config, session, "deploy", skip_preflight, yes)
         deployment = launcher.deploy(config, session, model_data, wait=wait)
         suffix = f" ({CAPTURED})" if session.dry_run else ""
         console.print(f"endpoint {deployment.endpoint_name} (model {deployment.model_name}){suffix}")
+        if not wait:
+            console.print("not invoked (--no-wait): try it with `predict` once it is InService")
+            return
+        check = launcher.verify_endpoint(config, session, deployment.endpoint_name)
+        if check.ok:
+            console.print(f"first invocation with {check.sample}: {check.detail}")
+            return
+        console.print(
+            f"[bold red]the endpoint did not answer[/] its first invocation ({check.sample}): {check.detail}"
+        )
+        console.print(f"last lines of the CloudWatch log {check.log_group}:")
+        for line in check.log_tail:
+            console.print(f"  {line}", markup=False, highlight=False)
+        if teardown_on_failure is None and sys.stdin.isatty():
+            teardown_on_failure = click.confirm(
+                "Delete this endpoint, its config and model now?", default=True
+            )
+        if teardown_on_failure:
+            for kind, name, outcome in launcher.teardown_deployment(session, deployment):
+                console.print(f"{kind} {name}: {outcome}")
+            kept = "deleted"
+        else:
+            kept = "kept; `teardown` deletes it"
+    raise click.ClickException(f"endpoint {deployment.endpoint_name} does not answer ({kept})")
 
 
 def _print_predictions(results: list[dict[str, Any]]) -> None:
@@ -406,6 +508,8 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
     for result in results:
         # The path as a line of its own: a table title would wrap it to the table's width.
         console.print(f"[bold]{result['image']}[/bold]", soft_wrap=True)
+        if result.get("note"):
+            console.print(f"  [yellow]note[/]: {result['note']}")
         if "status" in result:
             console.print(f"  {result['status']}: no model answered")
             continue
@@ -470,22 +574,80 @@ def serve(ctx: click.Context, model_data: Path, host: str, port: int) -> None:
 
 
 @main.command()
-@click.option("--endpoint-hours", type=click.FloatRange(min=0), default=24.0, show_default=True)
+@click.option(
+    "--endpoint-hours",
+    type=click.FloatRange(min=0),
+    help="Hours the endpoint stays up; default: [budget] endpoint_hours.",
+)
+@click.option("--offline", is_flag=True, help="Cached or config.toml prices only: ask no AWS API.")
 @click.pass_context
-def cost(ctx: click.Context, endpoint_hours: float) -> None:
-    """Estimate tuning + training + endpoint cost from config.toml (upper bound, approximate prices)."""
-    from . import tables
+def cost(ctx: click.Context, endpoint_hours: float | None, offline: bool) -> None:
+    """Estimate tuning + training + endpoint cost (upper bound) and compare it with [budget] usd."""
+    from . import costs, pricing
 
     config = _config(ctx)
-    console.print(
-        tables.rich_table(
-            tables.cost_rows(config, endpoint_hours),
-            "Approximate cost in USD (on-demand prices from \\[prices] in config.toml)",
+    boto_session = None
+    if not offline:
+        import boto3
+
+        boto_session = boto3.Session(region_name=config.aws["region"])
+    prices = pricing.hourly_prices(config, costs.wanted_prices(config), boto_session=boto_session)
+    lines = costs.estimate(config, endpoint_hours, prices)
+    table = Table(title="Cost in USD, at most")
+    for column in ("step", "instance", "instance-hours", "USD/hour", "USD (at most)", "price from"):
+        table.add_column(column, justify="right" if "USD" in column or "hours" in column else "left")
+    for line in lines:
+        table.add_row(
+            line.step,
+            line.instance_type,
+            f"{line.instance_hours:.1f}",
+            f"{line.usd_per_hour:.3f}",
+            f"{line.usd:.2f}",
+            line.source,
         )
-    )
+    total = costs.total(lines)
+    table.add_row("total", "", "", "", f"{total:.2f}", "")
+    console.print(table)
     console.print(
         "Upper bound: every job runs to max_run_seconds. Spot jobs cost less; built-in rules are free."
     )
+    budget = config.settings.budget.usd
+    if budget:
+        verdict = "within it" if total <= budget else f"[bold red]over it by {total - budget:.2f} USD[/]"
+        console.print(
+            f"[budget] usd = {budget:g}: the estimate is {verdict} "
+            "(tune, train and deploy each check their own step plus what was spent so far)"
+        )
+
+
+@main.command("preflight")
+@click.option(
+    "--for", "command", type=click.Choice(["tune", "train", "deploy"]), help="Only what this command needs."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line: name, status, detail.")
+@dry_run_options
+@click.pass_context
+def preflight_command(
+    ctx: click.Context, command: str | None, as_json: bool, dry_run: bool, dry_run_dir: Path | None
+) -> None:
+    """Check the account, quotas, images and support dates before anything costs money (exit 1 on a fail)."""
+    from . import preflight
+    from .session import open_session
+
+    config = _config(ctx)
+    try:
+        # Not _session(): with --json, stdout carries only the records.
+        with open_session(config, dry_run=dry_run, folder=dry_run_dir) as session:
+            checks = preflight.run(config, session, command)
+    except AwsSetupError as error:
+        checks = preflight.setup_failure(error)
+    if as_json:
+        for check in checks:
+            click.echo(json.dumps(check.record()))
+    else:
+        where = " (dry run: the offline AWS)" if dry_run else ""
+        console.print(_preflight_table(checks, f"preflight for {command or 'tune, train, deploy'}{where}"))
+    ctx.exit(preflight.exit_code(checks))
 
 
 @main.command("iam-policy")
@@ -515,45 +677,82 @@ def iam_policy(ctx: click.Context, principal: str) -> None:
     click.echo(json.dumps(policy, indent=2))
 
 
+def owner_options(command: Any) -> Any:
+    command = click.option(
+        "--all-owners", is_flag=True, help="Every owner's resources of this template, found by tags (staff)."
+    )(command)
+    return click.option(
+        "--owner",
+        help="One owner's resources (a student or team id), found by tags; default: [project] owner.",
+    )(command)
+
+
 @main.command()
+@owner_options
 @dry_run_options
 @click.pass_context
-def status(ctx: click.Context, dry_run: bool, dry_run_dir: Path | None) -> None:
-    """List what this project created on AWS and what is still running."""
+def status(
+    ctx: click.Context, owner: str | None, all_owners: bool, dry_run: bool, dry_run_dir: Path | None
+) -> None:
+    """List what this project (or --owner, --all-owners) has on AWS, what is running and its cost so far."""
     from . import launcher
-    from .session import session_state
 
     config = _config(ctx)
-    recorded = session_state(config, dry_run=dry_run, folder=dry_run_dir)
-    if not recorded.resources():  # nothing to look up: no credentials needed to say so
-        console.print(f"nothing recorded in {recorded.folder} yet")
-        return
+    scope = launcher.scope_of(config, owner, all_owners)
     with _session(config, dry_run, dry_run_dir) as session:
-        records = launcher.status(config, session)
-    table = Table(title="resources created by this project")
-    for column in ("kind", "name", "status", "created"):
-        table.add_column(column)
+        records = launcher.status(config, session, owner=owner, all_owners=all_owners)
+    if not records:
+        console.print(f"nothing found for {scope.describe()} (local record and tags)")
+        return
+    table = Table(title=f"resources of {scope.describe()}")
+    for column in ("kind", "name", "owner", "status", "created", "USD so far", "price from"):
+        table.add_column(column, justify="right" if column.startswith("USD") else "left")
+    running = 0.0
     for item in records:
-        table.add_row(item["kind"], item["name"], item["status"], item.get("created", ""))
+        usd = "" if item["usd"] is None else f"{item['usd']:.2f}"
+        table.add_row(
+            item["kind"],
+            item["name"],
+            item.get("owner") or "",
+            item["status"],
+            item.get("created", ""),
+            usd,
+            item["price_source"],
+        )
+        running += item["usd"] or 0.0
     console.print(table)
+    live = [item for item in records if item["status"] in launcher.RUNNING_STATUSES + ("InService",)]
+    console.print(f"running now: {len(live)}; cost so far: {running:.2f} USD (from start and end times)")
 
 
 @main.command()
 @click.option("--stop-jobs", is_flag=True, help="Also stop tuning and training jobs still running.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@owner_options
 @dry_run_options
 @click.pass_context
-def teardown(ctx: click.Context, stop_jobs: bool, yes: bool, dry_run: bool, dry_run_dir: Path | None) -> None:
-    """Delete the endpoint, endpoint config and model this project created (they cost money while up)."""
+def teardown(
+    ctx: click.Context,
+    stop_jobs: bool,
+    yes: bool,
+    owner: str | None,
+    all_owners: bool,
+    dry_run: bool,
+    dry_run_dir: Path | None,
+) -> None:
+    """Delete the endpoints, endpoint configs and models of this project (found in the local record and by
+    tags, so a fresh clone finds them too), or of --owner / --all-owners (they cost money while up)."""
     from . import launcher
 
     config = _config(ctx)
-    if not (yes or dry_run) and not click.confirm(
-        "Delete this project's endpoints, endpoint configs and models?"
-    ):
+    scope = launcher.scope_of(config, owner, all_owners)
+    question = f"Delete the endpoints, endpoint configs and models of {scope.describe()}?"
+    if all_owners and not yes and not click.confirm(question + " This reaches every owner's resources."):
+        raise click.exceptions.Abort()
+    if not (yes or dry_run or all_owners) and not click.confirm(question):
         raise click.exceptions.Abort()
     with _session(config, dry_run, dry_run_dir) as session:
-        actions = launcher.teardown(config, session, stop_jobs=stop_jobs)
+        actions = launcher.teardown(config, session, stop_jobs=stop_jobs, owner=owner, all_owners=all_owners)
         for kind, name, outcome in actions:
             console.print(f"{kind} {name}: {outcome}")
         if not actions:

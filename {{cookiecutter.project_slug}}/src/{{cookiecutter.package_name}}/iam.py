@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import launcher
-from .config import ProjectConfig
+from . import launcher, preflight
+from .config import ProjectConfig, schema
 from .session import open_session
 from .synthetic import make_dataset
 
@@ -37,9 +37,17 @@ _S3_ACTIONS = {
     "CompleteMultipartUpload": "s3:PutObject",
 }
 _S3_BUCKET_ACTIONS = {"s3:ListBucket", "s3:GetBucketLocation", "s3:CreateBucket"}
+# Actions that take no resource ARN (IAM allows them on "*" only).
 _ACCOUNT_WIDE_ACTIONS = {"s3:ListAllMyBuckets", "sts:GetCallerIdentity"}
+_ACCOUNT_WIDE_SERVICES = ("servicequotas:", "tag:", "pricing:")
 # IAM's service prefix where it differs from botocore's service name.
-_SERVICE_PREFIXES = {"sagemaker-runtime": "sagemaker"}
+_SERVICE_PREFIXES = {
+    "sagemaker-runtime": "sagemaker",
+    "service-quotas": "servicequotas",
+    "resourcegroupstaggingapi": "tag",
+}
+# A SageMaker Create request with Tags also needs sagemaker:AddTags on the new resource.
+_TAG_ON_CREATE = "sagemaker:AddTags"
 SAGEMAKER_RESOURCE_TYPES = (
     "training-job",
     "hyper-parameter-tuning-job",
@@ -73,21 +81,40 @@ def captured_operations(config: ProjectConfig) -> list[tuple[str, str]]:
         calls = []
         # The deployment follows the dry-run training, as on an account; a local archive also uploads.
         with open_session(config, dry_run=True, folder=folder / "dry-run") as session:
+            preflight.run(config, session)
             launcher.upload_data(config, session, dataset)
             launcher.tune(config, session)
             launcher.train(config, session)
             launcher.deploy(config, session)
             launcher.deploy(config, session, _tiny_model_archive(folder / "model.tar.gz"))
             launcher.predict(config, session, [image])
+            # What a deploy whose first invocation fails reads: the endpoint's CloudWatch log.
+            endpoint = session.state.latest("endpoint")["name"]
+            launcher.verify_endpoint(config, session, endpoint)
+            launcher.endpoint_log_tail(session, endpoint)
             launcher.status(config, session)
             launcher.teardown(config, session, stop_jobs=True)
             calls = list(session.offline.calls)
-    return sorted({(call["service"], call["operation"]) for call in calls})
+    # The Price List API is never asked in a dry run (it is not in the offline AWS), but `cost` and the
+    # budget checks ask it on an account.
+    # Calls made on an account only: the Price List API (`cost`, the budget checks; not in the offline AWS)
+    # and what `status` reads to work out costs (a dry run has none to work out).
+    on_account = {
+        ("pricing", "GetProducts"),
+        ("sagemaker", "DescribeEndpointConfig"),
+        ("sagemaker", "ListTrainingJobsForHyperParameterTuningJob"),
+    }
+    return sorted({(call["service"], call["operation"]) for call in calls} | on_account)
+
+
+def _partition(config: ProjectConfig) -> str:
+    """aws, aws-cn or aws-us-gov: every ARN of the policy starts `arn:<partition>:`."""
+    return schema.partition(config.aws["region"])
 
 
 def _bucket_arn(config: ProjectConfig) -> str:
     aws = config.aws
-    return f"arn:aws:s3:::{aws.get('bucket') or 'sagemaker-' + aws['region'] + '-*'}"
+    return f"arn:{_partition(config)}:s3:::{aws.get('bucket') or 'sagemaker-' + aws['region'] + '-*'}"
 
 
 def _name_prefix(config: ProjectConfig) -> str:
@@ -98,20 +125,30 @@ def _name_prefix(config: ProjectConfig) -> str:
 def user_policy(config: ProjectConfig, operations: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """The policy for the person (or CI) running the CLI."""
     operations = captured_operations(config) if operations is None else operations
-    actions = sorted({iam_action(service, operation) for service, operation in operations})
+    actions = {iam_action(service, operation) for service, operation in operations}
+    if any(service == "sagemaker" and operation.startswith("Create") for service, operation in operations):
+        actions.add(_TAG_ON_CREATE)
+    actions = sorted(actions)
     bucket = _bucket_arn(config)
     prefix = config.aws.get("prefix", "").strip("/")
     region = config.aws["region"]
+    arn = f"arn:{_partition(config)}"
     names = _name_prefix(config)
-    sagemaker_resources = [
-        f"arn:aws:sagemaker:{region}:*:{kind}/{names}*" for kind in SAGEMAKER_RESOURCE_TYPES
-    ]
+    sagemaker_resources = [f"{arn}:sagemaker:{region}:*:{kind}/{names}*" for kind in SAGEMAKER_RESOURCE_TYPES]
     statements = [
         {
             "Sid": "AccountWide",
             "Effect": "Allow",
-            "Action": [a for a in actions if a in _ACCOUNT_WIDE_ACTIONS],
+            "Action": [
+                a for a in actions if a in _ACCOUNT_WIDE_ACTIONS or a.startswith(_ACCOUNT_WIDE_SERVICES)
+            ],
             "Resource": "*",
+        },
+        {
+            "Sid": "EndpointLogs",
+            "Effect": "Allow",
+            "Action": [a for a in actions if a.startswith("logs:")],
+            "Resource": f"{arn}:logs:{region}:*:log-group:/aws/sagemaker/Endpoints/{names}*",
         },
         {
             "Sid": "ProjectBucket",
@@ -139,7 +176,7 @@ def user_policy(config: ProjectConfig, operations: list[tuple[str, str]] | None 
             "Sid": "PassExecutionRole",
             "Effect": "Allow",
             "Action": ["iam:PassRole"],
-            "Resource": config.aws.get("role_arn") or "arn:aws:iam::*:role/*",
+            "Resource": config.aws.get("role_arn") or f"{arn}:iam::*:role/*",
             "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         },
     ]
@@ -151,6 +188,7 @@ def execution_role_policy(config: ProjectConfig) -> dict[str, Any]:
     bucket = _bucket_arn(config)
     prefix = config.aws.get("prefix", "").strip("/")
     region = config.aws["region"]
+    arn = f"arn:{_partition(config)}"
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -186,7 +224,7 @@ def execution_role_policy(config: ProjectConfig) -> dict[str, Any]:
                     "logs:PutLogEvents",
                     "logs:DescribeLogStreams",
                 ],
-                "Resource": f"arn:aws:logs:{region}:*:log-group:/aws/sagemaker/*",
+                "Resource": f"{arn}:logs:{region}:*:log-group:/aws/sagemaker/*",
             },
             {"Sid": "Metrics", "Effect": "Allow", "Action": ["cloudwatch:PutMetricData"], "Resource": "*"},
         ],

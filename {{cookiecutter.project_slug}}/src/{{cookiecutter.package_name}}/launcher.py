@@ -8,6 +8,8 @@ What each step creates is recorded in the session's state, so the next step find
 
 from __future__ import annotations
 
+import datetime
+import io
 import json
 import mimetypes
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import data, sagemaker_api
+from . import costs, data, pricing, sagemaker_api, tagging
 from .config import ProjectConfig
 from .context import CAPTURED
 from .session import Session
@@ -26,6 +28,11 @@ from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB, TUNING_JOB, P
 BEST_HYPERPARAMETERS = "best_hyperparameters"
 # The endpoint's content types, by file name (inference.py decodes each format PIL reads).
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
+# InvokeEndpoint's request body limits: 6 MB for a real-time endpoint, 4 MB for a serverless one.
+REALTIME_BODY_LIMIT = 6 * 1024 * 1024
+SERVERLESS_BODY_LIMIT = 4 * 1024 * 1024
+# Lines of the endpoint's CloudWatch log shown when its first invocation fails.
+LOG_TAIL_LINES = 40
 
 
 class LaunchError(Exception):
@@ -256,6 +263,86 @@ def record_deployment(session: Session, deployment: sagemaker_api.Deployment) ->
     session.state.record(ENDPOINT, deployment.endpoint_name)
 
 
+@dataclass
+class EndpointCheck:
+    """The first invocation after a deploy: did a model answer? If not, the endpoint's log tail."""
+
+    endpoint_name: str
+    ok: bool
+    detail: str
+    sample: str
+    log_group: str = ""
+    log_tail: list[str] = field(default_factory=list)
+
+
+def sample_image(config: ProjectConfig) -> tuple[bytes, str, str]:
+    """(bytes, content type, where from): the first image of the prepared test split, else a generated one."""
+    test = config.data_dir / "test"
+    if test.is_dir():
+        for path in sorted(test.rglob("*")):
+            if path.is_file() and mimetypes.guess_type(path.name)[0] in ("image/jpeg", "image/png"):
+                return path.read_bytes(), image_content_type(path), str(path)
+    from PIL import Image
+
+    size = config.section("model")["image_size"]
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (150, 110, 70)).save(buffer, format="JPEG")
+    return buffer.getvalue(), "image/jpeg", f"a generated {size}x{size} JPEG (no {test})"
+
+
+def log_group(endpoint_name: str) -> str:
+    return f"/aws/sagemaker/Endpoints/{endpoint_name}"
+
+
+def endpoint_log_tail(session: Session, endpoint_name: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` lines of the endpoint's CloudWatch log (its two latest streams, in time order)."""
+    group = log_group(endpoint_name)
+    logs = session.aws.client("logs")
+    try:
+        streams = logs.describe_log_streams(
+            logGroupName=group, orderBy="LastEventTime", descending=True, limit=2
+        )["logStreams"]
+    except botocore.exceptions.ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+            return [f"(no log group {group}: the container wrote nothing yet)"]
+        raise
+    events = []
+    for stream in streams:
+        answer = logs.get_log_events(
+            logGroupName=group, logStreamName=stream["logStreamName"], startFromHead=False, limit=lines
+        )
+        events.extend(
+            (event["timestamp"], stream["logStreamName"], event["message"]) for event in answer["events"]
+        )
+    return [message.rstrip() for _, _, message in sorted(events)[-lines:]] or [f"({group} holds no events)"]
+
+
+def verify_endpoint(config: ProjectConfig, session: Session, endpoint_name: str) -> EndpointCheck:
+    """Invoke the endpoint once with a sample image; on failure, fetch the tail of its CloudWatch log.
+
+    InService only says the container started; this says a model loaded and answered. In a dry run the
+    invocation is captured and nothing answers (`ok`, with the detail saying so)."""
+    payload, content_type, where = sample_image(config)
+    invoke = sagemaker_api.endpoint_invoker(session.aws, endpoint_name)
+    try:
+        answer = invoke(payload, content_type, "application/json;top_k=1")
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        reason = " ".join(str(error).split())
+        tail = endpoint_log_tail(session, endpoint_name)
+        return EndpointCheck(endpoint_name, False, reason, where, log_group(endpoint_name), tail)
+    if session.dry_run:
+        return EndpointCheck(endpoint_name, True, f"the invocation was {CAPTURED}", where)
+    try:
+        best = answer["predictions"][0]["top_k"][0]
+    except (KeyError, IndexError, TypeError):
+        tail = endpoint_log_tail(session, endpoint_name)
+        reason = f"the answer is not a prediction: {json.dumps(answer)[:200]}"
+        return EndpointCheck(endpoint_name, False, reason, where, log_group(endpoint_name), tail)
+    return EndpointCheck(
+        endpoint_name, True, f"answered {best.get('label')} ({best.get('probability', 0):.2f})", where
+    )
+
+
 # --- prediction -----------------------------------------------------------------------------------
 
 
@@ -268,6 +355,41 @@ def image_content_type(path: Path) -> str:
             f"{path}: not an image file by its name; the endpoint accepts {', '.join(IMAGE_TYPES)}"
         )
     return guessed
+
+
+def body_limit(config: ProjectConfig) -> int:
+    """The largest request body the configured endpoint takes."""
+    return SERVERLESS_BODY_LIMIT if config.settings.endpoint.serverless else REALTIME_BODY_LIMIT
+
+
+def fit_body(payload: bytes, content_type: str, limit: int, min_side: int) -> tuple[bytes, str, str | None]:
+    """`payload` as it is when it fits in `limit` bytes; else the image shrunk to a JPEG that fits (never
+    below `min_side` pixels on its shorter side: the network sees image_size anyway), and a note saying so."""
+    if len(payload) <= limit:
+        return payload, content_type, None
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(io.BytesIO(payload))).convert("RGB")
+    original = image.size
+    scale = 1.0
+    while True:
+        size = (max(round(original[0] * scale), 1), max(round(original[1] * scale), 1))
+        buffer = io.BytesIO()
+        image.resize(size, Image.Resampling.LANCZOS).save(buffer, format="JPEG", quality=90)
+        body = buffer.getvalue()
+        if len(body) <= limit or min(size) <= min_side:
+            break
+        scale *= min(0.9, (limit / len(body)) ** 0.5)
+    if len(body) > limit:
+        raise LaunchError(
+            f"the image is {len(payload) / 2**20:.1f} MB and does not fit the endpoint's "
+            f"{limit / 2**20:.0f} MB limit even shrunk; send a smaller image"
+        )
+    note = (
+        f"{len(payload) / 2**20:.1f} MB is over the endpoint's {limit / 2**20:.0f} MB request limit: "
+        f"sent as a {size[0]}x{size[1]} JPEG of {len(body) / 2**20:.1f} MB (shrunk on this machine)"
+    )
+    return body, "image/jpeg", note
 
 
 def predict(
@@ -292,13 +414,19 @@ def predict(
             raise LaunchError("no endpoint recorded for this project; run `deploy` or pass --endpoint")
         endpoint_name = latest["name"]
     invoke = sagemaker_api.endpoint_invoker(session.aws, endpoint_name)
+    limit = body_limit(config)
+    min_side = config.section("model")["image_size"]
     results = []
     for image, content_type in zip(images, content_types, strict=True):
-        answer = invoke(Path(image).read_bytes(), content_type, f"application/json;top_k={top_k}")
+        body, sent_type, note = fit_body(Path(image).read_bytes(), content_type, limit, min_side)
+        answer = invoke(body, sent_type, f"application/json;top_k={top_k}")
         if session.dry_run:
-            results.append({"image": str(image), "top_k": [], "status": CAPTURED})
+            result: dict[str, Any] = {"image": str(image), "top_k": [], "status": CAPTURED}
         else:
-            results.append({"image": str(image), "top_k": answer["predictions"][0]["top_k"][:top_k]})
+            result = {"image": str(image), "top_k": answer["predictions"][0]["top_k"][:top_k]}
+        if note:
+            result["note"] = note
+        results.append(result)
     return results
 
 
@@ -336,39 +464,247 @@ _STOP = {
 RUNNING_STATUSES = ("InProgress", "Creating", "Updating", "Stopping")
 
 
-def _current_status(session: Session, kind: str, name: str) -> str:
-    method, key, status_key = _DESCRIBE[kind]
+def _describe(session: Session, kind: str, name: str) -> dict[str, Any] | None:
+    """SageMaker's description of a resource; None when it no longer exists."""
+    method, key, _ = _DESCRIBE[kind]
     try:
-        description = getattr(session.aws.client("sagemaker"), method)(**{key: name})
+        return getattr(session.aws.client("sagemaker"), method)(**{key: name})
     except botocore.exceptions.ClientError as error:
         if _is_missing(error):
-            return "Deleted"
+            return None
         raise
+
+
+def _current_status(session: Session, kind: str, name: str) -> str:
+    description = _describe(session, kind, name)
+    if description is None:
+        return "Deleted"
     if session.dry_run:
         return CAPTURED  # the offline AWS's own statuses were produced by nothing
+    status_key = _DESCRIBE[kind][2]
     return description[status_key] if status_key else "Exists"
 
 
-def status(config: ProjectConfig, session: Session) -> list[dict[str, Any]]:
-    """Every resource this project recorded, with its status now (`Deleted` when it is gone)."""
-    return [
-        {**item, "status": _current_status(session, item["kind"], item["name"])}
-        for item in session.state.resources()
-    ]
+@dataclass(frozen=True)
+class Scope:
+    """Whose resources: this project's (default), one owner's (`--owner`), or every owner's."""
+
+    project: str | None
+    owner: str | None
+    # The local record belongs to this clone: it is part of the default scope only.
+    local: bool
+
+    def describe(self) -> str:
+        if self.local:
+            return f"project {self.project}, owner {self.owner}"
+        return f"owner {self.owner}" if self.owner else "every owner"
+
+
+def scope_of(config: ProjectConfig, owner: str | None = None, all_owners: bool = False) -> Scope:
+    if all_owners:
+        return Scope(None, None, local=False)
+    mine = tagging.owner_of(config)
+    if owner and owner != mine:
+        return Scope(None, owner, local=False)
+    return Scope(config.section("project")["slug"], mine, local=True)
+
+
+def _targets(config: ProjectConfig, session: Session, scope: Scope) -> list[dict[str, Any]]:
+    """The local record (default scope) and every resource tagged for the scope, each once, oldest first."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    if scope.local:
+        for item in session.state.resources():
+            found[(item["kind"], item["name"])] = {**item, "owner": scope.owner, "recorded": True}
+    for resource in tagging.find(session.aws, project=scope.project, owner=scope.owner):
+        key = (resource.kind, resource.name)
+        entry = found.setdefault(
+            key, {"kind": resource.kind, "name": resource.name, "created": resource.created}
+        )
+        entry["owner"] = resource.owner
+        entry["tagged"] = True
+    return list(found.values())
+
+
+def _job_instances(description: dict[str, Any], kind: str) -> tuple[str, int]:
+    if kind == TUNING_JOB:
+        definition = description.get("TrainingJobDefinition", {})
+        config = definition.get("HyperParameterTuningResourceConfig") or definition.get("ResourceConfig", {})
+    else:
+        config = description.get("ResourceConfig", {})
+    return config.get("InstanceType", ""), int(config.get("InstanceCount", 1))
+
+
+def _endpoint_instances(session: Session, description: dict[str, Any]) -> tuple[str, int]:
+    """(instance type, count) behind an endpoint; ("serverless", 0) for a serverless one."""
+    try:
+        endpoint_config = session.aws.client("sagemaker").describe_endpoint_config(
+            EndpointConfigName=description["EndpointConfigName"]
+        )
+    except botocore.exceptions.ClientError:
+        return "", 0
+    variant = endpoint_config["ProductionVariants"][0]
+    if variant.get("ServerlessConfig"):
+        return "serverless", 0
+    live = sum(v.get("CurrentInstanceCount", 0) for v in description.get("ProductionVariants", []))
+    return variant.get("InstanceType", ""), live or int(variant.get("InitialInstanceCount", 1))
+
+
+def _cost_so_far(
+    session: Session,
+    kind: str,
+    description: dict[str, Any],
+    price_of: Any,
+    now: datetime.datetime,
+) -> tuple[float | None, str]:
+    """(USD so far, where the price came from) of one resource; (None, why) when it has no figure."""
+    if kind in (MODEL, ENDPOINT_CONFIG):
+        return 0.0, "free"
+    if kind == ENDPOINT:
+        instance_type, count = _endpoint_instances(session, description)
+        if instance_type == "serverless":
+            return None, costs.SERVERLESS_SOURCE
+        if description.get("EndpointStatus") == "Failed":
+            return 0.0, "failed endpoints are not billed"
+        price = price_of(instance_type, "hosting")
+        if price is None:
+            return None, f"no price for {instance_type}"
+        return costs.usage_usd(description.get("CreationTime"), None, count, price, now), price.source
+    instance_type, count = _job_instances(description, kind)
+    price = price_of(instance_type, "training")
+    if price is None:
+        return None, f"no price for {instance_type}"
+    if kind == TUNING_JOB:
+        client = session.aws.client("sagemaker")
+        paginator = client.get_paginator("list_training_jobs_for_hyper_parameter_tuning_job")
+        total = 0.0
+        for page in paginator.paginate(
+            HyperParameterTuningJobName=description["HyperParameterTuningJobName"]
+        ):
+            for job in page.get("TrainingJobSummaries", []):
+                total += costs.usage_usd(
+                    job.get("TrainingStartTime"), job.get("TrainingEndTime"), count, price, now
+                )
+        return total, price.source
+    return (
+        costs.usage_usd(
+            description.get("TrainingStartTime"),
+            description.get("TrainingEndTime"),
+            count,
+            price,
+            now,
+            billable_seconds=description.get("BillableTimeInSeconds"),
+        ),
+        price.source,
+    )
+
+
+def status(
+    config: ProjectConfig,
+    session: Session,
+    *,
+    owner: str | None = None,
+    all_owners: bool = False,
+    now: datetime.datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Every resource of the scope (this project by default), found in the local record and by its tags,
+    with its status now (`Deleted` when gone) and what it has cost so far (`usd`, None when unknown).
+
+    A tuning job's cost is the sum of its training jobs; those are not listed again."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    scope = scope_of(config, owner, all_owners)
+    targets = _targets(config, session, scope)
+    cache: dict[tuple[str, str], pricing.Price | None] = {}
+
+    def price_of(instance_type: str, use: str) -> pricing.Price | None:
+        if (instance_type, use) not in cache:
+            found = pricing.hourly_prices(
+                config,
+                [(instance_type, use)],
+                boto_session=None if session.dry_run else session.aws.boto_session,
+            )
+            cache[(instance_type, use)] = found.get((instance_type, use))
+        return cache[(instance_type, use)]
+
+    tuning_names = [item["name"] for item in targets if item["kind"] == TUNING_JOB]
+    rows = []
+    for item in targets:
+        if item["kind"] == TRAINING_JOB and any(item["name"].startswith(f"{name}-") for name in tuning_names):
+            continue  # counted in its tuning job
+        description = _describe(session, item["kind"], item["name"])
+        row = {**item, "usd": None, "price_source": ""}
+        if description is None:
+            row["status"] = "Deleted"
+        elif session.dry_run:
+            row.update(status=CAPTURED, price_source="nothing ran")
+        else:
+            status_key = _DESCRIBE[item["kind"]][2]
+            row["status"] = description[status_key] if status_key else "Exists"
+            row["usd"], row["price_source"] = _cost_so_far(session, item["kind"], description, price_of, now)
+        rows.append(row)
+    return rows
+
+
+def spent_so_far(config: ProjectConfig, session: Session) -> float:
+    """What this project's resources have cost so far, by `status` (0 in a dry run: nothing ran)."""
+    if session.dry_run:
+        return 0.0
+    return sum(row["usd"] or 0.0 for row in status(config, session))
+
+
+def budget_problem(config: ProjectConfig, session: Session, command: str) -> str | None:
+    """Why launching `command` would go over [budget] usd (one line), or None; prices from the Price List
+    API when reachable (never in a dry run), else config.toml."""
+    if not config.settings.budget.usd:
+        return None
+    boto_session = None if session.dry_run else session.aws.boto_session
+    prices = pricing.hourly_prices(config, costs.wanted_prices(config), boto_session=boto_session)
+    lines = costs.estimate(config, prices=prices)
+    return costs.over_budget(config, command, lines, spent_so_far(config, session))
+
+
+def teardown_deployment(session: Session, deployment: sagemaker_api.Deployment) -> list[tuple[str, str, str]]:
+    """Delete one deployment's endpoint, endpoint config and model (a deploy that did not prove itself)."""
+    client = session.aws.client("sagemaker")
+    actions = []
+    for kind, name in (
+        (ENDPOINT, deployment.endpoint_name),
+        (ENDPOINT_CONFIG, deployment.endpoint_config_name),
+        (MODEL, deployment.model_name),
+    ):
+        method, key = _DELETE[kind]
+        try:
+            getattr(client, method)(**{key: name})
+            outcome = "deleted"
+        except botocore.exceptions.ClientError as error:
+            if not _is_missing(error):
+                raise
+            outcome = "already gone"
+        actions.append((kind, name, outcome))
+        session.state.forget(kind, name)
+    return actions
 
 
 def teardown(
-    config: ProjectConfig, session: Session, *, stop_jobs: bool = False
+    config: ProjectConfig,
+    session: Session,
+    *,
+    stop_jobs: bool = False,
+    owner: str | None = None,
+    all_owners: bool = False,
 ) -> list[tuple[str, str, str]]:
-    """Delete the endpoints, endpoint configs and models this project created; optionally stop its jobs.
+    """Delete the endpoints, endpoint configs and models of the scope (this project by default: what the
+    local record names and what is tagged with its slug and owner); optionally stop its jobs.
 
+    `owner` / `all_owners` reach what other machines created (staff, a fresh clone), found by tags only.
     Returns (kind, name, what happened). Something already gone counts as deleted.
     """
+    scope = scope_of(config, owner, all_owners)
+    targets = _targets(config, session, scope)
     actions: list[tuple[str, str, str]] = []
     client = session.aws.client("sagemaker")
     for kind in (ENDPOINT, ENDPOINT_CONFIG, MODEL):
         method, key = _DELETE[kind]
-        for item in session.state.resources(kind):
+        for item in (target for target in targets if target["kind"] == kind):
             try:
                 getattr(client, method)(**{key: item["name"]})
                 outcome = "deleted"
@@ -381,7 +717,7 @@ def teardown(
     if stop_jobs:
         for kind in (TUNING_JOB, TRAINING_JOB):
             method, key = _STOP[kind]
-            for item in session.state.resources(kind):
+            for item in (target for target in targets if target["kind"] == kind):
                 if session.dry_run or _current_status(session, kind, item["name"]) == "InProgress":
                     getattr(client, method)(**{key: item["name"]})
                     actions.append((kind, item["name"], "stopping"))

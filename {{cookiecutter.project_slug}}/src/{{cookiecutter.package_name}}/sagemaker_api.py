@@ -53,6 +53,7 @@ from sagemaker.deserializers import JSONDeserializer  # noqa: E402
 from sagemaker.predictor import Predictor  # noqa: E402
 from sagemaker.pytorch import PyTorch, PyTorchModel  # noqa: E402
 from sagemaker.serializers import IdentitySerializer  # noqa: E402
+from sagemaker.serverless import ServerlessInferenceConfig  # noqa: E402
 from sagemaker.session_settings import SessionSettings  # noqa: E402
 from sagemaker.tuner import (  # noqa: E402
     CategoricalParameter,
@@ -62,6 +63,7 @@ from sagemaker.tuner import (  # noqa: E402
 )
 from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
+from . import tagging  # noqa: E402
 from .config import ConfigError, ProjectConfig, schema  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
@@ -308,6 +310,29 @@ def _image_arguments(config: ProjectConfig, role: str) -> dict[str, str]:
     return {"framework_version": images["framework_version"], "py_version": images["py_version"]}
 
 
+def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, region: str) -> str:
+    """The image the SDK would run for [images.<scope>] ("training" or "inference") on `instance_type`
+    (None: serverless, a CPU image); a custom image_uri as it is. ValueError when the SDK has none."""
+    images = config.section("images")[scope]
+    if images.get("image_uri"):
+        return images["image_uri"]
+    return sagemaker.image_uris.retrieve(
+        "pytorch",
+        region=region,
+        version=images["framework_version"],
+        py_version=images["py_version"],
+        instance_type=instance_type or "ml.m5.large",
+        image_scope=scope,
+    )
+
+
+def rule_job_count(config: ProjectConfig) -> int:
+    """Processing jobs SageMaker starts beside the training job: one per rule of `rule_set` (one
+    instance each), all counted against the account's processing-instance quota."""
+    selected = rule_set(config)
+    return len(selected.debugger) + len(selected.profiler)
+
+
 def job_name(config: ProjectConfig, kind: str, max_length: int = 63) -> str:
     """`<slug>-<kind>-<timestamp>` within SageMaker's limits (63 characters; 32 for tuning jobs).
 
@@ -381,6 +406,9 @@ def pytorch_estimator(
         "code_location": aws.s3_uri("code"),
         "max_run": jobs["max_run_seconds"],
         "environment": {str(key): str(value) for key, value in config.data.get("environment", {}).items()},
+        # The training job's tags; a tuner adds its estimator's tags to the tuning job's, which SageMaker
+        # copies onto every training job the tuning job starts.
+        "tags": tagging.project_tags(config),
         **_image_arguments(config, "training"),
     }
     if jobs["use_spot"]:
@@ -422,6 +450,7 @@ def tuner(config: ProjectConfig, estimator: PyTorch) -> HyperparameterTuner:
         max_jobs=tuning["max_jobs"],
         max_parallel_jobs=tuning["max_parallel_jobs"],
         early_stopping_type=tuning.get("early_stopping_type", "Off"),
+        tags=tagging.project_tags(config),
     )
 
 
@@ -544,15 +573,31 @@ def pytorch_model(
     )
 
 
+def serverless_config(config: ProjectConfig) -> ServerlessInferenceConfig | None:
+    """[endpoint]'s serverless settings as the SDK's object; None for an endpoint on instances."""
+    endpoint = config.settings.endpoint
+    if not endpoint.serverless:
+        return None
+    return ServerlessInferenceConfig(
+        memory_size_in_mb=endpoint.memory_mb, max_concurrency=endpoint.max_concurrency
+    )
+
+
 def deploy_arguments(config: ProjectConfig, endpoint_name: str) -> dict[str, Any]:
-    """`model.deploy(**deploy_arguments(...))`: [instances.endpoint], raw JPEG bytes in, JSON out."""
-    machines = config.section("instances")["endpoint"]
+    """`model.deploy(**deploy_arguments(...))`: [instances.endpoint] (or [endpoint] serverless), raw JPEG
+    bytes in, JSON out; the model, endpoint config and endpoint all carry the project's tags."""
+    serverless = serverless_config(config)
+    if serverless is not None:
+        machines: dict[str, Any] = {"serverless_inference_config": serverless}
+    else:
+        endpoint = config.section("instances")["endpoint"]
+        machines = {"initial_instance_count": endpoint["count"], "instance_type": endpoint["type"]}
     return {
-        "initial_instance_count": machines["count"],
-        "instance_type": machines["type"],
+        **machines,
         "endpoint_name": endpoint_name,
         "serializer": IdentitySerializer("image/jpeg"),
         "deserializer": JSONDeserializer(),
+        "tags": tagging.project_tags(config),
     }
 
 
