@@ -5,6 +5,15 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup-env.sh"
+# The docs are checked in a real browser (tests/test_docs.py): Debian's headless Chromium.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing chromium (Debian's package) for the docs tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "the docs tests need chromium: sudo apt-get install chromium" >&2
+    fi
+fi
 cd "$ROOT"
 ruff check hooks tests local_extensions.py scripts
 python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
