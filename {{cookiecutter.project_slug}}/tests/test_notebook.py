@@ -58,7 +58,8 @@ def test_cells_are_thin_and_build_nothing_by_hand(notebook):
 
 def test_a_reviewer_finds_every_step_of_the_sagemaker_api(notebook):
     """The course's checklist: ranges and objective, estimator and tuner fitted, best job, rules and
-    hook configuration, training fitted, debugging output, deploy, predict as image/jpeg, delete."""
+    hook configuration, training fitted, debugging output plotted, profiler report shown, deploy, predict
+    as image/jpeg, delete."""
     code = "\n".join(cell.source for cell in code_cells(notebook))
     for expected in (
         "hyperparameter_ranges",
@@ -72,7 +73,8 @@ def test_a_reviewer_finds_every_step_of_the_sagemaker_api(notebook):
         "hook_config: DebuggerHookConfig",
         "profiler_config: ProfilerConfig",
         "estimator.fit(",
-        "loss_figure()",
+        'figures["loss"]',
+        "IFrame(",
         "model: PyTorchModel",
         "model.deploy(",
         'predictor.predict(images[0].read_bytes(), initial_args={"ContentType": "image/jpeg"})',
@@ -132,12 +134,16 @@ def test_notebook_runs_top_to_bottom_offline(notebook, tmp_path, monkeypatch):
 
     text = "\n".join(_outputs_text(cell) for cell in cells)
     assert "dry run (offline" in text
-    if (
-        project_module("sagemaker_api")
-        .rule_set(project_module("config").ProjectConfig.load(PROJECT_ROOT))
-        .profiler
-    ):
+    config = project_module("config").ProjectConfig.load(PROJECT_ROOT)
+    if project_module("sagemaker_api").rule_set(config).profiler:
         assert "not evaluated offline" in text
+    rules = config.section("debugger")["rules"]
+    if rules:  # the local run judged them in the job: real verdicts, and the profiler report shown inline
+        verdict_cell = next(cell for cell in cells if "report.verdict_rows" in cell.source)
+        assert re.search(r"NoIssuesFound|IssuesFound|NotEnoughData", _outputs_text(verdict_cell))
+    if "ProfilerReport" in rules:
+        profiler_cell = next(cell for cell in cells if "IFrame(" in cell.source)
+        assert "<iframe" in _outputs_text(profiler_cell)
     # The predictions name the generated classes (readable names, as the endpoint answers them).
     prediction_cell = next(cell for cell in cells if "predictions_rows" in cell.source)
     assert re.search(r"Class 00[123]", _outputs_text(prediction_cell))
