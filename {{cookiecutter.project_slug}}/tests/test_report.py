@@ -635,3 +635,40 @@ def test_a_real_local_run_reports_its_confusion_matrix(project_config, tiny_data
     assert_self_contained(result.index_html)
     for verdict in result.verdicts:
         assert verdict.rule in result.summary_markdown
+
+
+def test_write_up_fills_in_what_a_reviewer_asks_for(project_config, local_run, tmp_path):
+    """WRITEUP.md: tuning (search and best values), verdicts with steps, pictures, endpoint query,
+    screenshots; a WRITEUP.md the student edited is never overwritten."""
+    writeup = project_module("writeup")
+    launcher = project_module("launcher")
+    ProjectState = project_module("state").ProjectState
+    project = copy_project(project_config.root, tmp_path / "project")
+    config = type(project_config).load(project)
+    state = ProjectState(tmp_path / "state")
+    state.set_value(
+        launcher.BEST_HYPERPARAMETERS,
+        {
+            "tuning_job": "hpo-1",
+            "training_job": "hpo-1-003",
+            "hyperparameters": {"lr": 0.0042, "batch_size": 60},
+        },
+    )
+    state.record("endpoint", "my-endpoint")
+    result = report.build_local_report(config, local_run, reports_dir=tmp_path / "reports")
+    path = writeup.write_up(config, state, result)
+    text = path.read_text()
+    assert path == project / "WRITEUP.md"
+    assert "`lr` = 0.0042" in text and "`batch_size` = 60" in text and "hpo-1-003" in text
+    for verdict in result.verdicts:
+        assert f"| {verdict.rule} | {verdict.verdict} |" in text
+    assert result.pictures
+    for picture in result.pictures.values():
+        assert f"`{picture}`" in text  # outside the project: the path as it is
+    assert 'EndpointName="my-endpoint", ContentType="image/jpeg", Body=image.read()' in text
+    assert "Hyperparameter tuning jobs" in text and "InService" in text
+    # Regenerated in place while it is still the generated one; the student's own edits are kept.
+    assert writeup.write_up(config, state, result) == project / "WRITEUP.md"
+    (project / "WRITEUP.md").write_text("# My write-up\n")
+    assert writeup.write_up(config, state, result) == project / "WRITEUP.generated.md"
+    assert (project / "WRITEUP.md").read_text() == "# My write-up\n"
