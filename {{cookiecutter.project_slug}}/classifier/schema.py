@@ -85,12 +85,12 @@ IMAGE_URI_RE = re.compile(
 METRIC_NAME_RE = re.compile(r"^[\w:./=+-]{1,255}$")
 URL_RE = re.compile(r"^(https?|s3)://\S+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# Regions where SageMaker SDK 2.257 serves the PyTorch training and inference images
 # An AWS tag value that is also an id (no spaces: staff type it in `--owner`).
 OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$")
 # The memory sizes a serverless endpoint accepts, in MB.
 SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
+
+# Regions where SageMaker SDK 2.257 serves the PyTorch training and inference images
 # (sagemaker/image_uri_config/pytorch.json, "registries", for the versions below).
 # The rendered project's tests check this list against the installed SDK.
 SAGEMAKER_REGIONS = (
@@ -359,8 +359,6 @@ class Project:
         describe="lowercase letters, digits and '_', starting with a letter",
     )
     description: str = setting(max_length=200, check=_single_line)
-
-
     # Who the AWS resources belong to (their `owner` tag; staff find and tear down by it); empty: the slug.
     owner: str = setting(
         "",
@@ -368,6 +366,8 @@ class Project:
         empty_ok=True,
         describe="1-128 letters, digits and _.:/=+@- (no spaces), or empty",
     )
+
+
 @dataclass(frozen=True, kw_only=True)
 class Data:
     url: str = setting(pattern=URL_RE, describe="an http(s):// or s3:// URL")
@@ -620,10 +620,6 @@ class Images:
     inference: Image = setting()
 
 
-def _environment_value(value: Any) -> str | None:
-    return None if isinstance(value, (str, int, float, bool)) else "must be text, a number or true/false"
-
-
 @dataclass(frozen=True, kw_only=True)
 class Endpoint:
     # A serverless endpoint (billed per request, CPU only, at most 6 GB) instead of [instances.endpoint].
@@ -638,6 +634,10 @@ class Budget:
     usd: float = setting(0.0, minimum=0, maximum=1_000_000)
     # How long `cost` and `deploy` expect an endpoint to stay up, in hours.
     endpoint_hours: float = setting(24.0, minimum=0, maximum=24 * 366)
+
+
+def _environment_value(value: Any) -> str | None:
+    return None if isinstance(value, (str, int, float, bool)) else "must be text, a number or true/false"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -655,12 +655,12 @@ class Settings:
     instances: Instances = setting()
     jobs: Jobs = setting()
     images: Images = setting()
+    endpoint: Endpoint = setting(default_factory=Endpoint)
+    budget: Budget = setting(default_factory=Budget)
     # Optional tables: USD per instance-hour for `cost`; environment variables of the training jobs.
     prices: dict[str, float] = setting(default_factory=dict, above=0)
     environment: dict[str, Scalar] = setting(default_factory=dict, check=_environment_value)
 
-    endpoint: Endpoint = setting(default_factory=Endpoint)
-    budget: Budget = setting(default_factory=Budget)
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
         hyperparameters = {f.name: f for f in dataclasses.fields(Hyperparameters)}
         hints = typing.get_type_hints(Hyperparameters)

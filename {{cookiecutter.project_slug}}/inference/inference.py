@@ -363,6 +363,11 @@ def _parse_json_request(body: bytes | bytearray | str) -> ImageRequest:
     return ImageRequest(images=images, top_k=top_k)
 
 
+def _instance(item: object) -> object:
+    """One entry of "instances": a base64 string, or {"b64": "<base64>"}; anything else as it is."""
+    return item.get("b64") if isinstance(item, dict) and set(item) == {"b64"} else item
+
+
 def _decode_base64(text: str, index: int) -> bytes:
     # Accept data URLs (data:image/jpeg;base64,...) and line-wrapped base64 as `base64` tools write it.
     if text.startswith("data:"):
@@ -379,11 +384,6 @@ def _open_image(data: bytes, where: str) -> Image.Image:
         raise RequestError(400, f"{where} is empty; send the image's bytes")
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-def _instance(item: object) -> object:
-    """One entry of "instances": a base64 string, or {"b64": "<base64>"}; anything else as it is."""
-    return item.get("b64") if isinstance(item, dict) and set(item) == {"b64"} else item
-
-
     except Image.DecompressionBombError:
         raise RequestError(413, f"{where} is too large; at most {MAX_IMAGE_PIXELS} pixels") from None
     except Exception:  # Pillow raises many types on hostile headers; all mean "not an image we read".

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -29,6 +30,9 @@ NO_ACCOUNT = {
     "AWS_CONFIG_FILE": "/nonexistent/config",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+
+# Rich fits tables to the terminal: wide enough that names and sources stay whole on one line.
+WIDE = {"COLUMNS": "250"}
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +191,15 @@ def test_tuned_hyperparameters_lose_sagemakers_json_quoting():
     }
 
 
-def test_cost_prints_the_estimate(project):
-    result = run(project, "cost")
+def test_cost_prints_the_estimate_its_sources_and_the_budget(project):
+    result = run(project, "cost", "--offline", env=WIDE)
     assert result.exit_code == 0, result.output
-    total = costs.total(costs.estimate(ProjectConfig.load(project)))
+    config = ProjectConfig.load(project)
+    total = costs.total(costs.estimate(config))
     assert f"{total:.2f}" in result.output
+    assert "config.toml [prices]" in result.output
+    if config.settings.budget.usd:
+        assert f"[budget] usd = {config.settings.budget.usd:g}" in result.output
 
 
 def test_role_policy_is_json(project):
@@ -217,3 +225,109 @@ def test_user_policy_covers_every_call_the_workflow_makes(project):
     ):
         assert expected in allowed
     assert not any(action.endswith(":*") for action in allowed)
+
+
+# --- launches that check first: budget, preflight, the deploy that proves itself ----------------------
+
+dryrun = project_module("dryrun")
+
+
+def with_budget(project, tmp_path, usd: float):
+    """A copy of the project whose [budget] usd is `usd`."""
+    import re
+    import shutil
+
+    copy = tmp_path / "budget-project"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns(".state", "dry-run"))
+    text = (copy / "config.toml").read_text()
+    (copy / "config.toml").write_text(re.sub(r"(?m)^usd = .*$", f"usd = {usd}", text))
+    return copy
+
+
+def test_a_launch_over_the_budget_is_refused_without_yes(project, tmp_path):
+    tight = with_budget(project, tmp_path, 0.01)
+    dry = ["--dry-run", "--dry-run-dir", str(tmp_path / "dry")]
+    refused = run(tight, "train", "--skip-preflight", *dry)
+    assert refused.exit_code == 1
+    assert "over [budget] usd = 0.01" in refused.output and "--yes" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    calls = json.loads((tmp_path / "dry" / "aws" / "requests.json").read_text())
+    assert not [call for call in calls if call["operation"] == "CreateTrainingJob"]
+    allowed = run(tight, "train", "--skip-preflight", "--yes", *dry)
+    assert allowed.exit_code == 0, allowed.output
+    assert "CreateTrainingJob" in allowed.output
+
+
+def test_a_launch_runs_preflight_first(project, tmp_path):
+    result = run(project, "tune", "--dry-run", "--dry-run-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "preflight for tune" in result.output and "not checked offline" in result.output
+
+
+def test_a_deploy_whose_endpoint_does_not_answer_prints_the_log_tail(project, tmp_path, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    def model_error(self, **_):
+        # What the container logged before it failed, in the endpoint's log group of the offline AWS.
+        logs = self.context.client("logs")
+        for endpoint in self.context.client("sagemaker").list_endpoints()["Endpoints"]:
+            group = f"/aws/sagemaker/Endpoints/{endpoint['EndpointName']}"
+            logs.create_log_group(logGroupName=group)
+            logs.create_log_stream(logGroupName=group, logStreamName="AllTraffic/i-0")
+            logs.put_log_events(
+                logGroupName=group,
+                logStreamName="AllTraffic/i-0",
+                logEvents=[
+                    {"timestamp": int(time.time() * 1000), "message": "ModuleNotFoundError: no classifier"}
+                ],
+            )
+        raise ClientError(
+            {"Error": {"Code": "ModelError", "Message": "Received server error (500)"}}, "InvokeEndpoint"
+        )
+
+    monkeypatch.setattr(dryrun.OfflineAws, "answer_invocation", model_error)
+    from launch_helpers import model_archive
+
+    archive = model_archive(tmp_path / "model.tar.gz")
+    dry = ["--dry-run", "--dry-run-dir", str(tmp_path / "dry")]
+    result = run(
+        project, "deploy", "--model-data", str(archive), "--skip-preflight", "--teardown-on-failure", *dry
+    )
+    assert result.exit_code == 1
+    assert "did not answer" in result.output and "Received server error (500)" in result.output
+    assert "ModuleNotFoundError: no classifier" in result.output
+    assert "deleted" in result.output and "does not answer (deleted)" in result.output
+    state = ProjectState(tmp_path / "dry" / "state")
+    assert state.resources("endpoint") == []
+
+
+def test_status_and_teardown_reach_another_owner_by_tag(project, tmp_path):
+    dry = ["--dry-run", "--dry-run-dir", str(tmp_path)]
+    assert run(project, "train", "--skip-preflight", *dry).exit_code == 0
+    mine = run(project, "status", *dry, env=WIDE)
+    assert mine.exit_code == 0 and "training-job" in mine.output
+    nobody = run(project, "status", "--owner", "someone-else", *dry, env=WIDE)
+    assert nobody.exit_code == 0 and "nothing found for owner someone-else" in nobody.output
+    refused = CliRunner().invoke(
+        cli.main, ["--project", str(project), "teardown", "--all-owners", *dry], env=NO_ACCOUNT, input="n\n"
+    )
+    assert refused.exit_code == 1 and "every owner" in refused.output
+
+
+def test_predict_shrinks_a_body_over_the_limit_and_says_so(project, tmp_path, monkeypatch):
+    import random
+
+    from PIL import Image
+
+    monkeypatch.setattr(launcher, "REALTIME_BODY_LIMIT", 60_000)
+    monkeypatch.setattr(launcher, "SERVERLESS_BODY_LIMIT", 60_000)
+    rng = random.Random(0)
+    image = Image.frombytes("RGB", (300, 300), bytes(rng.randrange(256) for _ in range(300 * 300 * 3)))
+    path = tmp_path / "noise.png"
+    image.save(path)
+    assert path.stat().st_size > 60_000
+    body, content_type, note = launcher.fit_body(path.read_bytes(), "image/png", 60_000, 32)
+    assert len(body) <= 60_000 and content_type == "image/jpeg"
+    assert "over the endpoint's" in note and "shrunk on this machine" in note
+    small, same_type, none = launcher.fit_body(b"tiny", "image/jpeg", 60_000, 32)
+    assert (small, same_type, none) == (b"tiny", "image/jpeg", None)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -151,7 +152,7 @@ def _preflight_table(checks: list[Any], title: str) -> Table:
         table.add_column(column)
     for check in checks:
         style = _PREFLIGHT_STYLES[check.status]
-        table.add_row(check.name, f"[{style}]{check.status}[/]", check.detail)
+        table.add_row(escape(check.name), f"[{style}]{check.status}[/]", escape(check.detail))
     return table
 
 
@@ -174,7 +175,7 @@ def _before_launch(
     if problem and not yes:
         raise click.ClickException(problem)
     if problem:
-        console.print(f"[yellow]note[/]: --yes: {problem.split(': raise')[0]}")
+        console.print(f"[yellow]note[/]: --yes: {escape(problem.split(': raise')[0])}")
 
 
 @click.group(cls=ProjectGroup)
@@ -481,10 +482,11 @@ def deploy(
             return
         check = launcher.verify_endpoint(config, session, deployment.endpoint_name)
         if check.ok:
-            console.print(f"first invocation with {check.sample}: {check.detail}")
+            console.print(f"first invocation with {escape(check.sample)}: {escape(check.detail)}")
             return
         console.print(
-            f"[bold red]the endpoint did not answer[/] its first invocation ({check.sample}): {check.detail}"
+            f"[bold red]the endpoint did not answer[/] its first invocation ({escape(check.sample)}): "
+            + escape(check.detail)
         )
         console.print(f"last lines of the CloudWatch log {check.log_group}:")
         for line in check.log_tail:
@@ -509,7 +511,7 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
         # The path as a line of its own: a table title would wrap it to the table's width.
         console.print(f"[bold]{result['image']}[/bold]", soft_wrap=True)
         if result.get("note"):
-            console.print(f"  [yellow]note[/]: {result['note']}")
+            console.print(f"  [yellow]note[/]: {escape(result['note'])}")
         if "status" in result:
             console.print(f"  {result['status']}: no model answered")
             continue
@@ -603,7 +605,7 @@ def cost(ctx: click.Context, endpoint_hours: float | None, offline: bool) -> Non
             f"{line.instance_hours:.1f}",
             f"{line.usd_per_hour:.3f}",
             f"{line.usd:.2f}",
-            line.source,
+            escape(line.source),
         )
     total = costs.total(lines)
     table.add_row("total", "", "", "", f"{total:.2f}", "")
@@ -615,7 +617,7 @@ def cost(ctx: click.Context, endpoint_hours: float | None, offline: bool) -> Non
     if budget:
         verdict = "within it" if total <= budget else f"[bold red]over it by {total - budget:.2f} USD[/]"
         console.print(
-            f"[budget] usd = {budget:g}: the estimate is {verdict} "
+            f"\\[budget] usd = {budget:g}: the estimate is {verdict} "
             "(tune, train and deploy each check their own step plus what was spent so far)"
         )
 
@@ -717,7 +719,7 @@ def status(
             item["status"],
             item.get("created", ""),
             usd,
-            item["price_source"],
+            escape(item["price_source"]),
         )
         running += item["usd"] or 0.0
     console.print(table)
