@@ -331,3 +331,31 @@ def test_predict_shrinks_a_body_over_the_limit_and_says_so(project, tmp_path, mo
     assert "over the endpoint's" in note and "shrunk on this machine" in note
     small, same_type, none = launcher.fit_body(b"tiny", "image/jpeg", 60_000, 32)
     assert (small, same_type, none) == (b"tiny", "image/jpeg", None)
+
+
+@pytest.mark.parametrize(("region", "partition"), [("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov")])
+def test_policies_use_the_regions_partition(project, region, partition):
+    import dataclasses
+
+    config = ProjectConfig.load(project)
+    data = {**config.data, "aws": {**config.data["aws"], "region": region, "role_arn": ""}}
+    other = dataclasses.replace(config, data=data)
+    operations = [("sagemaker", "CreateEndpoint"), ("s3", "PutObject"), ("logs", "GetLogEvents")]
+    for policy in (iam.user_policy(other, operations), iam.execution_role_policy(other)):
+        resources = [
+            resource
+            for statement in policy["Statement"]
+            for resource in (
+                statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            )
+            if resource != "*"
+        ]
+        assert resources and all(resource.startswith(f"arn:{partition}:") for resource in resources), (
+            resources
+        )
+    allowed = {
+        action
+        for statement in iam.user_policy(other, operations)["Statement"]
+        for action in statement["Action"]
+    }
+    assert "sagemaker:AddTags" in allowed  # a Create request with Tags needs it
