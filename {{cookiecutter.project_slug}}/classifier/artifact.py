@@ -2,7 +2,9 @@
 
 Layout of SM_MODEL_DIR (and of model.tar.gz):
     model.pth       the network's state_dict (load with weights_only=True)
-    metadata.json   everything needed to rebuild the network and its input transform
+    model_int8.pt   the same network quantized to int8, TorchScript (when it could be quantized)
+    metadata.json   everything needed to rebuild the network and its input transform, and the
+                    int8 model's figures (`quantization`), from which the endpoint chooses one
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from torch import nn
 
 from classifier.backbones import build_model
 from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, resize_size_for
+from classifier.schema import QUANTIZE_SETTINGS
 
 WEIGHTS_FILENAME = "model.pth"
+QUANTIZED_FILENAME = "model_int8.pt"
 METADATA_FILENAME = "metadata.json"
+# `auto` serves int8 on a CPU when it loses at most this many percentage points of validation accuracy.
+AUTO_MAX_ACCURACY_DROP_POINTS = 0.5
+# Set on the model (PyTorchModel env=) to override the setting the artifact was trained with.
+QUANTIZE_ENV = "CLASSIFIER_QUANTIZE"
 
 
 @dataclass
@@ -36,6 +44,9 @@ class ModelMetadata:
     torchvision_version: str = torchvision.__version__
     # Free-form facts about training (best epoch, validation loss, ...).
     training: dict = field(default_factory=dict)
+    # The int8 model: the setting, whether it exists (else the reason), agreement and accuracies.
+    # Empty in artifacts from before int8 (they serve float).
+    quantization: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.resize_size:
@@ -81,11 +92,20 @@ def atomic_write_text(text: str, path: Path) -> None:
     tmp.replace(path)
 
 
-def save_artifact(model_dir: str | Path, model: nn.Module, metadata: ModelMetadata) -> None:
-    """Write the weights and metadata; each file appears whole or not at all."""
+def save_artifact(
+    model_dir: str | Path,
+    model: nn.Module,
+    metadata: ModelMetadata,
+    quantized: torch.jit.ScriptModule | None = None,
+) -> None:
+    """Write the weights, the int8 network if any, then the metadata; each file whole or not at all."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(model.state_dict(), model_dir / WEIGHTS_FILENAME)
+    if quantized is not None:
+        tmp = model_dir / (QUANTIZED_FILENAME + ".tmp")
+        torch.jit.save(quantized, str(tmp))
+        tmp.replace(model_dir / QUANTIZED_FILENAME)
     atomic_write_text(metadata.to_json(), model_dir / METADATA_FILENAME)
 
 
@@ -102,3 +122,52 @@ def load_artifact(
     state = torch.load(Path(model_dir) / WEIGHTS_FILENAME, map_location=device, weights_only=True)
     model.load_state_dict(state)
     return model.to(device).eval(), metadata
+
+
+def load_quantized(model_dir: str | Path, metadata: ModelMetadata) -> torch.jit.ScriptModule:
+    """The int8 TorchScript network of the artifact, on the CPU, with the kernels it was quantized for.
+
+    TorchScript, not a pickle: torch.jit.load runs no Python from the file.
+    """
+    engine = metadata.quantization.get("engine", "x86")
+    if engine in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = engine
+    module = torch.jit.load(str(Path(model_dir) / QUANTIZED_FILENAME), map_location="cpu")
+    return module.eval()
+
+
+def choose_precision(
+    metadata: ModelMetadata, device_type: str, override: str | None = None
+) -> tuple[str, str]:
+    """("int8" or "float", why) for an endpoint on `device_type` ("cpu", "cuda").
+
+    The setting is `override` (the endpoint's $CLASSIFIER_QUANTIZE) or the one training recorded:
+    `float` always serves float; `int8` serves int8 where it exists; `auto` serves int8 when it
+    costs at most AUTO_MAX_ACCURACY_DROP_POINTS of validation accuracy. int8 kernels run on the
+    CPU only, so a GPU endpoint serves float whatever the setting.
+    """
+    quantization = metadata.quantization
+    setting = override or quantization.get("setting") or "float"
+    source = f"${QUANTIZE_ENV}" if override else "quantize"
+    if setting not in QUANTIZE_SETTINGS:
+        raise ValueError(f"{source} is {setting!r}; choose one of {', '.join(QUANTIZE_SETTINGS)}")
+    if setting == "float":
+        if not quantization:
+            return "float", "the artifact predates int8 models"
+        return "float", f"{source}=float"
+    if device_type != "cpu":
+        return "float", f"{source}={setting}, but int8 runs on CPUs only and the endpoint has a {device_type}"
+    if not quantization.get("available"):
+        missing = quantization.get("reason")
+        return "float", f"{source}={setting}, but the artifact has no int8 model ({missing})"
+    drop = quantization["accuracy_drop_points"]
+    figures = (
+        f"validation accuracy float {quantization['float_accuracy']:.4f}, "
+        f"int8 {quantization['int8_accuracy']:.4f}, top-1 agreement {quantization['agreement']:.4f}"
+    )
+    limit = AUTO_MAX_ACCURACY_DROP_POINTS
+    if setting == "int8":
+        return "int8", f"{source}=int8 ({figures})"
+    if drop <= limit:
+        return "int8", f"{source}=auto and int8 loses {drop:.2f} points, at most {limit} ({figures})"
+    return "float", f"{source}=auto and int8 would lose {drop:.2f} points, more than {limit} ({figures})"

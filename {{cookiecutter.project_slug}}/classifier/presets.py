@@ -14,6 +14,8 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
+from classifier.schema import resize_size_for
+
 try:  # Deprecated since torchvision 0.29 (for TorchCodec); where it is gone, Pillow decodes instead.
     from torchvision.io import ImageReadMode, decode_jpeg
 except ImportError:
@@ -40,11 +42,6 @@ EXIF_TRANSPOSE = {
 }
 # Orientations that swap width and height.
 _SWAPS_SIDES = {5, 6, 7, 8}
-
-
-def resize_size_for(image_size: int) -> int:
-    """The shorter side to resize to before the centre crop (256 for 224, as in ImageNet)."""
-    return round(image_size / 0.875)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -61,6 +61,8 @@ RULE_SET_NAMES = tuple(RULE_SETS)
 RULE_EVALUATIONS = ("in_job", "sagemaker", "both")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
+# Which network a CPU endpoint serves: int8 when auto finds it costs little accuracy (classifier/artifact.py).
+QUANTIZE_SETTINGS = ("auto", "int8", "float")
 LR_SCALINGS = ("Logarithmic", "Linear", "ReverseLogarithmic", "Auto")
 OBJECTIVE_TYPES = ("Minimize", "Maximize")
 EARLY_STOPPING_TYPES = ("Off", "Auto")
@@ -145,6 +147,12 @@ PYTORCH_IMAGES: dict[str, dict[str, tuple[str, ...]]] = {
         "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",), "2.6.0": ("py312",),
     },
 }  # fmt: skip
+
+
+def resize_size_for(image_size: int) -> int:
+    """The shorter side the eval preset resizes to before its centre crop (256 for 224, as in ImageNet);
+    here, not in presets.py, because `data prepare` (no torch on the launcher's side) writes images at it."""
+    return round(image_size / 0.875)
 
 
 def partition(region: str) -> str:
@@ -405,6 +413,7 @@ class Hyperparameters:
     feature_cache: bool | None = setting(None)
     class_weights: bool | None = setting(None)
     amp: bool | None = setting(None)
+    quantize: str | None = setting(None, choices=QUANTIZE_SETTINGS)
 
 
 Scalar = Union[int, float, str, bool]  # noqa: UP007 - get_type_hints needs a runtime union on 3.10

@@ -62,7 +62,15 @@ from torch.fx.experimental.optimization import fuse
 # container puts only code/ on the import path.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 
-from classifier.artifact import ModelMetadata, load_artifact, readable_class_name  # noqa: E402
+from classifier.artifact import (  # noqa: E402
+    QUANTIZE_ENV,
+    ModelMetadata,
+    choose_precision,
+    load_artifact,
+    load_metadata,
+    load_quantized,
+    readable_class_name,
+)
 from classifier.presets import JPEG_FORMATS, EvalPreset  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -137,13 +145,22 @@ class Prediction:
 
 
 def model_fn(model_dir: str) -> LoadedModel:
-    """Rebuild the network from metadata.json + model.pth, on the GPU when there is one."""
+    """The int8 network on a CPU where the setting and metadata.json choose it; else the float one
+    rebuilt from metadata.json + model.pth, on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network, metadata = load_artifact(model_dir, device)
-    network = _fold_batch_norms(network, metadata.image_size, device)
-    # Convolutions run 10-20% faster in NHWC on CPUs (oneDNN) and on tensor-core GPUs; same results.
-    network = network.to(memory_format=torch.channels_last)
-    logger.info("loaded %s with %d classes on %s", metadata.backbone, metadata.num_classes, device)
+    metadata = load_metadata(model_dir)
+    precision, reason = choose_precision(metadata, device.type, os.environ.get(QUANTIZE_ENV) or None)
+    if precision == "int8":
+        network = load_quantized(model_dir, metadata)
+    else:
+        network, metadata = load_artifact(model_dir, device)
+        network = _fold_batch_norms(network, metadata.image_size, device)
+        # Convolutions run 10-20% faster in NHWC on CPUs (oneDNN) and on tensor-core GPUs; same results.
+        network = network.to(memory_format=torch.channels_last)
+    logger.info(
+        "loaded %s with %d classes on %s, %s: %s",
+        *(metadata.backbone, metadata.num_classes, device, precision, reason),
+    )
     return LoadedModel(network=network, metadata=metadata, preset=metadata.eval_preset(), device=device)
 
 

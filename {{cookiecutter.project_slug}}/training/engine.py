@@ -152,7 +152,7 @@ def get_args_parser(description: str) -> argparse.ArgumentParser:
         "--quantize",
         choices=QUANTIZE_SETTINGS,
         default="auto",
-        help="train_model.py: also save an int8 copy for CPU endpoints, measured on validation (float: none)",
+        help="train_model.py: also save an int8 copy for CPU endpoints, measured on validation; float: not",
     )
     watch = parser.add_argument_group("rules and profiling judged in the job (train_model.py)")
     watch.add_argument(
@@ -905,7 +905,7 @@ def quantize_for_cpu(
         log("int8: quantize=float; serving the float model, no int8 copy made", flush=True)
         return Quantized(None, {"available": False, "reason": "quantize=float when it was trained"})
     preset = EvalPreset(args.image_size)
-    num_workers = auto_num_workers(cluster.local_world_size) if args.num_workers < 0 else args.num_workers
+    workers = auto_num_workers(cluster.local_world_size) if args.num_workers < 0 else args.num_workers
     train = data.splits["train"].samples
     # Evenly spread over the class-sorted list, so every class is in the calibration set when it can be.
     stride = max(1, len(train) // CALIBRATION_IMAGES)
@@ -918,7 +918,7 @@ def quantize_for_cpu(
                 args.test_batch_size,
                 shuffle=False,
                 seed=args.seed,
-                num_workers=num_workers,
+                num_workers=workers,
                 distributed=False,
                 pin_memory=False,
             )
@@ -929,9 +929,8 @@ def quantize_for_cpu(
         return generate
 
     training.model.eval()
-    return quantize_and_compare(
-        training.model, args.backbone, batches(calibration_files), batches(data.splits["valid"]), cluster.device, log
-    )
+    calibration, validation = batches(calibration_files), batches(data.splits["valid"])
+    return quantize_and_compare(training.model, args.backbone, calibration, validation, cluster.device, log)
 
 
 def save(
@@ -952,10 +951,10 @@ def save(
         training={**result, "hyperparameters": run_signature(args)},
         quantization={"setting": args.quantize, **quantized.figures} if quantized is not None else {},
     )
-    save_artifact(args.model_dir, training.model, metadata, quantized.module if quantized is not None else None)
+    save_artifact(args.model_dir, training.model, metadata, None if quantized is None else quantized.module)
     if quantized is not None:  # runs on the main process only: print is its log
         precision, reason = choose_precision(metadata, "cpu")
-        print(f"int8: a CPU endpoint will serve {precision}: {reason}; a GPU endpoint serves float", flush=True)
+        print(f"int8: a CPU endpoint will serve {precision}: {reason}; GPU endpoints serve float", flush=True)
     Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.output_data_dir) / "history.json").write_text(
         json.dumps({"epochs": history, **result}, indent=2)

@@ -202,7 +202,12 @@ def data() -> None:
 @data.command("prepare")
 @click.argument("source")
 @click.option("--dest", type=click.Path(path_type=Path), help="Output folder; default: [data] local_dir.")
-@click.option("--resize", type=click.IntRange(min=16), help="Also shrink images to this shorter side (JPEG).")
+@click.option(
+    "--resize",
+    type=click.IntRange(min=0),
+    help="Shorter side of the written images (JPEG, upright); default: the eval preset's resize size "
+    "for [model] image_size (256 for 224); 0: copy the originals.",
+)
 @click.pass_context
 def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int | None) -> None:
     """Check SOURCE (zip URL or path, or folder-per-class dataset) and write train/valid/test + manifest."""
@@ -210,15 +215,21 @@ def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int
 
     config = _config(ctx)
     destination = dest or config.data_dir
-    manifest = data_module.prepare(
-        source, destination, resize_to=resize, **data_module.prepare_options(config)
-    )
+    options = data_module.prepare_options(config)
+    if resize is not None:
+        options["resize_to"] = resize or None
+    manifest = data_module.prepare(source, destination, **options)
     table = Table(title=f"{destination} ({len(manifest.classes)} classes)")
     for column in ("split", "images"):
         table.add_column(column)
     for split in data_module.SPLITS:
         table.add_row(split, str(manifest.total(split)))
     console.print(table)
+    shrunk = f"resized to a shorter side of {manifest.resized_to} px" if manifest.resized_to else "copied"
+    console.print(
+        f"images {shrunk}: {manifest.source_bytes / 1e6:,.1f} MB read, "
+        f"{manifest.written_bytes / 1e6:,.1f} MB written (what `data upload` sends and every job downloads)"
+    )
     for item in manifest.excluded:
         console.print(f"[yellow]excluded[/] {item['path']}: {item['reason']}")
 

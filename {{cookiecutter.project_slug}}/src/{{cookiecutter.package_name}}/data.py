@@ -2,7 +2,10 @@
 
 The layout everything expects is dogImages': `train/`, `valid/`, `test/`, one
 folder per class inside each (`001.Affenpinscher/`, ...). `prepare` writes it
-plus `manifest.json` (counts per split and class, what was excluded and why).
+plus `manifest.json` (counts per split and class, what was excluded and why, the bytes read and
+written). By default it writes each image at the eval preset's resize size (shorter side 256 for
+224-pixel crops; an image already that small is copied as it is): the network sees the same pixels
+at a fraction of the bytes, so the upload, every job's download and every epoch's decoding shrink.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, track
 
 from .config import ProjectConfig, schema
@@ -41,6 +44,9 @@ class Manifest:
     excluded: list[dict[str, str]] = field(default_factory=list)
     resized_to: int | None = None
     source: str = ""
+    # Bytes of the images read (those kept) and written: what resizing saved in the upload.
+    source_bytes: int = 0
+    written_bytes: int = 0
 
     def total(self, split: str) -> int:
         return sum(self.counts.get(split, {}).values())
@@ -137,27 +143,50 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def _write_image(source: Path, target: Path, resize_to: int | None) -> None:
-    if resize_to is None:
-        shutil.copy2(source, target)
-        return
+def resized_size(size: tuple[int, int], shorter_side: int) -> tuple[int, int]:
+    """(width, height) with the shorter side `shorter_side`, the longer as torchvision's Resize rounds it
+    (down), so the eval preset's own resize of the written image changes nothing."""
+    width, height = size
+    if width <= height:
+        return shorter_side, int(shorter_side * height / width)
+    return int(shorter_side * width / height), shorter_side
+
+
+def _write_image(source: Path, target: Path, resize_to: int | None) -> Path:
+    """Copy `source`, or write it upright with its shorter side `resize_to` (JPEG); returns what was written.
+
+    The EXIF orientation is applied before the resize, as both presets apply it: the written JPEG
+    carries no orientation tag, so training reads the same upright picture the endpoint would
+    make of the original. An image whose shorter side is already at most `resize_to` is copied
+    whole, EXIF and format included: enlarging it would add bytes and no detail.
+    """
     with Image.open(source) as image:
-        image = image.convert("RGB")
-        scale = resize_to / min(image.size)
-        if scale < 1:
-            image = image.resize(
-                (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR
-            )
-        image.save(target.with_suffix(".jpg"), format="JPEG", quality=90)
+        upright = image.size[::-1] if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else image.size
+        if resize_to is None or min(upright) <= resize_to:
+            shutil.copy2(source, target)
+            return target
+        image = ImageOps.exif_transpose(image)
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        written = target.with_suffix(".jpg")
+        image.resize(resized_size(image.size, resize_to), Image.Resampling.BILINEAR).save(
+            written, format="JPEG", quality=90
+        )
+        return written
+
+
+def default_resize(config: ProjectConfig) -> int:
+    """The shorter side `prepare` writes by default: the eval preset's resize size for [model] image_size."""
+    return schema.resize_size_for(config.settings.model.image_size)
 
 
 def prepare_options(config: ProjectConfig) -> dict[str, Any]:
-    """`prepare`'s keyword arguments from [data]: split ratios and seed, and where downloads go."""
+    """`prepare`'s keyword arguments from the config: split ratios and seed, downloads' folder, resize."""
     settings = config.section("data")
     return {
         "ratios": settings.get("split_ratios", (0.8, 0.1, 0.1)),
         "seed": settings.get("split_seed", 0),
         "download_dir": config.root / "data" / "downloads",
+        "resize_to": default_resize(config),
     }
 
 
@@ -174,7 +203,8 @@ def prepare(
 
     `source` is a URL or path of a zip (e.g. dogImages.zip), or a folder. Images
     that do not decode are listed in the manifest and left out. `resize_to` writes
-    JPEGs whose shorter side is at most that many pixels (faster training input).
+    upright JPEGs whose shorter side is that many pixels (smaller images are copied as
+    they are); None copies every image.
     """
     destination = Path(destination)
     if destination.exists() and any(destination.iterdir()):
@@ -212,6 +242,7 @@ def _write_checked(
     classes = sorted({name for per_class in splits.values() for name in per_class})
     counts: dict[str, dict[str, int]] = {split: dict.fromkeys(classes, 0) for split in SPLITS}
     excluded = []
+    source_bytes = written_bytes = 0
     work = [
         (split, name, image) for split in SPLITS for name, images in splits[split].items() for image in images
     ]
@@ -222,9 +253,17 @@ def _write_checked(
             continue
         target = destination / split / name / image.name
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_image(image, target, resize_to)
+        source_bytes += image.stat().st_size
+        written_bytes += _write_image(image, target, resize_to).stat().st_size
         counts[split][name] += 1
-    return Manifest(classes=classes, counts=counts, excluded=excluded, resized_to=resize_to)
+    return Manifest(
+        classes=classes,
+        counts=counts,
+        excluded=excluded,
+        resized_to=resize_to,
+        source_bytes=source_bytes,
+        written_bytes=written_bytes,
+    )
 
 
 def read_manifest(folder: Path) -> Manifest:

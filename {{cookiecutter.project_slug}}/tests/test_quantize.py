@@ -1,0 +1,271 @@
+"""int8: quantized at the end of train_model.py's run, chosen by model_fn, float wherever it must be.
+
+Correctness only (agreement with float, the fallbacks, the artifact round trip), never speed:
+benchmarks/bench_inference.py measures that, and benchmarks/int8_across_versions.py the round trip
+from the training image's PyTorch to the inference image's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import io
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REQUIRED_SCRIPT_ARGS, make_dataset, project_module
+from torch import nn
+
+from classifier.artifact import (
+    QUANTIZE_ENV,
+    ModelMetadata,
+    choose_precision,
+    load_artifact,
+    load_metadata,
+    load_quantized,
+)
+from classifier.backbones import build_model
+from classifier.schema import BACKBONES
+
+load_handler = project_module("local_endpoint").load_handler
+make_image = project_module("synthetic").make_image
+
+
+@pytest.fixture(scope="module")
+def training(training_source):
+    sys.path.insert(0, str(training_source))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(training_source))
+
+
+@pytest.fixture(scope="module")
+def trained(training, tmp_path_factory) -> Path:
+    """SM_MODEL_DIR after train_model.py's run (evaluate_test) on three hues: float + int8 + metadata."""
+    root = tmp_path_factory.mktemp("int8")
+    data = make_dataset(
+        root / "data", num_classes=3, images_per_class={"train": 8, "valid": 4, "test": 1}, size=(48, 40)
+    )
+    engine = training("engine")
+    args = engine.get_args_parser("test").parse_args(
+        [
+            *REQUIRED_SCRIPT_ARGS,
+            # The head on cached features of a random backbone: learns the hues in seconds.
+            *("--feature_cache", "true", "--epochs", "8", "--lr", "0.05", "--num_workers", "0"),
+            *("--test_batch_size", "12"),
+            *("--data_dir", str(data), "--model_dir", str(root / "model")),
+            *("--output_data_dir", str(root / "output"), "--checkpoint_dir", str(root / "checkpoints")),
+        ]
+    )
+    engine.main(args, evaluate_test=True)
+    return root / "model"
+
+
+def hue_batch(metadata: ModelMetadata, per_class: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generated images of each class (fresh noise, unseen in training) through the eval preset."""
+    preset, rng = metadata.eval_preset(), random.Random(7)
+    images, labels = [], []
+    for label in range(metadata.num_classes):
+        for _ in range(per_class):
+            images.append(preset(make_image(label / metadata.num_classes, (56, 44), rng)))
+            labels.append(label)
+    return torch.stack(images), torch.tensor(labels)
+
+
+@pytest.mark.slow
+def test_the_final_job_saves_an_int8_copy_with_its_figures(trained):
+    quantization = json.loads((trained / "metadata.json").read_text())["quantization"]
+    assert (trained / "model_int8.pt").is_file()
+    assert quantization["setting"] == "auto" and quantization["available"] is True
+    assert quantization["engine"] == "x86"
+    assert quantization["calibration_images"] == 24 and quantization["validation_images"] == 12
+    drop = (quantization["float_accuracy"] - quantization["int8_accuracy"]) * 100
+    assert quantization["accuracy_drop_points"] == pytest.approx(drop)
+    assert 0 <= quantization["agreement"] <= 1
+
+
+@pytest.mark.slow
+def test_int8_agrees_with_float_on_generated_images(trained):
+    network, metadata = load_artifact(trained)
+    images, labels = hue_batch(metadata)
+    with torch.inference_mode():
+        float_top = network(images).argmax(1)
+        int8_top = load_quantized(trained, metadata)(images).argmax(1)
+    assert (float_top == labels).float().mean() >= 0.9, "the tiny network did not learn the hues"
+    assert (int8_top == float_top).float().mean() >= 0.9
+
+
+@pytest.mark.slow
+def test_the_saved_int8_model_gives_the_figures_the_job_measured(trained, training):
+    """Round trip: the TorchScript file, loaded again, scores the validation split as the job's copy did."""
+    metadata = load_metadata(trained)
+    quantized = load_quantized(trained, metadata)
+    network, _ = load_artifact(trained)
+    _, splits = training("data").discover_splits(Path(trained).parent / "data")
+    preset = metadata.eval_preset()
+    from PIL import Image
+
+    def batches():
+        for path, label in splits["valid"].samples:
+            with Image.open(path) as image:
+                yield preset(image).unsqueeze(0), torch.tensor([label])
+
+    figures = training("quantize").compare(network, quantized, batches(), torch.device("cpu"))
+    for key in ("agreement", "float_accuracy", "int8_accuracy", "validation_images"):
+        assert figures[key] == metadata.quantization[key], key
+
+
+@pytest.mark.slow
+def test_model_fn_serves_int8_on_a_cpu_and_says_why(trained, inference_source, monkeypatch, caplog):
+    monkeypatch.delenv(QUANTIZE_ENV, raising=False)
+    handler = load_handler(inference_source)
+    with caplog.at_level(logging.INFO):
+        model = handler.model_fn(str(trained))
+    assert isinstance(model.network, torch.jit.ScriptModule)
+    assert "int8: quantize=auto and int8 loses" in caplog.text
+    body = io.BytesIO()
+    make_image(0.0, (64, 48), random.Random(1)).save(body, format="JPEG")
+    request = handler.input_fn(body.getvalue(), "image/jpeg")
+    answer, _ = handler.output_fn(handler.predict_fn(request, model), None)
+    assert json.loads(answer)["predictions"][0]["top_k"][0]["index"] == 0
+
+
+@pytest.mark.slow
+def test_the_endpoint_setting_overrides_the_trained_one(trained, inference_source, monkeypatch, caplog):
+    monkeypatch.setenv(QUANTIZE_ENV, "float")
+    with caplog.at_level(logging.INFO):
+        model = load_handler(inference_source).model_fn(str(trained))
+    assert not isinstance(model.network, torch.jit.ScriptModule)
+    assert f"float: ${QUANTIZE_ENV}=float" in caplog.text
+
+
+def metadata_with(**quantization) -> ModelMetadata:
+    return ModelMetadata("resnet18", 2, ["a", "b"], 32, quantization=quantization)
+
+
+MEASURED = {"available": True, "float_accuracy": 0.9, "int8_accuracy": 0.897, "agreement": 0.98}
+
+
+@pytest.mark.parametrize(
+    ("quantization", "device", "override", "expected", "why"),
+    [
+        (
+            {"setting": "auto", **MEASURED, "accuracy_drop_points": 0.3},
+            "cpu",
+            None,
+            "int8",
+            "loses 0.30 points",
+        ),
+        ({"setting": "auto", **MEASURED, "accuracy_drop_points": 0.5}, "cpu", None, "int8", "at most 0.5"),
+        ({"setting": "auto", **MEASURED, "accuracy_drop_points": 2.5}, "cpu", None, "float", "more than 0.5"),
+        ({"setting": "int8", **MEASURED, "accuracy_drop_points": 2.5}, "cpu", None, "int8", "quantize=int8"),
+        (
+            {"setting": "float", **MEASURED, "accuracy_drop_points": 0.0},
+            "cpu",
+            None,
+            "float",
+            "quantize=float",
+        ),
+        ({"setting": "auto", **MEASURED, "accuracy_drop_points": 0.0}, "cuda", None, "float", "CPUs only"),
+        ({"setting": "int8", **MEASURED, "accuracy_drop_points": 0.0}, "cuda", None, "float", "CPUs only"),
+        ({"setting": "auto", **MEASURED, "accuracy_drop_points": 0.0}, "cpu", "float", "float", "=float"),
+        (
+            {"setting": "float", "available": False, "reason": "quantize=float"},
+            "cpu",
+            "int8",
+            "float",
+            "no int8",
+        ),
+        (
+            {"setting": "auto", "available": False, "reason": "x cannot be quantized"},
+            "cpu",
+            None,
+            "float",
+            "x cannot",
+        ),
+        ({}, "cpu", None, "float", "predates int8"),
+    ],
+)
+def test_which_network_the_endpoint_serves(quantization, device, override, expected, why):
+    precision, reason = choose_precision(metadata_with(**quantization), device, override)
+    assert precision == expected
+    assert why in reason
+
+
+def test_an_unknown_endpoint_setting_is_refused_by_name():
+    with pytest.raises(ValueError, match=rf"\${QUANTIZE_ENV} is 'int4'; choose one of auto, int8, float"):
+        choose_precision(metadata_with(setting="auto"), "cpu", "int4")
+
+
+def test_quantize_float_makes_no_int8_copy(training, capsys):
+    engine = training("engine")
+    quantized = engine.quantize_for_cpu(argparse.Namespace(quantize="float"), None, None, None, print)
+    assert quantized.module is None and quantized.figures["available"] is False
+    assert "quantize=float" in capsys.readouterr().out
+
+
+def random_batches(count: int, size: int = 32, classes: int = 3):
+    generator = torch.Generator().manual_seed(0)
+    return [
+        (
+            torch.randn(2, 3, size, size, generator=generator),
+            torch.randint(classes, (2,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_offered_backbone_quantizes(training, backbone):
+    """At 32 px with random weights: it converts, traces, runs on another batch size, and is measured."""
+    torch.manual_seed(0)
+    model = build_model(backbone, 3, finetune="full").eval()
+    messages = []
+    quantized = training("quantize").quantize_and_compare(
+        model,
+        backbone,
+        lambda: random_batches(1),
+        lambda: random_batches(2),
+        torch.device("cpu"),
+        lambda text, **_: messages.append(text),
+    )
+    assert quantized.module is not None, messages
+    assert quantized.figures["validation_images"] == 4
+    with torch.inference_mode():
+        assert quantized.module(torch.randn(3, 3, 32, 32)).shape == (3, 3)
+
+
+class Untraceable(nn.Module):
+    """Control flow on a tensor's value: torch.fx cannot trace it, so it cannot be quantized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3 * 32 * 32, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.mean() > 0:
+            images = images * 2
+        return self.linear(images.flatten(1))
+
+
+def test_a_network_that_cannot_be_quantized_keeps_float_and_the_job_says_why(training):
+    messages = []
+    quantized = training("quantize").quantize_and_compare(
+        Untraceable(),
+        "untraceable",
+        lambda: random_batches(1),
+        lambda: random_batches(1),
+        torch.device("cpu"),
+        lambda text, **_: messages.append(text),
+    )
+    assert quantized.module is None
+    assert quantized.figures["available"] is False
+    assert quantized.figures["reason"].startswith("untraceable cannot be quantized: TraceError")
+    assert messages == [f"int8: {quantized.figures['reason']}; the artifact keeps the float model only"]
