@@ -21,10 +21,11 @@ CLI="dog-breed-classifier"
 echo "==> generating a small dataset (4 classes of 48x40 JPEGs)"
 "$CLI" data synthetic data/synthetic --classes 4 --size 48x40 --per-class 10,3,3
 
-echo "==> training locally under the SageMaker contract (4 epochs, all layers, no pretrained download)"
+echo "==> training locally under the SageMaker training toolkit (6 epochs, all layers, no pretrained download)"
+# lr 0.002 over 6 epochs: the four hues are learnt to a confident answer (test loss well under 0.01).
 "$CLI" train --local --data data/synthetic --run-dir runs/demo \
-    --hp epochs=4 --hp pretrained=false --hp finetune=full --hp num_classes=4 --hp image_size=32 \
-    --hp batch_size=8 --hp test_batch_size=8 --hp lr=0.0003 --hp augment=false
+    --hp epochs=6 --hp pretrained=false --hp finetune=full --hp num_classes=4 --hp image_size=32 \
+    --hp batch_size=8 --hp test_batch_size=8 --hp lr=0.002 --hp augment=false
 
 echo "==> serving the model on 127.0.0.1:$PORT with inference.py and predicting"
 "$CLI" serve --model-data runs/demo/model.tar.gz --port "$PORT" &
@@ -44,4 +45,8 @@ else:
 PY
 IMAGE="$(find data/synthetic/test -name '*.jpg' | sort | head -n 1)"
 "$CLI" predict --local --url "http://127.0.0.1:$PORT" "$IMAGE"
+# The answer to check it against: the class is the image's folder (001.Class_001 -> Class 001).
+TRUE_CLASS="$(basename "$(dirname "$IMAGE")")"
+echo "true class: ${TRUE_CLASS#*.}" | tr '_' ' '
+
 echo "==> done: the project is in $PROJECT"

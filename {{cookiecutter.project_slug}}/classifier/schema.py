@@ -378,7 +378,8 @@ class Project:
 
 @dataclass(frozen=True, kw_only=True)
 class Data:
-    url: str = setting(pattern=URL_RE, describe="an http(s):// or s3:// URL")
+    # Empty: no download; the user brings a folder (`data prepare path/to/images`).
+    url: str = setting(pattern=URL_RE, empty_ok=True, describe="an http(s):// or s3:// URL, or empty")
     local_dir: str = setting("data/prepared", check=_relative_path)
     split_ratios: tuple[float, ...] = setting((0.8, 0.1, 0.1), check=_split_ratios)
     split_seed: int = setting(0, minimum=0, maximum=2**32 - 1)

@@ -25,10 +25,20 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import botocore.session
+import botocore.validate
+
+from . import launcher
+from .config import ConfigError, ProjectConfig
+from .local_endpoint import running_endpoint
+from .session import open_session
+from .synthetic import make_dataset
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 NOTEBOOK = "train_and_deploy.ipynb"
@@ -116,8 +126,6 @@ def error_line(error: BaseException) -> str:
 
 
 def _frames(error: BaseException) -> list[Any]:
-    import traceback
-
     return list(traceback.extract_tb(error.__traceback__))
 
 
@@ -377,8 +385,6 @@ def check_notebook(workspace: Workspace, timeout: float) -> str:
 
 
 def check_config(workspace: Workspace, timeout: float) -> str:
-    from .config import ConfigError, ProjectConfig
-
     try:
         workspace.config = ProjectConfig.load(workspace.root)
     except ConfigError as error:
@@ -389,9 +395,6 @@ def check_config(workspace: Workspace, timeout: float) -> str:
 
 def validation_errors(call: dict[str, Any]) -> str:
     """botocore's own check of a captured request against the service model ('' when valid)."""
-    import botocore.session
-    import botocore.validate
-
     session = botocore.session.get_session()
     operation = session.get_service_model(call["service"]).operation_model(call["operation"])
     report = botocore.validate.ParamValidator().validate(call["params"], operation.input_shape)
@@ -402,9 +405,6 @@ def dry_run_check(step: str) -> Callable[[Workspace, float], str]:
     """`<step> --dry-run` in the scratch folder's dry-run record, as the CLI runs it; every request valid."""
 
     def run(workspace: Workspace, timeout: float) -> str:
-        from . import launcher
-        from .session import open_session
-
         config = workspace.config
         with open_session(config, dry_run=True, folder=workspace.dry_run_dir) as session:
             if step == "tune":
@@ -441,8 +441,6 @@ print(marker + json.dumps(str(model)))
 
 def check_local_training(workspace: Workspace, timeout: float) -> str:
     """`train --local` (train_model.py under the training toolkit) on a tiny generated dataset."""
-    from .synthetic import make_dataset
-
     workspace.dataset = make_dataset(
         workspace.scratch / "data", num_classes=TINY_CLASSES, images_per_class=TINY_IMAGES, size=(40, 40)
     )
@@ -475,8 +473,6 @@ def check_local_training(workspace: Workspace, timeout: float) -> str:
 def serve_and_predict(model: Path, project_root: Path, images: list[Path]) -> list[dict]:
     """Serve `model` with inference.py on a free local port and send it `images`: the one place
     this module touches local_endpoint's API."""
-    from .local_endpoint import running_endpoint
-
     with running_endpoint(model, project_root) as endpoint:
         return endpoint.predict(images, top_k=1)
 

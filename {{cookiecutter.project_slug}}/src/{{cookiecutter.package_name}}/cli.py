@@ -66,7 +66,7 @@ class ProjectGroup(click.Group):
             raise
         except Exception as error:
             if isinstance(error, _expected_error_types()):
-                message = " ".join(str(error).split())
+                message = getattr(error, "summary", None) or " ".join(str(error).split())
                 raise click.ClickException(message) from None
             raise
 
@@ -405,6 +405,11 @@ def train(
     type=click.Path(file_okay=False, path_type=Path),
     help="Where reports go (default: reports/ in the project); each run gets <out>/<run>/.",
 )
+@click.option(
+    "--write-up",
+    is_flag=True,
+    help="Also fill in WRITEUP.md: tuning, verdicts, pictures, endpoint query, screenshots to take.",
+)
 @dry_run_options
 @click.pass_context
 def report(
@@ -413,6 +418,7 @@ def report(
     local: bool,
     run_dir: Path | None,
     reports_dir: Path | None,
+    write_up: bool,
     dry_run: bool,
     dry_run_dir: Path | None,
 ) -> None:
@@ -446,6 +452,15 @@ def report(
         console.print(f"[yellow]note[/]: {note}")
     console.print(f"report: {result.index_html}")
     console.print(f"summary for a write-up: {result.summary_path}")
+    if write_up:
+        from .session import session_state
+        from .writeup import GENERATED_FILENAME
+        from .writeup import write_up as write_writeup
+
+        written = write_writeup(config, session_state(config, dry_run=dry_run, folder=dry_run_dir), result)
+        console.print(f"write-up: {written}")
+        if written.name == GENERATED_FILENAME:
+            console.print("  (WRITEUP.md holds your edits, so it was left alone; merge what you need)")
 
 
 # --- deployment and prediction --------------------------------------------------------------------
