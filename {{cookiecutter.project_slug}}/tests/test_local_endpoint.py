@@ -336,7 +336,35 @@ def test_invoke_local_reports_refused_images_and_unreachable_endpoints(endpoint,
         probe.bind(("127.0.0.1", 0))
         closed_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(local_endpoint.LocalEndpointError, match="is `serve` running"):
-        local_endpoint.invoke_local(closed_url, [not_an_image])
+        local_endpoint.invoke_local(closed_url, [not_an_image], wait_ready=0.5)
+
+
+def test_predict_waits_for_a_server_still_starting(model_archive, project_root, images):
+    """`serve ... &` then `predict --local` at once: the prediction waits for the server, not 'refused'."""
+    with socket.socket() as probe:  # a free port, taken by the server a moment later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = threading.Event()
+
+    def serve_later() -> None:
+        time.sleep(1.5)
+        server = local_endpoint.make_server(model_archive, port=port, project_root=project_root)
+        holder.append(server)
+        started.set()
+        server.serve_forever()
+
+    holder: list = []
+    thread = threading.Thread(target=serve_later, daemon=True)
+    thread.start()
+    try:
+        [result] = local_endpoint.invoke_local(f"http://127.0.0.1:{port}", images[:1], top_k=1, wait_ready=20)
+        assert started.is_set() and len(result["top_k"]) == 1
+    finally:
+        started.wait(30)
+        for server in holder:
+            server.shutdown()
+            server.server_close()
+        thread.join(timeout=10)
 
 
 def test_archive_without_code_serves_the_project_sources(tmp_path, model_artifact_dir, project_root, images):

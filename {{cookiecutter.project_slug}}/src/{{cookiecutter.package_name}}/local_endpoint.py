@@ -26,6 +26,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -461,7 +462,8 @@ class RunningEndpoint:
     url: str
 
     def predict(self, images: Sequence[Path], top_k: int = 5) -> list[dict]:
-        return invoke_local(self.url, images, top_k=top_k)
+        # Listening before the `with` block starts: no need to wait for it.
+        return invoke_local(self.url, images, top_k=top_k, wait_ready=0)
 
 
 @contextmanager
@@ -502,17 +504,38 @@ def _error_reason(error: urllib.error.HTTPError) -> str:
         return first_line or str(error.reason)
 
 
-def invoke_local(url: str, images: Sequence[Path], top_k: int = 5, timeout: float = 60.0) -> list[dict]:
+def wait_until_ready(url: str, opener: urllib.request.OpenerDirector, wait: float) -> None:
+    """Poll `GET /ping` for up to `wait` seconds: `serve ... &` followed at once by `predict --local`
+    would otherwise meet a server still loading its model ("Connection refused")."""
+    parts = urllib.parse.urlsplit(url)
+    ping = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/ping", "", ""))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with opener.open(ping, timeout=max(deadline - time.monotonic(), 0.1)):
+                return
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() >= deadline:
+                return  # the request itself then says what is wrong
+            time.sleep(0.25)
+
+
+def invoke_local(
+    url: str, images: Sequence[Path], top_k: int = 5, timeout: float = 60.0, wait_ready: float = 10.0
+) -> list[dict]:
     """POST each image's raw bytes to the endpoint at `url`; one result per image, in order.
 
     Each result is `{"image": "<path>", "top_k": [{"label", "class_name", "index", "probability"}, ...]}`.
-    Raises LocalEndpointError when the endpoint cannot be reached or refuses an image.
+    Waits up to `wait_ready` seconds for a server that is still starting. Raises LocalEndpointError
+    when the endpoint cannot be reached or refuses an image.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     endpoint = _invocations_url(url)
     # Never send localhost traffic through an HTTP proxy from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    if wait_ready > 0:
+        wait_until_ready(endpoint, opener, wait_ready)
     results = []
     for image in map(Path, images):
         request = urllib.request.Request(
