@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import REQUIRED_SCRIPT_ARGS, TINY_TRAINING, project_module
+from launch_helpers import copy_project
 
 from classifier import backbones
 
@@ -136,3 +137,24 @@ def test_progress_lines_inside_an_epoch(project_config, tiny_dataset, tmp_path):
         "train epoch 1 [9/9",
     ]
     assert all("images/s" in line and "loss " in line and "eta " in line for line in lines)
+
+
+def test_data_prepare_reports_a_class_count_that_differs_from_the_config(project_root, tmp_path):
+    """A 3-class folder in a project whose config says otherwise: said at once, with the key to set."""
+    make_dataset = project_module("synthetic").make_dataset
+    project = copy_project(project_root, tmp_path / "project")
+    config_path = project / "config.toml"
+    config_path.write_text(
+        config_path.read_text().replace(
+            f"num_classes = {project_module('config').ProjectConfig.load(project).model['num_classes']}",
+            "num_classes = 10",
+        )
+    )
+    source = make_dataset(tmp_path / "own-images", num_classes=3)
+    result = CliRunner().invoke(
+        cli.main, ["--project", str(project), "data", "prepare", str(source), "--dest", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert f"{source} has 3 classes, config.toml says 10" in text
+    assert "[model] num_classes = 3" in text

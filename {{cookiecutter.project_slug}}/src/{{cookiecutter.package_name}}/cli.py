@@ -232,9 +232,14 @@ def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int
     )
     for item in manifest.excluded:
         console.print(f"[yellow]excluded[/] {item['path']}: {item['reason']}")
-
-
-@data.command("synthetic")
+    expected = config.model["num_classes"]
+    if len(manifest.classes) != expected:
+        # Said now, naming the key: training would otherwise stop on it after the instance was paid for.
+        console.print(
+            f"[bold yellow]mismatch[/]: {source} has {len(manifest.classes)} classes, config.toml says "
+            f"{expected}: set \\[model] num_classes = {len(manifest.classes)} in "
+            f"{config.root / 'config.toml'} before training"
+        )
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--classes", "num_classes", type=click.IntRange(min=2), default=3, show_default=True)
 @click.option("--size", default="48x40", show_default=True, help="Image width x height in pixels.")
