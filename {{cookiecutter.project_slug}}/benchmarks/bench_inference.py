@@ -2,9 +2,14 @@
 
 The reference is how endpoint handlers are commonly written (the course project's among them):
 the whole JPEG decoded at full size, the torchvision transform built for every request, and the
-network called under `torch.no_grad()` instead of `torch.inference_mode()`. Both run the same
-network (the configured backbone, random weights) on the same images, one request per image,
-sequentially, on the CPU.
+network called under `torch.no_grad()` instead of `torch.inference_mode()`. Ours runs twice: as
+model_fn serves float, and as it serves the int8 copy. All run the same network on the same
+images, one request per image, sequentially, on the CPU.
+
+The network is the configured backbone (random weights: nothing is downloaded) with a head trained
+by train_model.py's own engine on generated hues (cached features, seconds), which also quantizes
+it as a training job does. A held-out generated labelled set then gives each handler's accuracy
+and the int8 handler's top-1 agreement with the float one.
 
     python benchmarks/bench_inference.py                   # phone photos and dataset-sized images
     python benchmarks/bench_inference.py --sizes 4032x3024 --images 16 --passes 3
@@ -16,6 +21,8 @@ import argparse
 import importlib
 import io
 import json
+import os
+import random
 import statistics
 import sys
 import tempfile
@@ -40,8 +47,10 @@ PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8
 local_endpoint = importlib.import_module(f"{PACKAGE}.local_endpoint")
 ProjectConfig = importlib.import_module(f"{PACKAGE}.config").ProjectConfig
 
-from classifier.artifact import ModelMetadata, readable_class_name, save_artifact  # noqa: E402
-from classifier.backbones import build_model  # noqa: E402
+from classifier.artifact import QUANTIZE_ENV, ModelMetadata, load_artifact, readable_class_name  # noqa: E402
+
+make_image = importlib.import_module(f"{PACKAGE}.synthetic").make_image
+make_dataset = importlib.import_module(f"{PACKAGE}.synthetic").make_dataset
 
 Handler = Callable[[bytes], bytes]
 
@@ -82,10 +91,13 @@ def reference_handler(network: torch.nn.Module, metadata: ModelMetadata) -> Hand
     return handle
 
 
-def our_handler(code_dir: Path, model_dir: Path) -> tuple[Handler, torch.nn.Module]:
-    """The handler, and the network as model_fn prepared it."""
+def our_handler(code_dir: Path, model_dir: Path, precision: str) -> tuple[Handler, torch.nn.Module]:
+    """The handler, and the network as model_fn prepared it for `precision` ($CLASSIFIER_QUANTIZE)."""
     handler = local_endpoint.load_handler(code_dir)
+    os.environ[QUANTIZE_ENV] = precision
     model = handler.model_fn(str(model_dir))
+    if isinstance(model.network, torch.jit.ScriptModule) != (precision == "int8"):
+        raise SystemExit(f"model_fn did not serve {precision}; see its log line")
 
     def handle(body: bytes) -> bytes:
         request = handler.input_fn(body, "image/jpeg")
@@ -93,6 +105,47 @@ def our_handler(code_dir: Path, model_dir: Path) -> tuple[Handler, torch.nn.Modu
         return body
 
     return handle, model.network
+
+
+def train_artifact(workdir: Path, backbone: str, image_size: int, classes: int) -> Path:
+    """SM_MODEL_DIR of train_model.py's engine on generated hues: float head on a random backbone + int8."""
+    sys.path.insert(0, str(PROJECT_ROOT / "training"))
+    engine = importlib.import_module("engine")
+    data = make_dataset(
+        workdir / "hues",
+        num_classes=classes,
+        images_per_class={"train": 12, "valid": 6, "test": 1},
+        size=(160, 120),
+    )
+    args = engine.get_args_parser("bench").parse_args(
+        [
+            *("--epochs", "6", "--batch_size", "16", "--test_batch_size", "32", "--lr", "0.05"),
+            *("--backbone", backbone, "--image_size", str(image_size), "--finetune", "head"),
+            *("--pretrained", "false", "--feature_cache", "true", "--quantize", "int8", "--num_workers", "0"),
+            *("--data_dir", str(data), "--model_dir", str(workdir / "model")),
+            *("--output_data_dir", str(workdir / "output"), "--checkpoint_dir", str(workdir / "checkpoints")),
+        ]
+    )
+    engine.main(args, evaluate_test=True)
+    return workdir / "model"
+
+
+def labelled_set(classes: int, per_class: int, size: tuple[int, int]) -> list[tuple[bytes, int]]:
+    """Held-out generated images of each hue (other noise than training's), as JPEG request bodies."""
+    rng, bodies = random.Random(123), []
+    for label in range(classes):
+        for _ in range(per_class):
+            buffer = io.BytesIO()
+            make_image(label / classes, size, rng).save(buffer, format="JPEG", quality=90)
+            bodies.append((buffer.getvalue(), label))
+    return bodies
+
+
+def top1(handle: Handler, body: bytes, class_names: list[str]) -> int:
+    """The index of the handler's first answer (both answer shapes carry the readable label)."""
+    answer = json.loads(handle(body))
+    first = answer[0] if isinstance(answer, list) else answer["predictions"][0]["top_k"][0]
+    return [readable_class_name(name) for name in class_names].index(first["label"])
 
 
 def network_milliseconds(network: torch.nn.Module, image_size: int, ours: bool, calls: int = 20) -> float:
@@ -156,38 +209,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=6, help="distinct images per size")
     parser.add_argument("--passes", type=int, default=2, help="times each image is sent")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--classes", type=int, default=8, help="hues in the generated labelled sets")
+    parser.add_argument("--per_class", type=int, default=10, help="held-out images per hue for the accuracy")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     model_config = ProjectConfig.load(PROJECT_ROOT).model
-    class_names = [f"{index + 1:03d}.Breed_{index + 1}" for index in range(model_config["num_classes"])]
-    metadata = ModelMetadata(
-        backbone=model_config["backbone"],
-        num_classes=model_config["num_classes"],
-        class_names=class_names,
-        image_size=model_config["image_size"],
-    )
-    torch.manual_seed(0)
-    network = build_model(metadata.backbone, metadata.num_classes, pretrained=False, finetune="full").eval()
+    backbone, image_size = model_config["backbone"], model_config["image_size"]
     print(
-        f"{metadata.backbone}, {metadata.num_classes} classes, {metadata.image_size} px; CPU, "
-        f"{torch.get_num_threads()} torch threads; torch {torch.__version__}"
+        f"{backbone}, {image_size} px; CPU, {torch.get_num_threads()} torch threads; "
+        f"torch {torch.__version__}",
+        flush=True,
     )
     with tempfile.TemporaryDirectory() as workdir:
-        model_dir = Path(workdir) / "model"
-        save_artifact(model_dir, network, metadata)
+        torch.manual_seed(0)
+        model_dir = train_artifact(Path(workdir), backbone, image_size, args.classes)
+        network, metadata = load_artifact(model_dir)
         # The code as the endpoint receives it: the SDK's repack (inference/ in code/, classifier/ in lib/).
         serving = Path(workdir) / "serving"
         serving.mkdir()
         _, code_dir = local_endpoint.prepare_model_dir(model_dir, serving, PROJECT_ROOT)
-        ours, served_network = our_handler(code_dir, model_dir)
-        handlers = {"reference": reference_handler(network, metadata), "ours": ours}
+        float_handler, float_network = our_handler(code_dir, model_dir, "float")
+        int8_handler, int8_network = our_handler(code_dir, model_dir, "int8")
+        handlers = {
+            "reference": reference_handler(network, metadata),
+            "float": float_handler,
+            "int8": int8_handler,
+        }
         size = metadata.image_size
         print(
-            f"network alone, one image: reference {network_milliseconds(network, size, False):.1f} ms, "
-            f"ours {network_milliseconds(served_network, size, True):.1f} ms "
-            "(BatchNorm folded, channels_last, inference_mode)"
+            f"\nnetwork alone, one image: reference {network_milliseconds(network, size, False):.1f} ms, "
+            f"float {network_milliseconds(float_network, size, True):.1f} ms "
+            "(BatchNorm folded, channels_last, inference_mode), "
+            f"int8 {network_milliseconds(int8_network, size, True):.1f} ms"
         )
         for width, height in args.sizes:
             bodies = [make_photo(width, height, seed) for seed in range(args.images)]
@@ -197,8 +252,33 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {'handler':<10} {'median ms':>9} {'p90 ms':>9} {'mean ms':>9} {'images/s':>10}")
             latencies = measure(handlers, bodies, args.passes)
             throughput = {name: report(name, values) for name, values in latencies.items()}
-            ratio = throughput["ours"] / throughput["reference"]
-            print(f"  throughput ratio (ours / reference): {ratio:.2f}x")
+            print(
+                "  throughput ratio against the reference: "
+                f"float {throughput['float'] / throughput['reference']:.2f}x, "
+                f"int8 {throughput['int8'] / throughput['reference']:.2f}x (goal: 1.5x)"
+            )
+        job = metadata.quantization
+        print(
+            f"\nin the job ({job['validation_images']} validation images): accuracy float "
+            f"{job['float_accuracy']:.4f}, int8 {job['int8_accuracy']:.4f}, "
+            f"top-1 agreement {job['agreement']:.4f}"
+        )
+        labelled = labelled_set(args.classes, args.per_class, (500, 375))
+        answers = {
+            name: [top1(handle, body, metadata.class_names) for body, _ in labelled]
+            for name, handle in handlers.items()
+        }
+        labels = [label for _, label in labelled]
+        accuracy = {
+            name: statistics.fmean(a == b for a, b in zip(top, labels, strict=True))
+            for name, top in answers.items()
+        }
+        agreement = statistics.fmean(a == b for a, b in zip(answers["int8"], answers["float"], strict=True))
+        print(
+            f"generated labelled set ({len(labelled)} JPEGs of 500x375, {args.classes} hues): accuracy "
+            + ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items())
+            + f"; int8 top-1 agreement with float {agreement:.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 On the same generated JPEGs (dogImages-like, 500x375 by default), in one run:
   1. images per second of a reference-style loader (ImageFolder, full PIL decode,
-     RandomResizedCrop(224), ToTensor, Normalize) and of ours (crop box drawn first,
-     only what it needs decoded, uint8 from the workers, scaling on whole batches into
-     the normalised float batch the model takes), on the same JPEGs and on a pre-resized
-     copy (what `data prepare --resize` writes: same layout, smaller files);
+     RandomResizedCrop(224), ToTensor, Normalize) on the original JPEGs, and of ours (crop box
+     drawn first, torchvision's decode_jpeg, crop and resize in uint8 in the workers, scaling on
+     whole batches where the model runs) on the copy `data prepare` writes by default (shorter
+     side = the eval preset's resize size, 256 for 224) and on the originals; the dataset's
+     size before and after that one-time preparation; goal: 3x the reference, prepared;
   2. what each step costs per image, on one thread (what dominates);
-  3. a head-only epoch with and without the feature cache.
+  3. a few head-only epochs both ways on generated hues, prepared and not: validation accuracy
+     of each (the preparation must not cost accuracy);
+  4. a head-only epoch with and without the feature cache.
 Both loaders get the same images, batch size and number of workers, so the ratio is per-image work.
 
     python benchmarks/bench_training_data.py                 # about a minute on 2 cores
@@ -40,6 +43,7 @@ sys.path[:0] = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT), str(PROJECT_R
 # The package's name is data (config.toml), as in the tests; its `prepare` writes the pre-resized copy.
 PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
 prepare_dataset = importlib.import_module(f"{PACKAGE}.data").prepare
+make_dataset = importlib.import_module(f"{PACKAGE}.synthetic").make_dataset
 
 from data import ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
 from engine import feature_preparer, image_preparer  # noqa: E402
@@ -74,10 +78,9 @@ def make_images(root: Path, images: int, classes: int, size: tuple[int, int]) ->
     return root
 
 
-def resized_copy(source: Path, destination: Path, shorter_side: int) -> Path:
-    """What `data prepare --resize shorter_side` writes, by the package's own `prepare`."""
-    prepare_dataset(source, destination, resize_to=shorter_side)
-    return destination
+def resized_copy(source: Path, destination: Path, shorter_side: int) -> tuple[Path, object]:
+    """What `data prepare` writes by default (shorter side `shorter_side`), by the package's own `prepare`."""
+    return destination, prepare_dataset(source, destination, resize_to=shorter_side)
 
 
 def epoch_rate(loader: DataLoader, finish: Callable) -> float:
@@ -157,17 +160,55 @@ def reference_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
     )
 
 
-def our_loader(root: Path, batch_size: int, workers: int, transform):
+def our_loader(root: Path, batch_size: int, workers: int, transform, split: str = "train"):
     _, splits = discover_splits(root)
     return make_loader(
-        ImageFiles(splits["train"], transform),
+        ImageFiles(splits[split], transform),
         batch_size,
-        shuffle=True,
+        shuffle=split == "train",
         seed=0,
         num_workers=workers,
         distributed=False,
         pin_memory=False,
     )
+
+
+def reference_eval_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
+    preset = v1.Compose(
+        [
+            v1.Resize(256),
+            v1.CenterCrop(224),
+            v1.ToTensor(),
+            v1.Normalize(list(IMAGENET_MEAN), list(IMAGENET_STD)),
+        ]
+    )
+    return DataLoader(
+        datasets.ImageFolder(root / "valid", preset), batch_size=batch_size, num_workers=workers
+    )
+
+
+def validation_accuracy(train, valid, finish: Callable, backbone: str, classes: int, epochs: int) -> float:
+    """Head-only epochs (frozen random backbone: the augmentation and the input differ, nothing else)."""
+    torch.manual_seed(0)
+    model = build_model(backbone, classes, pretrained=False, finetune="head").eval()
+    optimizer = torch.optim.AdamW(head(model).parameters(), lr=0.02)
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def pairs(loader):
+        for batch in loader:
+            yield finish(batch)
+
+    for _ in range(epochs):
+        for inputs, labels in pairs(train):
+            optimizer.zero_grad()
+            criterion(model(inputs), labels).backward()
+            optimizer.step()
+    correct = count = 0
+    with torch.no_grad():
+        for inputs, labels in pairs(valid):
+            correct += (model(inputs).argmax(1) == labels).sum().item()
+            count += len(labels)
+    return correct / count
 
 
 def head_epochs(
@@ -218,16 +259,25 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--head_images", type=int, default=80, help="images for the head-only epochs")
     parser.add_argument("--cached_epochs", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=6, help="hues of the accuracy comparison")
+    parser.add_argument("--train_per_class", type=int, default=16)
+    parser.add_argument("--train_epochs", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as tmp:
         originals = make_images(Path(tmp) / "dogImages", args.images, 4, (args.width, args.height))
-        resized = resized_copy(originals, Path(tmp) / "resized", resize_size_for(224))
+        resized, manifest = resized_copy(originals, Path(tmp) / "resized", resize_size_for(224))
         train = TrainPreset(224)
         print(
             f"{args.images} JPEGs of {args.width}x{args.height}, batch {args.batch_size}, "
             f"{args.workers} workers per loader",
+            flush=True,
+        )
+        print(
+            f"data prepare, shorter side {manifest.resized_to}: {manifest.source_bytes / 1e6:.1f} MB before, "
+            f"{manifest.written_bytes / 1e6:.1f} MB after "
+            f"({manifest.written_bytes / manifest.source_bytes:.0%})",
             flush=True,
         )
         scale_batch = lambda batch: train.scaling(batch.inputs)  # noqa: E731 - the batch the model gets
@@ -250,12 +300,49 @@ def main() -> None:
         print(f"loader, reference (ImageFolder + ToTensor):  {reference:8.1f} images/s")
         print(f"loader, ours on the same JPEGs:              {ours:8.1f} images/s  ({ours / reference:.2f}x)")
         print(
-            f"loader, ours on the pre-resized copy:        {resized_rate:8.1f} images/s  "
-            f"({resized_rate / reference:.2f}x; a one-off copy with less detail, not the same input)",
+            f"loader, ours after data prepare:             {resized_rate:8.1f} images/s  "
+            f"({resized_rate / reference:.2f}x the reference on the originals; goal: 3x)",
             flush=True,
         )
         stage_times(originals / "train", train, reference_transform())
         torch.set_num_threads(threads)
+
+        hues = make_dataset(
+            Path(tmp) / "hues",
+            num_classes=args.classes,
+            images_per_class={"train": args.train_per_class, "valid": 6, "test": 1},
+            size=(args.width, args.height),
+        )
+        prepared_hues, _ = resized_copy(hues, Path(tmp) / "hues-prepared", resize_size_for(224))
+        eval_preset = EvalPreset(224)
+        ours_finish = lambda batch: (eval_preset.scaling(batch.inputs), batch.labels)  # noqa: E731
+        runs = {
+            "reference, originals": (
+                reference_loader(hues, args.batch_size, args.workers),
+                reference_eval_loader(hues, args.batch_size, args.workers),
+                tuple,
+            ),
+            "ours, originals": (
+                our_loader(hues, args.batch_size, args.workers, train.uint8),
+                our_loader(hues, args.batch_size, args.workers, eval_preset.uint8, "valid"),
+                ours_finish,
+            ),
+            "ours, after data prepare": (
+                our_loader(prepared_hues, args.batch_size, args.workers, train.uint8),
+                our_loader(prepared_hues, args.batch_size, args.workers, eval_preset.uint8, "valid"),
+                ours_finish,
+            ),
+        }
+        print(
+            f"validation accuracy after {args.train_epochs} head-only epochs ({args.backbone}, "
+            "random backbone, "
+            f"{args.classes} hues, {args.train_per_class} training images each):"
+        )
+        for name, (train_loader, valid_loader, finish) in runs.items():
+            accuracy = validation_accuracy(
+                train_loader, valid_loader, finish, args.backbone, args.classes, args.train_epochs
+            )
+            print(f"  {name:<26} {accuracy:.4f}", flush=True)
 
         head_data = make_images(Path(tmp) / "head", args.head_images, 4, (args.width, args.height))
         uncached, build, cached = head_epochs(

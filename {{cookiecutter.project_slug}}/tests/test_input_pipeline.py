@@ -1,0 +1,115 @@
+"""The prepared dataset and the training loader give the network what serving would give it.
+
+`data prepare` writes each image upright at the eval preset's resize size; the loader decodes it
+with the same presets the endpoint uses. Correctness only: benchmarks/bench_training_data.py
+measures the speed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import sys
+
+import pytest
+import torch
+from conftest import project_module
+from PIL import Image
+
+from classifier.presets import EvalPreset
+from classifier.schema import resize_size_for
+
+data = project_module("data")
+ProjectConfig = project_module("config").ProjectConfig
+
+
+def quadrants(size: tuple[int, int]) -> Image.Image:
+    """Four colours, one per quadrant: any turn or flip of the picture moves them."""
+    width, height = size
+    image = Image.new("RGB", size)
+    for box, colour in (
+        ((0, 0, width // 2, height // 2), (220, 30, 30)),
+        ((width // 2, 0, width, height // 2), (30, 200, 40)),
+        ((0, height // 2, width // 2, height), (30, 40, 210)),
+        ((width // 2, height // 2, width, height), (230, 220, 40)),
+    ):
+        image.paste(colour, box)
+    return image
+
+
+def save_jpeg(image: Image.Image, path, orientation: int = 1) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, format="JPEG", quality=95, exif=exif.tobytes())
+
+
+def dataset(root, size: tuple[int, int], orientation: int = 1):
+    for split in ("train", "valid", "test"):
+        for name in ("001.A", "002.B"):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            save_jpeg(quadrants(size), folder / "photo.jpg", orientation)
+    return root
+
+
+def test_by_default_prepare_writes_the_eval_presets_resize_size(project_config):
+    assert data.prepare_options(project_config)["resize_to"] == resize_size_for(
+        project_config.settings.model.image_size
+    )
+    assert resize_size_for(224) == 256 == EvalPreset(224).resize_size
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_a_prepared_image_is_upright_and_gives_the_eval_tensor_of_the_original(tmp_path, orientation):
+    source = dataset(tmp_path / "source", (600, 400), orientation)
+    manifest = data.prepare(source, tmp_path / "prepared", resize_to=64)
+    original = source / "train" / "001.A" / "photo.jpg"
+    written = tmp_path / "prepared" / "train" / "001.A" / "photo.jpg"
+    with Image.open(written) as image:
+        assert min(image.size) == 64
+        assert image.getexif().get(0x0112, 1) == 1, "the orientation is in the pixels now"
+        # Portrait after orientations 6 and 8 turn the 600x400 landscape.
+        assert (image.height > image.width) == (orientation in (6, 8))
+    preset = EvalPreset(56, 64)
+    with Image.open(original) as before, Image.open(written) as after:
+        difference = (preset.uint8(before).float() - preset.uint8(after).float()).abs()
+    assert difference.mean() < 3, "a turned or flipped picture would differ by a quadrant's colour"
+    assert manifest.resized_to == 64
+    assert 0 < manifest.written_bytes < manifest.source_bytes
+
+
+def test_prepare_copies_an_image_already_that_small_byte_for_byte(tmp_path):
+    source = dataset(tmp_path / "source", (60, 50), orientation=6)
+    manifest = data.prepare(source, tmp_path / "prepared", resize_to=64)
+    original = (source / "valid" / "002.B" / "photo.jpg").read_bytes()
+    assert (tmp_path / "prepared" / "valid" / "002.B" / "photo.jpg").read_bytes() == original
+    assert manifest.written_bytes == manifest.source_bytes
+
+
+def test_a_prepared_images_longer_side_is_rounded_as_torchvisions_resize_rounds_it():
+    # 500x375 -> 341x256: the eval preset's Resize(256) of the written image is then the identity.
+    assert data.resized_size((500, 375), 256) == (341, 256)
+    assert data.resized_size((375, 500), 256) == (256, 341)
+    resized = EvalPreset(224)._resize_crop.transforms[0](torch.zeros(3, 256, 341, dtype=torch.uint8))
+    assert resized.shape == (3, 256, 341)
+
+
+def test_the_training_loader_gives_servings_tensor_of_a_prepared_image(tmp_path, training_source):
+    """Validation batches of the prepared copy: exactly the endpoint's preprocessing of the same file."""
+    source = dataset(tmp_path / "source", (600, 400), orientation=6)
+    data.prepare(source, tmp_path / "prepared", resize_to=64)
+    sys.path.insert(0, str(training_source))
+    try:
+        training_data = importlib.import_module("data")
+        _, splits = training_data.discover_splits(tmp_path / "prepared")
+        preset = EvalPreset(56, 64)
+        dataset_ = training_data.ImageFiles(splits["valid"], preset.uint8)
+        loader = training_data.make_loader(
+            dataset_, 2, shuffle=False, seed=0, num_workers=0, distributed=False, pin_memory=False
+        )
+        batch = next(iter(loader))
+    finally:
+        sys.path.remove(str(training_source))
+    for row, (path, _) in zip(preset.scaling(batch.inputs), splits["valid"].samples, strict=True):
+        with Image.open(io.BytesIO(path.read_bytes())) as image:
+            torch.testing.assert_close(row, preset(image), rtol=0, atol=0)
