@@ -20,7 +20,13 @@ REFERENCE = {
     },
     # The reference's four hyperparameters, plus which network a CPU endpoint serves (int8 when it costs
     # at most 0.5 points of validation accuracy).
-    "hyperparameters": {"epochs": 5, "batch_size": 40, "test_batch_size": 100, "lr": 0.005, "quantize": "auto"},
+    "hyperparameters": {
+        "epochs": 5,
+        "batch_size": 40,
+        "test_batch_size": 100,
+        "lr": 0.005,
+        "quantize": "auto",
+    },
     "tuning": {
         "max_jobs": 4,
         "max_parallel_jobs": 2,
