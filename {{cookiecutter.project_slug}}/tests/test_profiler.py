@@ -95,7 +95,8 @@ def test_a_slow_loader_is_a_data_loading_bottleneck(training, monkeypatch, datas
 
     class SlowImages(data.ImageFiles):
         def __getitem__(self, item):
-            time.sleep(0.01)
+            # 50 ms an image against a tiny MLP's compute: data-bound even on a loaded 2-core machine.
+            time.sleep(0.05)
             return super().__getitem__(item)
 
     monkeypatch.setattr(training("engine"), "ImageFiles", SlowImages)

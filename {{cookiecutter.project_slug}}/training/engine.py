@@ -1006,7 +1006,8 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
         # The deployed model (train_model.py's) gets an int8 copy; a tuning job's is ranked, not served.
         quantized = quantize_for_cpu(args, cluster, training, data, log) if evaluate_test else None
         save(args, training, data, result, progress.history, quantized)
-        log(f"model saved to {args.model_dir}; the whole run took {time.perf_counter() - started:.1f}s", flush=True)
+        took = time.perf_counter() - started
+        log(f"model saved to {args.model_dir}; the whole run took {took:.1f}s", flush=True)
     cluster.barrier()
     if cluster.distributed:
         dist.destroy_process_group()
