@@ -158,3 +158,26 @@ def test_data_prepare_reports_a_class_count_that_differs_from_the_config(project
     text = " ".join(result.stdout.split())
     assert f"{source} has 3 classes, config.toml says 10" in text
     assert "[model] num_classes = 3" in text
+
+
+def test_status_with_nothing_recorded_and_no_credentials_is_calm(project_root, tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    project = copy_project(project_root, tmp_path / "project")
+    result = CliRunner().invoke(cli.main, ["--project", str(project), "status"])
+    assert result.exit_code == 0, result.output
+    assert "nothing recorded in" in result.stdout and "no AWS credentials" in result.stdout
+
+
+def test_a_local_run_never_silently_replaces_an_earlier_one(project_root, tiny_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.tar.gz").write_bytes(b"an earlier run")
+    arguments = ["--project", str(project_root), "train", "--local", "--data", str(tiny_dataset)]
+    result = CliRunner().invoke(cli.main, [*arguments, "--run-dir", str(run_dir), "--hp", "epochs=0"])
+    assert result.exit_code == 1
+    assert "holds an earlier run: pass --run-dir <new folder> to keep it, or --overwrite" in result.stderr
+    assert (run_dir / "model.tar.gz").read_bytes() == b"an earlier run"

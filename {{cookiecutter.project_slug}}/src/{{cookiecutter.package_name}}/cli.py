@@ -106,6 +106,20 @@ def _report_dry_run(session: Session) -> None:
     console.print(f"requests: {folder / REQUESTS_FILENAME}   offline S3: {folder / S3_FOLDER}/")
 
 
+def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """An earlier local run in `run_dir` is replaced only when the user says so (asked, or --overwrite)."""
+    earlier = run_dir / "model.tar.gz"
+    if overwrite or not earlier.exists():
+        return
+    question = f"{run_dir} holds an earlier run ({earlier.name}); replace it?"
+    if sys.stdin.isatty() and click.confirm(question, default=False):
+        return
+    raise click.ClickException(
+        f"{run_dir} holds an earlier run: pass --run-dir <new folder> to keep it, "
+        "or --overwrite to replace it"
+    )
+
+
 def _parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
     """`--hp lr=0.01 --hp backbone=resnet50` -> {"lr": 0.01, "backbone": "resnet50"} (JSON values parsed)."""
     parsed: dict[str, Any] = {}
@@ -349,6 +363,7 @@ def tune(
     "--wait/--no-wait", default=True, show_default=True, help="Stream the job's logs until it ends."
 )
 @click.option("--debugger", is_flag=True, help="--local: run with the smdebug hook.")
+@click.option("--overwrite", is_flag=True, help="--local: replace an earlier run in the folder, unasked.")
 @launch_options
 @dry_run_options
 @click.pass_context
@@ -361,6 +376,7 @@ def train(
     tuned: bool,
     wait: bool,
     debugger: bool,
+    overwrite: bool,
     skip_preflight: bool,
     yes: bool,
     dry_run: bool,
@@ -378,10 +394,13 @@ def train(
         hyperparameters = launcher.training_hyperparameters(
             config, ProjectState(config.state_dir), overrides, use_tuned=tuned
         )
+        run_dir = run_dir or config.root / "runs" / "local"
+        _claim_run_dir(run_dir, overwrite)
+        console.print(f"training locally into {run_dir} (log: {run_dir / 'training.log'})")
         model = run_local_training(
             config,
             data_dir or config.data_dir,
-            run_dir or config.root / "runs" / "local",
+            run_dir,
             hyperparameters,
             debugger=debugger,
         )
@@ -729,11 +748,20 @@ def status(
 ) -> None:
     """List what this project (or --owner, --all-owners) has on AWS, what is running and its cost so far."""
     from . import launcher
+    from .session import session_state
 
     config = _config(ctx)
     scope = launcher.scope_of(config, owner, all_owners)
-    with _session(config, dry_run, dry_run_dir) as session:
-        records = launcher.status(config, session, owner=owner, all_owners=all_owners)
+    recorded = session_state(config, dry_run=dry_run, folder=dry_run_dir)
+    try:
+        with _session(config, dry_run, dry_run_dir) as session:
+            records = launcher.status(config, session, owner=owner, all_owners=all_owners)
+    except AwsSetupError as error:
+        if recorded.resources() or owner or all_owners:
+            raise
+        # Nothing here to look up, and no account to ask about tagged resources: say both, calmly.
+        console.print(f"nothing recorded in {recorded.folder}; to look for tagged resources too: {error}")
+        return
     if not records:
         console.print(f"nothing found for {scope.describe()} (local record and tags)")
         return
