@@ -73,6 +73,7 @@ def test_config_is_the_reference_configuration(default_project: Path) -> None:
         "slug": "dog-breed-classifier",
         "package": "dog_breed_classifier",
         "description": config["project"]["description"],
+        "owner": "",  # empty: the slug tags the resources
     }
     assert config["jobs"]["use_spot"] is False
     assert config["jobs"]["max_wait_seconds"] >= config["jobs"]["max_run_seconds"]

@@ -254,6 +254,9 @@ def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int
             f"{expected}: set \\[model] num_classes = {len(manifest.classes)} in "
             f"{config.root / 'config.toml'} before training"
         )
+
+
+@data.command("synthetic")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--classes", "num_classes", type=click.IntRange(min=2), default=3, show_default=True)
 @click.option("--size", default="48x40", show_default=True, help="Image width x height in pixels.")
