@@ -41,7 +41,12 @@ def project(project_root, tmp_path_factory):
 
 
 def run(project, *args: str, env: dict | None = None):
-    return CliRunner().invoke(cli.main, ["--project", str(project), *args], env={**NO_ACCOUNT, **(env or {})})
+    env = {**NO_ACCOUNT, **(env or {})}
+    # rich reads $COLUMNS when the console is made (at import), not per command: set its width here.
+    width = int(env["COLUMNS"]) if env.get("COLUMNS") else None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli.console, "width", width or cli.console.width)
+        return CliRunner().invoke(cli.main, ["--project", str(project), *args], env=env)
 
 
 def test_help_lists_every_command_without_importing_the_sdk(project_root):
