@@ -13,7 +13,7 @@ On the same generated JPEGs (dogImages-like, 500x375 by default), in one run:
   4. a head-only epoch with and without the feature cache.
 Both loaders get the same images, batch size and number of workers, so the ratio is per-image work.
 
-    python benchmarks/bench_training_data.py                 # about a minute on 2 cores
+    python benchmarks/bench_training_data.py                 # about two minutes on 2 cores
     python benchmarks/bench_training_data.py --images 2000 --workers 8 --backbone resnet50
 """
 
@@ -23,6 +23,7 @@ import argparse
 import importlib
 import io
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -92,19 +93,24 @@ def epoch_rate(loader: DataLoader, finish: Callable) -> float:
     return count / (time.perf_counter() - started)
 
 
-def best_rates(loaders: dict[str, tuple[DataLoader, Callable]], rounds: int) -> dict[str, float]:
-    """Each loader's best epoch of `rounds`, after a warm-up epoch that starts its workers.
+def round_rates(loaders: dict[str, tuple[DataLoader, Callable]], rounds: int) -> dict[str, list[float]]:
+    """Each loader's rate in each of `rounds` epochs, after a warm-up epoch that starts its workers.
 
-    The loaders take turns epoch by epoch, so other work on the machine slows them alike,
-    and the best epoch is the least disturbed one.
+    The loaders take turns epoch by epoch, so a round's epochs ran under the same conditions: the
+    ratio within a round is what is compared (its median over the rounds), as a shared machine
+    slows everything by tens of percent from one minute to the next.
     """
     for loader, finish in loaders.values():
         epoch_rate(loader, finish)
-    best = dict.fromkeys(loaders, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(rounds):
         for name, (loader, finish) in loaders.items():
-            best[name] = max(best[name], epoch_rate(loader, finish))
-    return best
+            rates[name].append(epoch_rate(loader, finish))
+    return rates
+
+
+def median_ratio(ours: list[float], reference: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(ours, reference, strict=True))
 
 
 def stage_times(folder: Path, train: TrainPreset, reference: v1.Compose) -> None:
@@ -248,14 +254,16 @@ def head_epochs(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=240, help="training images to generate")
+    # An epoch long enough that starting and draining the workers (tens of ms) does not favour either
+    # loader; dogImages' is 6680.
+    parser.add_argument("--images", type=int, default=960, help="training images to generate")
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--height", type=int, default=375)
     parser.add_argument("--batch_size", type=int, default=40)
     parser.add_argument(
         "--workers", type=int, default=auto_num_workers(), help="loader workers, both loaders"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="timed epochs per loader, taking turns")
+    parser.add_argument("--rounds", type=int, default=5, help="timed epochs per loader, taking turns")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--head_images", type=int, default=80, help="images for the head-only epochs")
     parser.add_argument("--cached_epochs", type=int, default=3)
@@ -285,7 +293,7 @@ def main() -> None:
         # OpenMP thread here would only spin on the cores the workers need.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        rates = best_rates(
+        rates = round_rates(
             {
                 "reference": (reference_loader(originals, args.batch_size, args.workers), lambda b: b),
                 "ours": (our_loader(originals, args.batch_size, args.workers, train.uint8), scale_batch),
@@ -295,13 +303,18 @@ def main() -> None:
             },
             args.rounds,
         )
-        reference, ours, resized_rate = rates["reference"], rates["ours"], rates["resized"]
-        print(f"loader, reference as shipped (0 workers):    {rates['shipped']:8.1f} images/s")
-        print(f"loader, reference (ImageFolder + ToTensor):  {reference:8.1f} images/s")
-        print(f"loader, ours on the same JPEGs:              {ours:8.1f} images/s  ({ours / reference:.2f}x)")
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        reference = rates["reference"]
+        print(f"loader, median of {args.rounds} epochs each; x = median of the ratios within a round:")
+        print(f"  reference as shipped (0 workers):    {median['shipped']:8.1f} images/s")
+        print(f"  reference (ImageFolder + ToTensor):  {median['reference']:8.1f} images/s")
         print(
-            f"loader, ours after data prepare:             {resized_rate:8.1f} images/s  "
-            f"({resized_rate / reference:.2f}x the reference on the originals; goal: 3x)",
+            f"  ours on the same JPEGs:              {median['ours']:8.1f} images/s  "
+            f"({median_ratio(rates['ours'], reference):.2f}x)"
+        )
+        print(
+            f"  ours after data prepare:             {median['resized']:8.1f} images/s  "
+            f"({median_ratio(rates['resized'], reference):.2f}x the reference on the originals; goal: 3x)",
             flush=True,
         )
         stage_times(originals / "train", train, reference_transform())

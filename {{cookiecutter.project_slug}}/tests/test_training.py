@@ -166,6 +166,24 @@ def test_train_preset_is_exactly_torchvisions_random_crop_and_flip(training, ima
         assert torch.equal(ours, reference(Image.open(io.BytesIO(body)).convert("RGB")))
 
 
+def test_training_batches_are_channels_last_and_scale_to_the_planar_values(training, tiny_dataset):
+    """Training crops are stored pixel-interleaved and stacked as such; scaling reads either layout alike."""
+    data, presets = training("data"), training("classifier.presets")
+    preset = presets.TrainPreset(32)
+    _, splits = data.discover_splits(tiny_dataset)
+    items = [data.ImageFiles(splits["train"], preset.uint8)[(index, index)] for index in range(5)]
+    batch = data.collate_skipping_failures([*items, (None, 0, 99)])
+    assert batch.inputs.is_contiguous(memory_format=torch.channels_last)
+    assert batch.failed == [99]
+    planar = torch.stack([crop.contiguous() for crop, _, _ in items])
+    assert planar.is_contiguous() and torch.equal(batch.inputs, planar)
+    scaled, expected = preset.scaling(batch.inputs), preset.scaling(planar)
+    assert scaled.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(scaled, expected, atol=1e-6)
+    one = preset.scaling(items[0][0])  # a single interleaved image, as the endpoint would scale it
+    assert torch.allclose(one, expected[0], atol=1e-6)
+
+
 def test_a_large_crop_of_a_jpeg_is_decoded_at_reduced_scale_with_the_same_detail(training):
     presets = training("classifier.presets")
     body = jpeg_or_png((256, 192))

@@ -27,8 +27,10 @@ from torch.utils.data import (
     RandomSampler,
     Sampler,
     SequentialSampler,
+    default_collate,
 )
 
+from classifier.presets import is_interleaved
 from classifier.schema import IMAGE_SUFFIXES
 
 SPLITS = ("train", "valid", "test")
@@ -176,11 +178,22 @@ class Batch:
 
 
 def collate_skipping_failures(items: Sequence[tuple[torch.Tensor | None, int, int]]) -> Batch | None:
+    """The decoded items as one batch; the indices of those that failed beside it.
+
+    `default_collate` stacks straight into shared memory in a worker (no copy when the batch is
+    sent to the main process). Images stored pixel-interleaved (`TrainPreset`'s) are stacked as
+    such, into a channels-last batch: reordering them to planar would cost as much as their resize.
+    """
     good = [(tensor, label) for tensor, label, _ in items if tensor is not None]
     failed = [index for tensor, _, index in items if tensor is None]
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), failed)
-    return Batch(torch.stack([t for t, _ in good]), torch.tensor([label for _, label in good]), failed)
+    tensors = [tensor for tensor, _ in good]
+    labels = torch.tensor([label for _, label in good])
+    if tensors[0].dim() == 3 and all(is_interleaved(t) for t in tensors):
+        pixels = default_collate([t.movedim(0, -1) for t in tensors])  # (N, H, W, C), contiguous
+        return Batch(pixels.movedim(-1, 1), labels, failed)
+    return Batch(default_collate(tensors), labels, failed)
 
 
 def available_cpus() -> int:
