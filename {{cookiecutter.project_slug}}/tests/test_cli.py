@@ -269,6 +269,15 @@ def test_a_launch_runs_preflight_first(project, tmp_path):
     assert "preflight for tune" in result.output and "not checked offline" in result.output
 
 
+def test_tune_attach_starts_nothing_so_checks_neither_preflight_nor_budget(project, tmp_path):
+    dry = ["--dry-run", "--dry-run-dir", str(tmp_path / "dry")]
+    assert run(project, "tune", "--no-wait", *dry).exit_code == 0
+    attached = run(with_budget(project, tmp_path, 0.01), "tune", "--attach", *dry)
+    assert attached.exit_code == 0, attached.output
+    assert "preflight" not in attached.output and "over [budget]" not in attached.output
+    assert "tuning job" in attached.output
+
+
 def test_a_deploy_whose_endpoint_does_not_answer_prints_the_log_tail(project, tmp_path, monkeypatch):
     from botocore.exceptions import ClientError
 

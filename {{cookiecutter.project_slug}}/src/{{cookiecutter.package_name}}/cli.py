@@ -10,9 +10,11 @@ that use them, so `--help` stays fast. Expected failures end with one line, neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,27 +136,27 @@ def _parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
-def dry_run_options(command: Any) -> Any:
-    command = click.option(
+def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Several click options as one decorator; `--help` lists them in the order given."""
+
+    def decorate(command: Any) -> Any:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+dry_run_options = _options(
+    click.option(
+        "--dry-run", is_flag=True, help="Capture every request on an offline AWS; nothing is sent or run."
+    ),
+    click.option(
         "--dry-run-dir",
         type=click.Path(file_okay=False, path_type=Path),
         help="Dry run: where its record is kept (default: dry-run/ in the project).",
-    )(command)
-    return click.option(
-        "--dry-run", is_flag=True, help="Capture every request on an offline AWS; nothing is sent or run."
-    )(command)
-
-
-def launch_options(command: Any) -> Any:
-    """--skip-preflight and --yes, for the commands that start what costs money (tune, train, deploy)."""
-    command = click.option(
-        "--yes", is_flag=True, help="Launch even when the estimate goes over [budget] usd in config.toml."
-    )(command)
-    return click.option(
-        "--skip-preflight",
-        is_flag=True,
-        help="Do not run `preflight`'s checks (account, quotas, images) first.",
-    )(command)
+    ),
+)
 
 
 _PREFLIGHT_STYLES = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
@@ -190,6 +192,47 @@ def _before_launch(
         raise click.ClickException(problem)
     if problem:
         console.print(f"[yellow]note[/]: --yes: {escape(problem.split(': raise')[0])}")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """The options of the commands that start what costs money (tune, train, deploy), as one value."""
+
+    skip_preflight: bool
+    yes: bool
+    dry_run: bool
+    dry_run_dir: Path | None
+
+    @contextlib.contextmanager
+    def session(self, config: ProjectConfig, command: str | None) -> Iterator[Session]:
+        """`_session()`, once `command` has passed `preflight` and the budget (None: it starts nothing, so
+        neither is checked)."""
+        with _session(config, self.dry_run, self.dry_run_dir) as session:
+            if command is not None:
+                _before_launch(config, session, command, self.skip_preflight, self.yes)
+            yield session
+
+
+def launch_options(command: Any) -> Any:
+    """--skip-preflight, --yes and the dry-run options, given to the command as one `launch: Launch`."""
+
+    @functools.wraps(command)
+    def with_launch(
+        *args: Any, skip_preflight: bool, yes: bool, dry_run: bool, dry_run_dir: Path | None, **kwargs: Any
+    ) -> Any:
+        return command(*args, launch=Launch(skip_preflight, yes, dry_run, dry_run_dir), **kwargs)
+
+    return _options(
+        click.option(
+            "--skip-preflight",
+            is_flag=True,
+            help="Do not run `preflight`'s checks (account, quotas, images) first.",
+        ),
+        click.option(
+            "--yes", is_flag=True, help="Launch even when the estimate goes over [budget] usd in config.toml."
+        ),
+        dry_run_options,
+    )(with_launch)
 
 
 @click.group(cls=ProjectGroup)
@@ -312,26 +355,16 @@ def data_upload(ctx: click.Context, data_dir: Path | None, dry_run: bool, dry_ru
     "--attach", is_flag=True, help="Start nothing: wait for the last tuning job and record its best."
 )
 @launch_options
-@dry_run_options
 @click.pass_context
-def tune(
-    ctx: click.Context,
-    wait: bool,
-    attach: bool,
-    skip_preflight: bool,
-    yes: bool,
-    dry_run: bool,
-    dry_run_dir: Path | None,
-) -> None:
+def tune(ctx: click.Context, wait: bool, attach: bool, launch: Launch) -> None:
     """Tune lr and batch size over hpo.py; records the best hyperparameters for `train`."""
     from . import launcher
 
     config = _config(ctx)
-    with _session(config, dry_run, dry_run_dir) as session:
+    with launch.session(config, None if attach else "tune") as session:
         if attach:
             result = launcher.attach_tuning(config, session, wait=wait)
         else:
-            _before_launch(config, session, "tune", skip_preflight, yes)
             result = launcher.tune(config, session, wait=wait)
         console.print(f"tuning job {result.tuning_job_name}: {result.status}")
         if result.best_training_job:
@@ -368,7 +401,6 @@ def tune(
 @click.option("--debugger", is_flag=True, help="--local: run with the smdebug hook.")
 @click.option("--overwrite", is_flag=True, help="--local: replace an earlier run in the folder, unasked.")
 @launch_options
-@dry_run_options
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -380,10 +412,7 @@ def train(
     wait: bool,
     debugger: bool,
     overwrite: bool,
-    skip_preflight: bool,
-    yes: bool,
-    dry_run: bool,
-    dry_run_dir: Path | None,
+    launch: Launch,
 ) -> None:
     """Train train_model.py with the debugger and profiler rules (or locally with --local)."""
     from . import launcher
@@ -409,8 +438,7 @@ def train(
         )
         console.print(f"model: {model}")
         return
-    with _session(config, dry_run, dry_run_dir) as session:
-        _before_launch(config, session, "train", skip_preflight, yes)
+    with launch.session(config, "train") as session:
         result = launcher.train(config, session, hyperparameters=overrides, use_tuned=tuned, wait=wait)
         for note in result.notes:
             console.print(f"[yellow]note[/]: {note}")
@@ -509,24 +537,15 @@ def report(
     help="When the first invocation fails: delete the endpoint, or keep it; default: ask (or keep).",
 )
 @launch_options
-@dry_run_options
 @click.pass_context
 def deploy(
-    ctx: click.Context,
-    model_data: str | None,
-    wait: bool,
-    teardown_on_failure: bool | None,
-    skip_preflight: bool,
-    yes: bool,
-    dry_run: bool,
-    dry_run_dir: Path | None,
+    ctx: click.Context, model_data: str | None, wait: bool, teardown_on_failure: bool | None, launch: Launch
 ) -> None:
     """Deploy the model behind an endpoint (inference.py, image bytes in, JSON out) and prove it answers."""
     from . import launcher
 
     config = _config(ctx)
-    with _session(config, dry_run, dry_run_dir) as session:
-        _before_launch(config, session, "deploy", skip_preflight, yes)
+    with launch.session(config, "deploy") as session:
         deployment = launcher.deploy(config, session, model_data, wait=wait)
         suffix = f" ({CAPTURED})" if session.dry_run else ""
         console.print(f"endpoint {deployment.endpoint_name} (model {deployment.model_name}){suffix}")
@@ -732,19 +751,21 @@ def iam_policy(ctx: click.Context, principal: str) -> None:
     click.echo(json.dumps(policy, indent=2))
 
 
-def owner_options(command: Any) -> Any:
-    command = click.option(
-        "--all-owners", is_flag=True, help="Every owner's resources of this template, found by tags (staff)."
-    )(command)
-    return click.option(
+# Whose resources status and teardown reach (launcher.scope_of), and the dry-run options.
+owner_options = _options(
+    click.option(
         "--owner",
         help="One owner's resources (a student or team id), found by tags; default: [project] owner.",
-    )(command)
+    ),
+    click.option(
+        "--all-owners", is_flag=True, help="Every owner's resources of this template, found by tags (staff)."
+    ),
+    dry_run_options,
+)
 
 
 @main.command()
 @owner_options
-@dry_run_options
 @click.pass_context
 def status(
     ctx: click.Context, owner: str | None, all_owners: bool, dry_run: bool, dry_run_dir: Path | None
@@ -793,7 +814,6 @@ def status(
 @click.option("--stop-jobs", is_flag=True, help="Also stop tuning and training jobs still running.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @owner_options
-@dry_run_options
 @click.pass_context
 def teardown(
     ctx: click.Context,
