@@ -17,8 +17,9 @@ FAST = ["-m", "not slow"]
 NOTEBOOK = ["tests/test_notebook.py"]
 # name -> (answers, one pytest run's arguments per entry)
 RENDERS = {
-    # Its own two workers: the longest single test of the template, balanced against the rest.
-    "default": ({}, [["-n", "2"]]),
+    # Its own two workers: the longest single test of the template, balanced against the rest. A module's
+    # tests stay on one worker, so a module fixture (a local training run, minutes) is built once.
+    "default": ({}, [["-n", "2", "--dist", "loadscope"]]),
     "mobilenet-extended-spot": (
         {
             "backbone": "mobilenet_v3_large",

@@ -1,14 +1,23 @@
-"""training/requirements.txt installed as the training toolkit installs it, into an image-like environment.
+"""training/requirements.txt against the PyTorch 2.8 training image, as the training toolkit installs it.
 
-The PyTorch 2.8 training image has numpy 2.3/2.4, pandas 3, scipy, scikit-learn, protobuf 6 and
-Pillow; installing the requirements must leave it on numpy 2, without a dependency conflict, with
-every import working. torch is left out (too big to download here); the requirements must not pull
-it either. Needs PyPI.
+The image has numpy 2.3/2.4, pandas 3, scipy, scikit-learn, protobuf 6, Pillow and the SageMaker SDK;
+the toolkit runs `pip install -r requirements.txt` into it before the entry point. Two checks:
+
+- resolution (every run, seconds): pip resolves the requirements for Python 3.12 with the image's
+  packages as constraints. A requirement that needs another numpy or protobuf (smdebug 1.0.34 needs
+  protobuf <= 3.20.3) fails here, and torch must not be pulled in (the image has its own build);
+- installation (slow tier, minutes, only when the file requires anything): an image-like environment
+  is built, the requirements are installed into it, and nothing it had may change and every import
+  must still work.
+
+Needs the package index (PyPI, or the mirror pip is configured with).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 import venv
 from pathlib import Path
 
@@ -33,9 +42,12 @@ IMPORTS = [
     "PIL.Image",
     "sagemaker",
 ]
+IMAGE_PYTHON = "3.12"
+# Packages the image brings in its own builds (CUDA, the DLC's patches): never to be installed over.
+IMAGE_BUILDS = {"torch", "torchvision", "torchaudio"}
 
 
-def pip(python: Path, *args: str) -> subprocess.CompletedProcess:
+def pip(python: Path | str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(python), "-m", "pip", "--disable-pip-version-check", *args],
         capture_output=True,
@@ -44,20 +56,68 @@ def pip(python: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def requirement_lines(path: Path) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line]
+
+
+def resolve_for_the_image(requirements: Path, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """pip's resolution of `requirements` for the image's Python, its packages as constraints."""
+    constraints = tmp_path / "image-constraints.txt"
+    constraints.write_text("\n".join(IMAGE) + "\n", encoding="utf-8")
+    report = tmp_path / "report.json"
+    result = pip(
+        sys.executable,
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--only-binary=:all:",
+        "--python-version",
+        IMAGE_PYTHON,
+        "--report",
+        str(report),
+        "-r",
+        str(requirements),
+        "-c",
+        str(constraints),
+    )
+    return result, json.loads(report.read_text()) if report.is_file() else {}
+
+
+def test_requirements_resolve_within_the_image_and_leave_its_torch_alone(project_root, tmp_path):
+    result, report = resolve_for_the_image(project_root / "training" / "requirements.txt", tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    pulled = {item["metadata"]["name"].lower() for item in report["install"]}
+    assert not pulled & IMAGE_BUILDS, f"would install {sorted(pulled & IMAGE_BUILDS)} over the image's build"
+
+
+def test_the_resolution_check_refuses_smdebug_for_its_protobuf_pin(tmp_path):
+    """The check catches the requirement this project deliberately left out (see requirements.txt)."""
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("smdebug==1.0.34\n", encoding="utf-8")
+    result, _ = resolve_for_the_image(requirements, tmp_path)
+    assert result.returncode != 0
+    assert "protobuf" in result.stdout + result.stderr
+
+
 @pytest.mark.slow
 def test_requirements_keep_a_numpy_2_image_intact(project_root, tmp_path):
+    requirements = project_root / "training" / "requirements.txt"
+    if not requirement_lines(requirements):
+        pytest.skip("training/requirements.txt requires nothing: there is nothing to install")
     venv.create(tmp_path / "image", with_pip=True)
     python = tmp_path / "image" / "bin" / "python"
     installed = pip(python, "install", "-q", *IMAGE)
     assert installed.returncode == 0, installed.stderr[-3000:]
     before = pip(python, "freeze").stdout
 
-    result = pip(python, "install", "-r", str(project_root / "training" / "requirements.txt"))
+    result = pip(python, "install", "-r", str(requirements))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "dependency conflicts" not in result.stdout + result.stderr
     check = pip(python, "check")
     assert check.returncode == 0, check.stdout
-    assert pip(python, "freeze").stdout == before  # nothing downgraded, nothing added
+    changed = set(before.splitlines()) - set(pip(python, "freeze").stdout.splitlines())
+    assert not changed, f"installing the requirements changed {sorted(changed)}"  # additions are fine
     code = "import " + ", ".join(IMPORTS) + "; import numpy; print(numpy.__version__)"
     imported = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr[-3000:]
