@@ -13,6 +13,7 @@ Pure Python on purpose: the rules are unit-tested on synthetic series without to
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,11 @@ class Verdict:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def _verdicts(rule: str, params: dict, kind: str = "debugger") -> Callable[..., Verdict]:
+    """`Verdict` with the rule's name, kind and parameters filled in: `verdict(ISSUES, reason, step=...)`."""
+    return functools.partial(Verdict, rule, kind=kind, parameters=params)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -72,15 +78,14 @@ def _interval_hint(recording: dict, mode: str) -> str:
 def vanishing_gradient(recording: dict, threshold: float = 0.0000001) -> Verdict:
     """IssuesFound at the first saved step where a layer's mean |gradient| is below `threshold`."""
     params = {"threshold": threshold}
+    verdict = _verdicts("vanishing_gradient", params)
     entries = sorted(recording.get("gradients", []), key=lambda e: e["step"])
     if not entries:
-        return Verdict(
-            "vanishing_gradient",
+        return verdict(
             NOT_ENOUGH,
             f"no gradients saved ({_interval_hint(recording, 'TRAIN')})",
             steps_had={"TRAIN": 0},
             steps_needed={"TRAIN": 1},
-            parameters=params,
         )
     smallest = (math.inf, "", 0)
     for entry in entries:
@@ -88,24 +93,20 @@ def vanishing_gradient(recording: dict, threshold: float = 0.0000001) -> Verdict
         if low:
             shown = ", ".join(f"{name} {value:.2e}" for name, value in list(low.items())[:3])
             more = f" and {len(low) - 3} more layers" if len(low) > 3 else ""
-            return Verdict(
-                "vanishing_gradient",
+            return verdict(
                 ISSUES,
                 f"mean |gradient| below {threshold:g}: {shown}{more}",
                 step=entry["step"],
                 mode="TRAIN",
                 steps_had={"TRAIN": len(entries)},
-                parameters=params,
             )
         for name, s in entry["layers"].items():
             smallest = min(smallest, (s["mean_abs"], name, entry["step"]))
-    return Verdict(
-        "vanishing_gradient",
+    return verdict(
         NO_ISSUES,
         f"{len(entries)} saved steps; smallest mean |gradient| {smallest[0]:.2e} ({smallest[1]}, step "
         f"{smallest[2]}) is above {threshold:g}",
         steps_had={"TRAIN": len(entries)},
-        parameters=params,
     )
 
 
@@ -137,16 +138,15 @@ def overfit(recording: dict, start_step: int = 0, patience: int = 1, ratio_thres
     validation losses of the evaluation that follows it; `patience` counts consecutive such epochs.
     """
     params = {"start_step": start_step, "patience": patience, "ratio_threshold": ratio_threshold}
+    verdict = _verdicts("overfit", params)
     means = _epoch_means(recording, start_step)
     if not means:
-        return Verdict(
-            "overfit",
+        return verdict(
             NOT_ENOUGH,
             "no epoch has both a saved training loss and a saved validation loss "
             f"({_interval_hint(recording, 'TRAIN')}; {_interval_hint(recording, 'EVAL')})",
             steps_had=_saved(recording),
             steps_needed={"TRAIN": 1, "EVAL": 1},
-            parameters=params,
         )
     exceeded = 0
     worst = -math.inf
@@ -155,22 +155,18 @@ def overfit(recording: dict, start_step: int = 0, patience: int = 1, ratio_thres
         worst = max(worst, ratio)
         exceeded = exceeded + 1 if ratio > ratio_threshold else 0
         if exceeded >= patience:
-            return Verdict(
-                "overfit",
+            return verdict(
                 ISSUES,
                 f"epoch {epoch + 1}: mean validation loss {valid:.4f} vs training {train:.4f}, "
                 f"ratio {ratio:.3f} > {ratio_threshold} for {exceeded} epoch(s)",
                 step=step,
                 mode="TRAIN",
                 steps_had=_saved(recording),
-                parameters=params,
             )
-    return Verdict(
-        "overfit",
+    return verdict(
         NO_ISSUES,
         f"{len(means)} epochs compared; largest ratio {worst:.3f} <= {ratio_threshold}",
         steps_had=_saved(recording),
-        parameters=params,
     )
 
 
@@ -192,20 +188,19 @@ def overtraining(
 ) -> Verdict:
     """Validation loss (or training loss) no better than its best by `delta` for `patience_*` saved steps."""
     params = {"patience_train": patience_train, "patience_validation": patience_validation, "delta": delta}
+    verdict = _verdicts("overtraining", params)
     needed = {"TRAIN": patience_train + 1, "EVAL": patience_validation + 1}
     series = {"TRAIN": _losses(recording, "TRAIN"), "EVAL": _losses(recording, "EVAL")}
     judged = [mode for mode in ("EVAL", "TRAIN") if len(series[mode]) >= needed[mode]]
     had = {mode: len(values) for mode, values in series.items()}
     if not judged:
-        return Verdict(
-            "overtraining",
+        return verdict(
             NOT_ENOUGH,
             f"{had['EVAL']} validation and {had['TRAIN']} training losses saved; needs "
             f"{needed['EVAL']} or {needed['TRAIN']} ({_interval_hint(recording, 'EVAL')}; "
             f"{_interval_hint(recording, 'TRAIN')})",
             steps_had=had,
             steps_needed=needed,
-            parameters=params,
         )
     names = {"EVAL": "validation", "TRAIN": "training"}
     patience = {"EVAL": patience_validation, "TRAIN": patience_train}
@@ -213,24 +208,20 @@ def overtraining(
         found = _stale_since(series[mode], patience[mode], delta)
         if found:
             step, best = found
-            return Verdict(
-                "overtraining",
+            return verdict(
                 ISSUES,
                 f"{names[mode]} loss not below its best {best:.4f} by {delta} for {patience[mode]} saved "
                 "steps: training longer no longer helps",
                 step=step,
                 mode=mode,
                 steps_had=had,
-                parameters=params,
             )
     unjudged = [f"{names[m]} (only {had[m]} saved)" for m in ("EVAL", "TRAIN") if m not in judged]
-    return Verdict(
-        "overtraining",
+    return verdict(
         NO_ISSUES,
         f"{' and '.join(names[m] for m in judged)} loss kept improving"
         + (f"; not judged: {', '.join(unjudged)}" if unjudged else ""),
         steps_had=had,
-        parameters=params,
     )
 
 
@@ -255,6 +246,7 @@ def poor_weight_initialization(
         "patience": patience,
         "steps": steps,
     }
+    verdict = _verdicts("poor_weight_initialization", params)
     early_activations = [
         a for a in recording.get("activations", []) if a["mode"] == "TRAIN" and a["step"] < steps
     ]
@@ -269,15 +261,13 @@ def poor_weight_initialization(
         low, high = min(variances.values()), max(variances.values())
         ratio = high / low if low > 0 else math.inf
         if ratio > threshold:
-            return Verdict(
-                "poor_weight_initialization",
+            return verdict(
                 ISSUES,
                 f"ReLU input variance differs {ratio:.3g}x across layers (> {threshold}): "
                 f"{min(variances, key=variances.get)} {low:.3g}, "
                 f"{max(variances, key=variances.get)} {high:.3g}",
                 step=entry["step"],
                 mode="TRAIN",
-                parameters=params,
             )
     if not early_activations:
         skipped.append("activation variance (no ReLU inputs saved)")
@@ -285,45 +275,37 @@ def poor_weight_initialization(
         spread = entry["all"]["p95"] - entry["all"]["p5"]
         checked.append("gradient spread")
         if spread < distribution_range:
-            return Verdict(
-                "poor_weight_initialization",
+            return verdict(
                 ISSUES,
                 f"gradients' 5th-95th percentile spread {spread:.3g} < {distribution_range}",
                 step=entry["step"],
                 mode="TRAIN",
-                parameters=params,
             )
     if len(early_losses) > patience:
         checked.append("loss")
         found = _stale_since(early_losses, patience, 0.0)
         if found:
-            return Verdict(
-                "poor_weight_initialization",
+            return verdict(
                 ISSUES,
                 f"loss did not decrease for {patience} saved steps in the first {steps}",
                 step=found[0],
                 mode="TRAIN",
-                parameters=params,
             )
     else:
         skipped.append(f"loss ({len(early_losses)} saved of the first {steps} steps, needs {patience + 1})")
     had = {"TRAIN": len({e["step"] for e in early_gradients} | {s for s, _ in early_losses})}
     if not checked:
-        return Verdict(
-            "poor_weight_initialization",
+        return verdict(
             NOT_ENOUGH,
             f"no training step before step {steps} was saved ({_interval_hint(recording, 'TRAIN')})",
             steps_had=had,
             steps_needed={"TRAIN": 1},
-            parameters=params,
         )
-    return Verdict(
-        "poor_weight_initialization",
+    return verdict(
         NO_ISSUES,
         f"checked {', '.join(sorted(set(checked)))}"
         + (f"; not checked: {', '.join(skipped)}" if skipped else ""),
         steps_had=had,
-        parameters=params,
     )
 
 
@@ -347,6 +329,7 @@ def loss_not_decreasing(
         "increase_threshold_percent": increase_threshold_percent,
         "mode": mode,
     }
+    verdict = _verdicts("loss_not_decreasing", params)
     series = _losses(recording, mode)
     checks = 0
     if series:
@@ -362,32 +345,26 @@ def loss_not_decreasing(
                     if -decrease > increase_threshold_percent
                     else f"changed by {-decrease:+.2f}% (needs a decrease of {diff_percent}%)"
                 )
-                return Verdict(
-                    "loss_not_decreasing",
+                return verdict(
                     ISSUES,
                     f"{mode} loss {value:.4f} at step {step} vs {ref:.4f} at step {ref_step}: {how}",
                     step=step,
                     mode=mode,
                     steps_had={mode: len(series)},
-                    parameters=params,
                 )
             ref_step, ref = step, value
     if not checks:
-        return Verdict(
-            "loss_not_decreasing",
+        return verdict(
             NOT_ENOUGH,
             f"{len(series)} {mode} losses saved; needs 2 saved at least {num_steps} steps apart "
             f"({_interval_hint(recording, mode)})",
             steps_had={mode: len(series)},
             steps_needed={mode: 2},
-            parameters=params,
         )
-    return Verdict(
-        "loss_not_decreasing",
+    return verdict(
         NO_ISSUES,
         f"{checks} checks over {len(series)} saved {mode} losses; each decreased by at least {diff_percent}%",
         steps_had={mode: len(series)},
-        parameters=params,
     )
 
 
@@ -398,6 +375,7 @@ def exploding_tensor(recording: dict, only_nan: bool = False) -> Verdict:
     scaler finds its scale, and the step changes nothing.
     """
     params = {"only_nan": only_nan}
+    verdict = _verdicts("exploding_tensor", params)
     key = "nan" if only_nan else "nonfinite"
     found: list[tuple[int, str, str]] = []
     for mode in MODES:
@@ -415,27 +393,16 @@ def exploding_tensor(recording: dict, only_nan: bool = False) -> Verdict:
     saved = _saved(recording)
     if found:
         step, mode, what = min(found)
-        return Verdict(
-            "exploding_tensor",
+        return verdict(
             ISSUES,
             f"{'NaN' if only_nan else 'non-finite'} {what} ({len(found)} tensors in all)",
             step=step,
             mode=mode,
             steps_had=saved,
-            parameters=params,
         )
     if not any(saved.values()):
-        return Verdict(
-            "exploding_tensor",
-            NOT_ENOUGH,
-            "no step saved",
-            steps_had=saved,
-            steps_needed={"TRAIN": 1},
-            parameters=params,
-        )
-    return Verdict(
-        "exploding_tensor", NO_ISSUES, "every saved tensor is finite", steps_had=saved, parameters=params
-    )
+        return verdict(NOT_ENOUGH, "no step saved", steps_had=saved, steps_needed={"TRAIN": 1})
+    return verdict(NO_ISSUES, "every saved tensor is finite", steps_had=saved)
 
 
 def dead_relu(recording: dict, threshold_inactivity: float = 1.0, threshold_layer: float = 50.0) -> Verdict:
@@ -445,16 +412,15 @@ def dead_relu(recording: dict, threshold_inactivity: float = 1.0, threshold_laye
     percentage of its outputs in the batch that are above zero.
     """
     params = {"threshold_inactivity": threshold_inactivity, "threshold_layer": threshold_layer}
+    verdict = _verdicts("dead_relu", params)
     entries = [a for a in recording.get("activations", []) if a["mode"] == "TRAIN"]
     if not entries:
-        return Verdict(
-            "dead_relu",
+        return verdict(
             NOT_ENOUGH,
             recording.get("activations_note")
             or f"no ReLU output saved ({_interval_hint(recording, 'TRAIN')})",
             steps_had={"TRAIN": 0},
             steps_needed={"TRAIN": 1},
-            parameters=params,
         )
     worst = (0.0, "", 0)
     for entry in entries:
@@ -463,22 +429,18 @@ def dead_relu(recording: dict, threshold_inactivity: float = 1.0, threshold_laye
             dead = 100.0 * sum(a < threshold_inactivity for a in activity) / max(len(activity), 1)
             worst = max(worst, (dead, name, entry["step"]))
             if dead > threshold_layer:
-                return Verdict(
-                    "dead_relu",
+                return verdict(
                     ISSUES,
                     f"{dead:.0f}% of the ReLUs of {name} are active less than "
                     f"{threshold_inactivity}% of the time",
                     step=entry["step"],
                     mode="TRAIN",
                     steps_had={"TRAIN": len(entries)},
-                    parameters=params,
                 )
-    return Verdict(
-        "dead_relu",
+    return verdict(
         NO_ISSUES,
         f"{len(entries)} saved steps; most dead: {worst[0]:.0f}% in {worst[1]} (step {worst[2]})",
         steps_had={"TRAIN": len(entries)},
-        parameters=params,
     )
 
 
@@ -495,28 +457,25 @@ def class_imbalance(
         "threshold_misprediction": threshold_misprediction,
         "samples": samples,
     }
+    verdict = _verdicts("class_imbalance", params)
     labels = recording.get("labels", {})
     counts = [int(c) for c in labels.get("TRAIN", {}).get("counts", [])]
     names = recording.get("class_names") or [str(i) for i in range(len(counts))]
     total = sum(counts)
     if total < samples:
-        return Verdict(
-            "class_imbalance",
+        return verdict(
             NOT_ENOUGH,
             f"{total} training labels seen; needs {samples}",
             steps_had={"TRAIN": total},
             steps_needed={"TRAIN": samples},
-            parameters=params,
         )
     low, high = min(counts), max(counts)
     ratio = high / low if low else math.inf
     if ratio > threshold_imbalance:
-        return Verdict(
-            "class_imbalance",
+        return verdict(
             ISSUES,
             f"class {names[counts.index(high)]} has {high} samples, {names[counts.index(low)]} {low}: "
             f"ratio {ratio:.1f} > {threshold_imbalance}",
-            parameters=params,
         )
     judged = labels.get("EVAL") or labels.get("TRAIN")
     missed = [
@@ -527,18 +486,14 @@ def class_imbalance(
     bad = sorted((m for m in missed if m[0] > threshold_misprediction), reverse=True)
     if bad:
         shown = ", ".join(f"{name} {fraction:.0%}" for fraction, name in bad[:3])
-        return Verdict(
-            "class_imbalance",
+        return verdict(
             ISSUES,
             f"{len(bad)} classes mispredicted more than {threshold_misprediction:.0%} of the time: {shown}",
-            parameters=params,
         )
-    return Verdict(
-        "class_imbalance",
+    return verdict(
         NO_ISSUES,
         f"{total} labels; largest/smallest class {ratio:.1f} <= {threshold_imbalance}; "
         f"no class mispredicted more than {threshold_misprediction:.0%}",
-        parameters=params,
     )
 
 
@@ -589,20 +544,18 @@ def low_gpu_utilization(
         "patience": patience,
         "scan_interval_us": scan_interval_us,
     }
+    verdict = _verdicts("LowGPUUtilization", params, "profiler")
     series = _gpu_series(profile, "utilization_percent")
     if not series:
-        return Verdict("LowGPUUtilization", NOT_ENOUGH, _no_gpu(profile), "profiler", parameters=params)
+        return verdict(NOT_ENOUGH, _no_gpu(profile))
     most = max(len(v) for v in series.values())
     if most <= patience:
-        return Verdict(
-            "LowGPUUtilization",
+        return verdict(
             NOT_ENOUGH,
             f"{most} utilisation readings; the rule waits for more than {patience} "
             f"({patience * profile.get('interval_millis', 500) / 1000:.0f} s at this interval)",
-            "profiler",
             steps_had={"samples": most},
             steps_needed={"samples": patience + 1},
-            parameters=params,
         )
     scan = scan_interval_us / 1e6
     for index, readings in sorted(series.items()):
@@ -616,22 +569,16 @@ def low_gpu_utilization(
             p95, p5 = quantile(values[-window:], 0.95), quantile(values[-window:], 0.05)
             if p95 < threshold_p95 or p5 < threshold_p5:
                 why = "under-used" if p95 < threshold_p95 else "fluctuating"
-                return Verdict(
-                    "LowGPUUtilization",
+                return verdict(
                     ISSUES,
                     f"GPU {index} {why}: p95 {p95:.0f}% (threshold {threshold_p95}), p5 {p5:.0f}% "
                     f"(threshold {threshold_p5}) at {scan_time:.0f} s",
-                    "profiler",
                     steps_had={"samples": len(readings)},
-                    parameters=params,
                 )
-    return Verdict(
-        "LowGPUUtilization",
+    return verdict(
         NO_ISSUES,
         f"{len(series)} GPU(s), {most} readings; p95 >= {threshold_p95}% and p5 >= {threshold_p5}%",
-        "profiler",
         steps_had={"samples": most},
-        parameters=params,
     )
 
 
@@ -649,19 +596,17 @@ def cpu_bottleneck(
         "cpu_threshold": cpu_threshold,
         "patience": patience,
     }
+    verdict = _verdicts("CPUBottleneck", params, "profiler")
     readings = [s for s in profile.get("samples", []) if s.get("gpus") and "cpu_per_core" in s]
     readings = [s for s in readings if all("utilization_percent" in g for g in s["gpus"])]
     if not readings:
-        return Verdict("CPUBottleneck", NOT_ENOUGH, _no_gpu(profile), "profiler", parameters=params)
+        return verdict(NOT_ENOUGH, _no_gpu(profile))
     if len(readings) <= patience:
-        return Verdict(
-            "CPUBottleneck",
+        return verdict(
             NOT_ENOUGH,
             f"{len(readings)} readings; the rule waits for more than {patience}",
-            "profiler",
             steps_had={"samples": len(readings)},
             steps_needed={"samples": patience + 1},
-            parameters=params,
         )
     bottlenecks = sum(
         min(g["utilization_percent"] for g in s["gpus"]) < gpu_threshold
@@ -669,15 +614,12 @@ def cpu_bottleneck(
         for s in readings
     )
     share = 100 * bottlenecks / len(readings)
-    verdict = ISSUES if share > threshold else NO_ISSUES
-    return Verdict(
-        "CPUBottleneck",
-        verdict,
+    outcome = ISSUES if share > threshold else NO_ISSUES
+    return verdict(
+        outcome,
         f"GPU idle while a CPU core was busy in {share:.0f}% of {len(readings)} readings "
         f"(threshold {threshold}%)",
-        "profiler",
         steps_had={"samples": len(readings)},
-        parameters=params,
     )
 
 
@@ -688,30 +630,25 @@ def data_loading_bottleneck(profile: dict, threshold_percent: float = 50, patien
     fires on a GPU fed by too few decoding workers.
     """
     params = {"threshold_percent": threshold_percent, "patience": patience}
+    verdict = _verdicts("DataLoadingBottleneck", params, "profiler")
     steps = [s for s in profile.get("steps", []) if s["mode"] == "TRAIN" and not s.get("first_of_epoch")]
     if len(steps) < patience:
-        return Verdict(
-            "DataLoadingBottleneck",
+        return verdict(
             NOT_ENOUGH,
             f"{len(steps)} timed training steps (after each epoch's first); needs {patience}",
-            "profiler",
             steps_had={"TRAIN": len(steps)},
             steps_needed={"TRAIN": patience},
-            parameters=params,
         )
     data = sum(s["data_seconds"] for s in steps)
     compute = sum(s["compute_seconds"] for s in steps)
     share = 100 * data / max(data + compute, 1e-12)
-    verdict = ISSUES if share > threshold_percent else NO_ISSUES
-    return Verdict(
-        "DataLoadingBottleneck",
-        verdict,
+    outcome = ISSUES if share > threshold_percent else NO_ISSUES
+    return verdict(
+        outcome,
         f"{share:.0f}% of training step time waiting for data ({data:.2f} s data, {compute:.2f} s compute, "
         f"{len(steps)} steps; threshold {threshold_percent}%)"
-        + ("; more loader workers or pre-resized images would help" if verdict == ISSUES else ""),
-        "profiler",
+        + ("; more loader workers or pre-resized images would help" if outcome == ISSUES else ""),
         steps_had={"TRAIN": len(steps)},
-        parameters=params,
     )
 
 
