@@ -287,16 +287,8 @@ class Recorder(Observer):
             self.amp_skipped.append(step)  # GradScaler skips a step whose gradients overflowed
         self.gradients.append({"step": step, "layers": layers, "all": {"p5": spread[0], "p95": spread[1]}})
 
-    def end_step(
-        self,
-        mode: str,
-        step: int,
-        loss: float,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        data_seconds: float,
-        compute_seconds: float,
-    ) -> None:
+    # Observer.end_step holds the parameters' types; its overrides (here, profiler.py) only name them.
+    def end_step(self, mode, step, loss, logits, labels, data_seconds, compute_seconds) -> None:
         self.steps_seen[mode] = max(self.steps_seen[mode], step + 1)
         ones = torch.ones_like(labels, dtype=self.counts[mode].dtype)
         predicted = logits.detach().argmax(1)
