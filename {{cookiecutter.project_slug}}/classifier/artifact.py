@@ -19,15 +19,12 @@ from torch import nn
 
 from classifier.backbones import build_model
 from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, resize_size_for
-from classifier.schema import QUANTIZE_SETTINGS
+from classifier.schema import QUANTIZE_ENV as QUANTIZE_ENV  # serving and the benchmarks import it from here
+from classifier.schema import serving_precision
 
 WEIGHTS_FILENAME = "model.pth"
 QUANTIZED_FILENAME = "model_int8.pt"
 METADATA_FILENAME = "metadata.json"
-# `auto` serves int8 on a CPU when it loses at most this many percentage points of validation accuracy.
-AUTO_MAX_ACCURACY_DROP_POINTS = 0.5
-# Set on the model (PyTorchModel env=) to override the setting the artifact was trained with.
-QUANTIZE_ENV = "CLASSIFIER_QUANTIZE"
 
 
 @dataclass
@@ -139,35 +136,10 @@ def load_quantized(model_dir: str | Path, metadata: ModelMetadata) -> torch.jit.
 def choose_precision(
     metadata: ModelMetadata, device_type: str, override: str | None = None
 ) -> tuple[str, str]:
-    """("int8" or "float", why) for an endpoint on `device_type` ("cpu", "cuda").
+    """("int8" or "float", why) for an endpoint on `device_type` ("cpu", "cuda"); `override` is the
+    endpoint's $CLASSIFIER_QUANTIZE.
 
-    The setting is `override` (the endpoint's $CLASSIFIER_QUANTIZE) or the one training recorded:
-    `float` always serves float; `int8` serves int8 where it exists; `auto` serves int8 when it
-    costs at most AUTO_MAX_ACCURACY_DROP_POINTS of validation accuracy. int8 kernels run on the
-    CPU only, so a GPU endpoint serves float whatever the setting.
+    The rules are classifier/schema.py's `serving_precision`: torch-free, so the CLI's `report` shows
+    the same choice.
     """
-    quantization = metadata.quantization
-    setting = override or quantization.get("setting") or "float"
-    source = f"${QUANTIZE_ENV}" if override else "quantize"
-    if setting not in QUANTIZE_SETTINGS:
-        raise ValueError(f"{source} is {setting!r}; choose one of {', '.join(QUANTIZE_SETTINGS)}")
-    if setting == "float":
-        if not quantization:
-            return "float", "the artifact predates int8 models"
-        return "float", f"{source}=float"
-    if device_type != "cpu":
-        return "float", f"{source}={setting}, but int8 runs on CPUs only and the endpoint has a {device_type}"
-    if not quantization.get("available"):
-        missing = quantization.get("reason")
-        return "float", f"{source}={setting}, but the artifact has no int8 model ({missing})"
-    drop = quantization["accuracy_drop_points"]
-    figures = (
-        f"validation accuracy float {quantization['float_accuracy']:.4f}, "
-        f"int8 {quantization['int8_accuracy']:.4f}, top-1 agreement {quantization['agreement']:.4f}"
-    )
-    limit = AUTO_MAX_ACCURACY_DROP_POINTS
-    if setting == "int8":
-        return "int8", f"{source}=int8 ({figures})"
-    if drop <= limit:
-        return "int8", f"{source}=auto and int8 loses {drop:.2f} points, at most {limit} ({figures})"
-    return "float", f"{source}=auto and int8 would lose {drop:.2f} points, more than {limit} ({figures})"
+    return serving_precision(metadata.quantization, device_type, override)

@@ -61,7 +61,7 @@ RULE_SET_NAMES = tuple(RULE_SETS)
 RULE_EVALUATIONS = ("in_job", "sagemaker", "both")
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "step", "none")
-# Which network a CPU endpoint serves: int8 when auto finds it costs little accuracy (classifier/artifact.py).
+# Which network a CPU endpoint serves: int8 when auto finds it costs little accuracy (`serving_precision`).
 QUANTIZE_SETTINGS = ("auto", "int8", "float")
 LR_SCALINGS = ("Logarithmic", "Linear", "ReverseLogarithmic", "Auto")
 OBJECTIVE_TYPES = ("Minimize", "Maximize")
@@ -190,6 +190,53 @@ def instance_type_problem(instance_type: str) -> str | None:
     if family.startswith("eia"):
         return "is an Elastic Inference accelerator, not an instance type"
     return None
+
+
+# --- which network an endpoint serves --------------------------------------------------------------
+
+# `auto` serves int8 on a CPU when it loses at most this many percentage points of validation accuracy.
+AUTO_MAX_ACCURACY_DROP_POINTS = 0.5
+# Set on the model (PyTorchModel env=) to override the setting the artifact was trained with.
+QUANTIZE_ENV = "CLASSIFIER_QUANTIZE"
+
+
+def serving_precision(
+    quantization: dict[str, Any], device_type: str, override: str | None = None
+) -> tuple[str, str]:
+    """("int8" or "float", why) for an endpoint on `device_type` ("cpu", "cuda"), from the artifact's
+    `quantization` (metadata.json: the setting it was trained with and the int8 model's figures).
+
+    The setting is `override` (the endpoint's $CLASSIFIER_QUANTIZE) or the one training recorded:
+    `float` always serves float; `int8` serves int8 where it exists; `auto` serves int8 when it
+    costs at most AUTO_MAX_ACCURACY_DROP_POINTS of validation accuracy. int8 kernels run on the
+    CPU only, so a GPU endpoint serves float whatever the setting.
+
+    Here, not in artifact.py, so that the CLI's `report` (no torch) shows the decision model_fn makes.
+    """
+    setting = override or quantization.get("setting") or "float"
+    source = f"${QUANTIZE_ENV}" if override else "quantize"
+    if setting not in QUANTIZE_SETTINGS:
+        raise ValueError(f"{source} is {setting!r}; choose one of {', '.join(QUANTIZE_SETTINGS)}")
+    if setting == "float":
+        if not quantization:
+            return "float", "the artifact predates int8 models"
+        return "float", f"{source}=float"
+    if device_type != "cpu":
+        return "float", f"{source}={setting}, but int8 runs on CPUs only and the endpoint has a {device_type}"
+    if not quantization.get("available"):
+        missing = quantization.get("reason")
+        return "float", f"{source}={setting}, but the artifact has no int8 model ({missing})"
+    drop = quantization["accuracy_drop_points"]
+    figures = (
+        f"validation accuracy float {quantization['float_accuracy']:.4f}, "
+        f"int8 {quantization['int8_accuracy']:.4f}, top-1 agreement {quantization['agreement']:.4f}"
+    )
+    limit = AUTO_MAX_ACCURACY_DROP_POINTS
+    if setting == "int8":
+        return "int8", f"{source}=int8 ({figures})"
+    if drop <= limit:
+        return "int8", f"{source}=auto and int8 loses {drop:.2f} points, at most {limit} ({figures})"
+    return "float", f"{source}=auto and int8 would lose {drop:.2f} points, more than {limit} ({figures})"
 
 
 # --- problems ----------------------------------------------------------------------------------------
