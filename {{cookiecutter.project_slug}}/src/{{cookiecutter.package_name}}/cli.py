@@ -477,7 +477,8 @@ def report(
     dry_run: bool,
     dry_run_dir: Path | None,
 ) -> None:
-    """Rule verdicts, curves, confusion matrix and profiler report of a run, as reports/<run>/index.html."""
+    """Rule verdicts, curves, confusion matrix, profiler report and what an endpoint would serve (int8 or
+    float, and why) of a run, as reports/<run>/index.html."""
     from . import report as report_module
     from . import tables
 
@@ -503,8 +504,13 @@ def report(
     console.print(tables.rich_table(rows, f"{result.run}: rule verdicts (judged in the job)"))
     if result.sagemaker_verdicts:
         console.print(tables.rich_table(report_module.sagemaker_rows(result), "SageMaker's built-in rules"))
+    if result.int8 is not None:
+        console.print("[bold]int8 endpoint:[/]")
+        for label, text in report_module.int8_facts(result.int8):
+            # Escaped: a reason quotes an exception's message, brackets and all.
+            console.print(f"  {escape(label)}: {escape(text)}", highlight=False)
     for note in result.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(f"[yellow]note[/]: {escape(note)}")
     console.print(f"report: {result.index_html}")
     console.print(f"summary for a write-up: {result.summary_path}")
     if write_up:

@@ -10,6 +10,12 @@ The training job judges its rules itself (training/rules.py) and writes, into it
 - `profiler.json` and `profiler-report.html`: system samples and step timings, and their report;
 - `history.json`: validation loss and accuracy per epoch, test accuracy.
 
+The int8 model's figures are in the model artifact's `metadata.json` (training/quantize.py measures
+them, classifier/artifact.py saves them under `quantization`): a local run's `opt_ml/model/`, or the
+job's model.tar.gz, read from S3 as a stream only as far as that file. With the configured endpoint they
+say what `deploy` would serve, int8 or float, and why (model_fn's own rule: classifier/schema.py,
+`serving_precision`).
+
 `build_report` reads them (a job's archive from S3 with a progress bar, or a local run's folder) and
 writes `index.html` (tables, and PNG pictures as files beside it: nothing is fetched from the
 network), `summary.md` (a few lines to paste into a write-up) and the profiler report next to them.
@@ -31,6 +37,7 @@ import html
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import tarfile
@@ -39,8 +46,9 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from .config import schema
 from .context import CAPTURED
 from .launcher import BEST_HYPERPARAMETERS, LaunchError
 from .session import Session, session_state
@@ -70,11 +78,17 @@ PROFILE_FILE = "profiler.json"
 PROFILER_REPORT_FILE = "profiler-report.html"
 HISTORY_FILE = "history.json"
 OUTPUT_FILES = (VERDICTS_FILE, RECORDING_FILE, PROFILE_FILE, PROFILER_REPORT_FILE, HISTORY_FILE)
+# The model artifact: its metadata.json holds the int8 model's figures (classifier/artifact.py).
+MODEL_ARCHIVE = "model.tar.gz"
+METADATA_FILE = "metadata.json"
 # Limits. A dogImages run's output.tar.gz is well under 10 MB (recording.json: a few MB at the
 # default save intervals; profiler.json: ~1 MB an hour); a torch.profiler trace can add tens of MB.
 MAX_ARCHIVE_BYTES = 512 * 2**20
 MAX_FILE_BYTES = 64 * 2**20
 MAX_ARCHIVE_MEMBERS = 10_000
+# model.tar.gz is streamed, never stored, and only up to its metadata.json; the float and int8 weights
+# of the largest backbone come to a few hundred MB.
+MAX_MODEL_ARCHIVE_BYTES = 2 * 2**30
 # Points per drawn series: enough for the shape of a curve; every point stays in the JSON files.
 MAX_PLOT_POINTS = 400
 # Per-class rows in index.html beyond which only the best and worst are listed.
@@ -829,6 +843,177 @@ def class_accuracy_figure(classes: Sequence[ClassAccuracy], shown: int = 15) -> 
     return figure
 
 
+# --- the int8 model and what an endpoint serves ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Int8Endpoint:
+    """The int8 model's figures and what the endpoint `deploy` makes would serve, in words.
+
+    Without a readable metadata.json only `figures` (why not, or where they will appear) is set.
+    """
+
+    figures: str  # agreement and accuracies, why there is no int8 model, or why they were not read
+    source: str = ""  # where metadata.json was read
+    endpoint: str = ""  # the configured endpoint: "ml.m5.large (CPU)", "a serverless endpoint (CPU)"
+    serves: str = ""  # "int8" or "float"
+    why: str = ""  # model_fn's own reason
+    note: str = ""  # config.toml's quantize no longer matches the model's
+    quantization: dict[str, Any] | None = None  # metadata.json's `quantization`, as read
+
+
+def endpoint_device(config: ProjectConfig) -> tuple[str, str]:
+    """(the endpoint `deploy` makes, in words; the device model_fn finds on it, as torch names it)."""
+    if config.settings.endpoint.serverless:
+        return "a serverless endpoint (CPU)", "cpu"
+    instance_type = config.settings.instances.endpoint.type
+    family = instance_type.split(".")[1] if instance_type.count(".") == 2 else ""
+    # NVIDIA GPU families (ml.g4dn, ml.g5, ml.p3, ...) get the GPU image, where torch finds CUDA.
+    device = "cuda" if re.match(r"^[gp][0-9]", family) else "cpu"
+    return f"{instance_type} ({'GPU' if device == 'cuda' else 'CPU'})", device
+
+
+def int8_figures(quantization: dict[str, Any]) -> str:
+    """metadata.json's `quantization` in words (training/quantize.py: `quantize_and_compare`)."""
+    if not quantization:
+        return f"none in {METADATA_FILE} (a tuning job's model, or one trained before int8)"
+    if not quantization.get("available"):
+        return f"not made: {quantization.get('reason') or 'no reason recorded'}"
+    drop = quantization["accuracy_drop_points"]
+    change = f"{drop:.2f} points lost" if drop >= 0 else f"{-drop:.2f} points gained"
+    return (
+        f"{quantization['agreement']:.2%} top-1 agreement with float on "
+        f"{quantization['validation_images']} validation images; validation accuracy "
+        f"float {quantization['float_accuracy']:.2%}, int8 {quantization['int8_accuracy']:.2%} ({change})"
+    )
+
+
+def _setting_note(config: ProjectConfig, quantization: dict[str, Any]) -> str:
+    """A word when config.toml's quantize changed since training: the endpoint follows the model."""
+    now, trained = config.settings.hyperparameters.quantize, quantization.get("setting")
+    if now is None or trained is None or now == trained:
+        return ""
+    return (
+        f"config.toml now says quantize = {now}, but this model was trained with quantize = {trained} "
+        "and the endpoint follows the model: train again to change it"
+    )
+
+
+def int8_endpoint(config: ProjectConfig, metadata: dict[str, Any] | None, source: str) -> Int8Endpoint:
+    """The int8 figures of `metadata` (metadata.json, read from `source`; None: `source` says why not)
+    and what the configured endpoint would serve: model_fn's own decision, without its override."""
+    if metadata is None:
+        return Int8Endpoint(source)
+    endpoint, device = endpoint_device(config)
+    try:
+        quantization = metadata.get("quantization") or {}
+        figures = int8_figures(quantization)
+        serves, why = schema.serving_precision(quantization, device)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # model_fn would fail on it too
+        return Int8Endpoint(f"{METADATA_FILE} is not as training writes it: {error!r}", source)
+    note = _setting_note(config, quantization)
+    return Int8Endpoint(figures, source, endpoint, serves, why, note, quantization)
+
+
+def int8_facts(int8: Int8Endpoint) -> list[tuple[str, str]]:
+    """(label, text) lines of the report's int8 endpoint section."""
+    if not int8.serves:
+        return [("int8 model", int8.figures)]
+    facts = [
+        ("int8 model", int8.figures),
+        (f"{int8.endpoint} serves", f"{int8.serves}: {int8.why}"),
+        ("Read from", int8.source),
+    ]
+    return facts + ([("Note", int8.note)] if int8.note else [])
+
+
+def metadata_in_archive(stream: IO[bytes]) -> dict[str, Any] | None:
+    """metadata.json of a model.tar.gz read from `stream` as far as that file and no further; None if absent.
+
+    A stream, not a download: the weights before it are read past, never stored.
+    """
+    with tarfile.open(fileobj=stream, mode="r|gz") as tar:
+        for count, member in enumerate(tar, 1):
+            if count > MAX_ARCHIVE_MEMBERS:
+                return None
+            if member.name.removeprefix("./") != METADATA_FILE or not member.isfile():
+                continue
+            if member.size > MAX_FILE_BYTES:
+                raise ReportError(f"{METADATA_FILE} is {member.size / 2**20:.0f} MB in {MODEL_ARCHIVE}")
+            extracted = tar.extractfile(member)
+            return json.loads(extracted.read()) if extracted is not None else None
+    return None
+
+
+def local_model_metadata(run_dir: Path, shown: str) -> tuple[dict[str, Any] | None, str]:
+    """(metadata.json of a local run, where it was read) or (None, why not); `shown` names `run_dir`.
+
+    `train --local` keeps the tree (`opt_ml/model/`) and packs `model.tar.gz` beside it.
+    """
+    try:
+        for folder, name in ((run_dir / "opt_ml" / "model", "opt_ml/model/"), (run_dir, "")):
+            if (folder / METADATA_FILE).is_file():
+                return read_json(folder / METADATA_FILE), f"{shown}/{name}{METADATA_FILE}"
+        if (run_dir / MODEL_ARCHIVE).is_file():
+            with (run_dir / MODEL_ARCHIVE).open("rb") as stream:
+                metadata = metadata_in_archive(stream)
+            if metadata is not None:
+                return metadata, f"{METADATA_FILE} in {shown}/{MODEL_ARCHIVE}"
+    except (ReportError, ValueError, OSError, EOFError, tarfile.TarError) as error:
+        return None, f"{METADATA_FILE} of {shown} not read: {' '.join(str(error).split())}"
+    return None, (
+        f"no {METADATA_FILE} in {shown} (looked in opt_ml/model/, the folder itself and {MODEL_ARCHIVE}): "
+        "the figures are in the run's model artifact"
+    )
+
+
+def model_archive_uri(description: dict[str, Any]) -> str:
+    """The job's model.tar.gz: as DescribeTrainingJob gives it, else where SageMaker puts it."""
+    described = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    output_path, job = description["OutputDataConfig"]["S3OutputPath"], description["TrainingJobName"]
+    return described or _join(output_path, job, "output", MODEL_ARCHIVE)
+
+
+def job_model_metadata(
+    session: Session, description: dict[str, Any], *, progress: bool = True
+) -> tuple[dict[str, Any] | None, str]:
+    """(metadata.json of the job's model.tar.gz, where it was read), or (None, why not: where it will be)."""
+    uri = model_archive_uri(description)
+    size = archive_size(session, uri)
+    if size is None:
+        return None, (
+            f"no {MODEL_ARCHIVE} at {uri} yet: the figures appear here once the job has saved its model "
+            f"(they are in its {METADATA_FILE})"
+        )
+    if size > MAX_MODEL_ARCHIVE_BYTES:
+        return None, (
+            f"{uri} is {size / 2**20:.0f} MB, more than the report reads "
+            f"({MAX_MODEL_ARCHIVE_BYTES // 2**20} MB); the figures are in its {METADATA_FILE}"
+        )
+    bucket, key = _s3_location(uri)
+    body = session.aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        if progress:
+            from rich.progress import wrap_file
+
+            with wrap_file(body, size, description=f"reading {MODEL_ARCHIVE}", transient=True) as stream:
+                metadata = metadata_in_archive(stream)
+        else:
+            metadata = metadata_in_archive(body)
+    except (ReportError, ValueError, OSError, EOFError, tarfile.TarError) as error:
+        return None, f"{uri} not read: {' '.join(str(error).split())}"
+    finally:
+        body.close()
+    if metadata is None and session.dry_run:
+        return None, (
+            f"{uri} is a dry run's stand-in: the figures appear here once a job has run and saved its "
+            f"model (they are in its {METADATA_FILE})"
+        )
+    if metadata is None:
+        return None, f"{uri} holds no {METADATA_FILE}"
+    return metadata, f"{METADATA_FILE} in {uri}"
+
+
 # --- the report -----------------------------------------------------------------------------------
 
 
@@ -857,6 +1042,8 @@ class Report:
     summary_path: Path | None = None
     summary_markdown: str = ""
     notes: list[str] = field(default_factory=list)
+    # The int8 model and what the endpoint would serve; None where the caller did not look.
+    int8: Int8Endpoint | None = None
 
     @property
     def best_classes(self) -> list[ClassAccuracy]:
@@ -929,6 +1116,7 @@ def write_report(
     sagemaker_verdicts: Sequence[RuleVerdict] = (),
     best_hyperparameters: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
+    int8: Int8Endpoint | None = None,
 ) -> Report:
     """Draw the pictures and write index.html, summary.md and the profiler report into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -947,6 +1135,7 @@ def write_report(
         best_hyperparameters=best_hyperparameters,
         profiler_finding=profiler_finding(output),
         notes=[*notes, *output.notes],
+        int8=int8,
     )
     report.test_accuracy, report.test_images = accuracy_on_test(output)
     figures: dict[str, Figure | None] = {
@@ -1018,6 +1207,9 @@ def summary_markdown(report: Report) -> str:
     """A few lines for a project write-up: headline facts, then every verdict with its step."""
     lines = [f"## Training report: {report.run}", ""]
     lines += [f"- **{label}**: {text}" for label, text in _facts(report)]
+    if report.int8 is not None:
+        lines += ["", "### int8 endpoint", ""]
+        lines += [f"- **{label}**: {text}" for label, text in int8_facts(report.int8)]
     lines += ["", "| Rule | Verdict | Step | Reason |", "| --- | --- | --- | --- |"]
     lines += [
         f"| {_cell(v.rule)} | {_cell(v.verdict)} | {_cell(v.step)} | {_cell(v.reason)} |"
@@ -1058,6 +1250,11 @@ def _table(rows: Sequence[dict[str, Any]], status_column: str | None = None) -> 
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _facts_list(facts: Sequence[tuple[str, str]]) -> str:
+    escape = html.escape
+    return "<ul>" + "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in facts) + "</ul>"
+
+
 def index_html(report: Report) -> str:
     """The page: every link is a file in the report folder; nothing comes from the network."""
     escape = html.escape
@@ -1065,7 +1262,8 @@ def index_html(report: Report) -> str:
         f"<h1>Training report: {escape(report.run)}</h1>",
         f"<p>{escape(report.source)}{escape(f'; status {report.status}' if report.status else '')}."
         f' <a href="{SUMMARY_FILE}">summary.md</a> holds the lines for a write-up.</p>',
-        "<ul>" + "".join(f"<li><b>{escape(k)}</b>: {escape(v)}</li>" for k, v in _facts(report)) + "</ul>",
+        _facts_list(_facts(report)),
+        *(["<h2>int8 endpoint</h2>", _facts_list(int8_facts(report.int8))] if report.int8 else []),
         "<h2>Rule verdicts (judged in the training job)</h2>",
         _table(verdict_rows(report), "verdict") or "<p>The run judged no rules.</p>",
     ]
@@ -1151,6 +1349,7 @@ def build_local_report(
         run=f"local run {shown}",
         source=f"train --local, run folder {shown}",
         best_hyperparameters=_best(session_state(config)),
+        int8=int8_endpoint(config, *local_model_metadata(run_dir, shown)),
     )
 
 
@@ -1165,8 +1364,9 @@ def build_job_report(
     """The report of a training job (default: the last one `train` started) into `reports/<job>/`.
 
     Its output.tar.gz is downloaded from S3 and the files the report reads are extracted into
-    `reports/<job>/job-output/`. In a dry run the job was captured, not run: unless an archive was
-    put in the offline S3 at the job's output path, nothing is written (`Report.captured`).
+    `reports/<job>/job-output/`; its model.tar.gz is read as far as metadata.json (the int8 figures).
+    In a dry run the job was captured, not run: unless an archive was put in the offline S3 at the
+    job's output path, nothing is written (`Report.captured`).
     """
     name = training_job_name or latest_training_job(session.state)
     folder = Path(reports_dir or config.root / REPORTS_FOLDER) / name
@@ -1185,6 +1385,7 @@ def build_job_report(
         extracted = folder / JOB_OUTPUT_FOLDER
         shutil.rmtree(extracted, ignore_errors=True)
         notes = extract_outputs(archive, extracted)
+    int8 = int8_endpoint(config, *job_model_metadata(session, description, progress=progress))
     source = f"training job {name}, outputs from {uri}"
     if session.dry_run:
         notes.insert(
@@ -1200,6 +1401,7 @@ def build_job_report(
         sagemaker_verdicts=rule_verdicts(description, dry_run=session.dry_run),
         best_hyperparameters=_best(session.state),
         notes=notes,
+        int8=int8,
     )
 
 

@@ -2,7 +2,8 @@
 
 `write_up(config, state, report)` writes `WRITEUP.md` in the project: the best tuned hyperparameters and
 the search, the final job and its test accuracy, each rule's verdict with its step, the profiler's main
-finding, the pictures to attach (paths), the endpoint and how to query it, and where in the AWS console to
+finding, the pictures to attach (paths), the int8 model's figures and what the endpoint serves (int8 or
+float, and why), the endpoint and how to query it, and where in the AWS console to
 take each screenshot (those cannot be made offline). A WRITEUP.md the student has edited is never
 overwritten: the new one goes to WRITEUP.generated.md and the caller is told.
 """
@@ -14,7 +15,7 @@ from typing import Any
 
 from .config import ProjectConfig
 from .launcher import BEST_HYPERPARAMETERS
-from .report import Report, sagemaker_rows, verdict_rows
+from .report import Report, int8_facts, sagemaker_rows, verdict_rows
 from .state import ENDPOINT, TRAINING_JOB, TUNING_JOB, ProjectState
 from .tables import ranges_rows
 
@@ -104,6 +105,14 @@ def _pictures(report: Report, root: Path) -> list[str]:
     return [*lines, ""]
 
 
+def _int8(report: Report) -> list[str]:
+    if report.int8 is None:
+        return []
+    lines = ["## int8 endpoint", ""]
+    lines += [f"- **{label}**: {text}" for label, text in int8_facts(report.int8)]
+    return [*lines, ""]
+
+
 def _endpoint(config: ProjectConfig, state: ProjectState) -> list[str]:
     endpoint = (state.latest(ENDPOINT) or {}).get("name") or "<endpoint name>"
     region = config.aws.get("region") or "<region>"
@@ -161,6 +170,7 @@ def render(config: ProjectConfig, state: ProjectState, report: Report) -> str:
         *_tuning(config, state),
         *_training(report, state),
         *_pictures(report, config.root),
+        *_int8(report),
         *_endpoint(config, state),
         *SCREENSHOTS,
     ]
