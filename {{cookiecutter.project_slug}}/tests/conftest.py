@@ -5,8 +5,11 @@ Everything runs on the CPU with small images, one epoch, no downloads.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -50,6 +53,21 @@ REQUIRED_SCRIPT_ARGS = [
     *("--backbone", "resnet18", "--image_size", "32", "--finetune", "head", "--pretrained", "false"),
 ]
 
+
+def tiny_args(engine: ModuleType, data_dir: Path, run_dir: Path, *extra: str) -> argparse.Namespace:
+    """engine's parsed arguments for a tiny CPU run on `data_dir`, writing model/, output/ and
+    checkpoints/ under `run_dir`: REQUIRED_SCRIPT_ARGS, no loader workers, then `extra`, which wins."""
+    return engine.get_args_parser("test").parse_args(
+        [
+            *REQUIRED_SCRIPT_ARGS,
+            *("--data_dir", str(data_dir), "--model_dir", str(run_dir / "model")),
+            *("--output_data_dir", str(run_dir / "output"), "--checkpoint_dir", str(run_dir / "checkpoints")),
+            *("--num_workers", "0"),
+            *extra,
+        ]
+    )
+
+
 ProjectConfig = project_module("config").ProjectConfig
 make_dataset = project_module("synthetic").make_dataset
 
@@ -83,6 +101,16 @@ def training_source(tmp_path_factory, project_config) -> Path:
     return folder / "training"
 
 
+@pytest.fixture(scope="module")
+def training(training_source) -> Iterator[Callable[[str], ModuleType]]:
+    """Import a module of the staged training sources, what SageMaker runs: `training("engine")`."""
+    sys.path.insert(0, str(training_source))
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(str(training_source))
+
+
 @pytest.fixture(scope="session")
 def inference_source(repacked_model_dir) -> Path:
     """code/ of the repacked model.tar.gz: inference/ and, in code/lib/, classifier/ (the SDK's layout)."""
@@ -94,24 +122,37 @@ SERVED_CLASS_NAMES = ["001.Affenpinscher", "002.Afghan_hound", "003.Airedale_ter
 
 
 @pytest.fixture(scope="session")
-def model_artifact_dir(tmp_path_factory) -> Path:
-    """What training leaves in SM_MODEL_DIR: model.pth + metadata.json (random resnet18, 3 classes, 32 px)."""
-    import torch
+def make_model_artifact(tmp_path_factory) -> Callable[[int], Path]:
+    """`make_model_artifact(image_size)`: what training leaves in SM_MODEL_DIR, model.pth + metadata.json
+    (random resnet18, SERVED_CLASS_NAMES, `image_size` px), built once a size."""
+    built: dict[int, Path] = {}
 
-    from classifier.artifact import ModelMetadata, save_artifact
-    from classifier.backbones import build_model
+    def make(image_size: int) -> Path:
+        if image_size not in built:
+            import torch
 
-    torch.manual_seed(0)
-    model = build_model("resnet18", len(SERVED_CLASS_NAMES), pretrained=False, finetune="full")
-    metadata = ModelMetadata(
-        backbone="resnet18",
-        num_classes=len(SERVED_CLASS_NAMES),
-        class_names=SERVED_CLASS_NAMES,
-        image_size=32,
-    )
-    model_dir = tmp_path_factory.mktemp("artifact") / "model"
-    save_artifact(model_dir, model, metadata)
-    return model_dir
+            from classifier.artifact import ModelMetadata, save_artifact
+            from classifier.backbones import build_model
+
+            torch.manual_seed(0)
+            model = build_model("resnet18", len(SERVED_CLASS_NAMES), pretrained=False, finetune="full")
+            metadata = ModelMetadata(
+                backbone="resnet18",
+                num_classes=len(SERVED_CLASS_NAMES),
+                class_names=SERVED_CLASS_NAMES,
+                image_size=image_size,
+            )
+            built[image_size] = tmp_path_factory.mktemp(f"artifact-{image_size}") / "model"
+            save_artifact(built[image_size], model, metadata)
+        return built[image_size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model_artifact_dir(make_model_artifact) -> Path:
+    """The served model of most tests: 32 px."""
+    return make_model_artifact(32)
 
 
 @pytest.fixture(scope="session")

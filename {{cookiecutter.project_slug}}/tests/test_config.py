@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -118,13 +117,9 @@ def test_the_schema_regions_and_images_are_what_the_sdk_serves() -> None:
             )
 
 
-def test_rule_sets_and_image_suffixes_are_defined_once() -> None:
+def test_rule_sets_and_image_suffixes_are_defined_once(training) -> None:
     # The in-job rules (training/rules.py) know exactly the schema's rule names.
-    sys.path.insert(0, str(PROJECT_ROOT / "training"))
-    try:
-        rules = __import__("rules")
-    finally:
-        sys.path.remove(str(PROJECT_ROOT / "training"))
+    rules = training("rules")
     assert set(rules.KNOWN_RULES) == set(schema.KNOWN_RULES)
     assert set(config_module.ProjectConfig.load(PROJECT_ROOT).section("debugger")["rules"]) <= set(
         schema.KNOWN_RULES

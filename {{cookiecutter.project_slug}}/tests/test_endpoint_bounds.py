@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PACKAGE, PROJECT_ROOT, SERVED_CLASS_NAMES
+from conftest import PACKAGE, PROJECT_ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -98,27 +98,8 @@ class Probe:
 
 
 @pytest.fixture(scope="module")
-def artifact_224(tmp_path_factory) -> Path:
-    import torch
-
-    from classifier.artifact import ModelMetadata, save_artifact
-    from classifier.backbones import build_model
-
-    torch.manual_seed(0)
-    model = build_model("resnet18", len(SERVED_CLASS_NAMES), pretrained=False, finetune="full")
-    metadata = ModelMetadata(
-        backbone="resnet18",
-        num_classes=len(SERVED_CLASS_NAMES),
-        class_names=SERVED_CLASS_NAMES,
-        image_size=IMAGE_SIZE,
-    )
-    model_dir = tmp_path_factory.mktemp("artifact-224") / "model"
-    save_artifact(model_dir, model, metadata)
-    return model_dir
-
-
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory, inference_source, artifact_224) -> Iterator[Probe]:
+def probe(tmp_path_factory, inference_source, make_model_artifact) -> Iterator[Probe]:
+    artifact = make_model_artifact(IMAGE_SIZE)
     log = tmp_path_factory.mktemp("probe") / "stderr.txt"
     environment = {
         **os.environ,
@@ -131,7 +112,7 @@ def probe(tmp_path_factory, inference_source, artifact_224) -> Iterator[Probe]:
     }
     with open(log, "w") as stderr:
         process = subprocess.Popen(
-            [sys.executable, str(PROBE), PACKAGE, str(inference_source), str(artifact_224)],
+            [sys.executable, str(PROBE), PACKAGE, str(inference_source), str(artifact)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,

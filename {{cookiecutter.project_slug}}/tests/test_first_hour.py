@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import urllib.error
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import REQUIRED_SCRIPT_ARGS, TINY_TRAINING, project_module
+from conftest import TINY_TRAINING, project_module, tiny_args
 from launch_helpers import copy_project
 
 from classifier import backbones
@@ -39,32 +38,11 @@ def test_unreachable_weights_are_one_line_with_both_ways_out(no_internet, tmp_pa
 
 
 def test_the_training_script_says_it_in_one_line_not_a_traceback(
-    no_internet, training_source, tiny_dataset, tmp_path, capsys
+    no_internet, training, tiny_dataset, tmp_path, capsys
 ):
-    sys.path.insert(0, str(training_source))
-    try:
-        engine = __import__("engine")
-        args = engine.get_args_parser("test").parse_args(
-            [
-                *REQUIRED_SCRIPT_ARGS,
-                "--pretrained",
-                "true",
-                "--data_dir",
-                str(tiny_dataset),
-                "--model_dir",
-                str(tmp_path / "model"),
-                "--output_data_dir",
-                str(tmp_path / "out"),
-                "--checkpoint_dir",
-                "",
-                "--num_workers",
-                "0",
-            ]
-        )
-        with pytest.raises(SystemExit) as stopped:
-            engine.main(args)
-    finally:
-        sys.path.remove(str(training_source))
+    engine = training("engine")
+    with pytest.raises(SystemExit) as stopped:
+        engine.main(tiny_args(engine, tiny_dataset, tmp_path, "--pretrained", "true", "--checkpoint_dir", ""))
     assert str(stopped.value).startswith("cannot download the pretrained resnet18 weights")
 
 
@@ -103,12 +81,8 @@ def test_a_failed_local_run_is_one_line_on_the_command_line(project_root, tiny_d
     assert str(tmp_path / "run" / "training.log") in error
 
 
-def test_debugger_advice_names_the_real_setting_and_a_possible_value(training_source):
-    sys.path.insert(0, str(training_source))
-    try:
-        debugger = __import__("debugger")
-    finally:
-        sys.path.remove(str(training_source))
+def test_debugger_advice_names_the_real_setting_and_a_possible_value(training):
+    debugger = training("debugger")
     advice = debugger.saving_advice("TRAIN", saved=1, needed=4, steps=40)
     assert (
         "[debugger] train_save_interval to 10 or less" in advice and "--hp train_save_interval=10" in advice

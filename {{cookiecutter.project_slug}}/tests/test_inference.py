@@ -193,29 +193,8 @@ ODD_BUT_VALID_IMAGES = {
 # --- the container tier -----------------------------------------------------------------------------
 
 
-class RequestProcessor:
-    def __init__(self, headers: dict[str, str]) -> None:
-        self._headers = headers
-
-    def get_request_properties(self) -> dict[str, str]:
-        return self._headers
-
-
-class ServerContext:
-    """What the toolkit reads and writes of TorchServe's `ts.context.Context`."""
-
-    def __init__(self, model_dir: Path, headers: dict[str, str]) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": 0, "batch_size": 1}
-        self.request_processor = [RequestProcessor(headers)]
-        self.status_code = 200
-        self.phrase = ""
-        self.content_types: dict[int, str] = {}
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.status_code, self.phrase = code, phrase
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_types[idx] = value
+# What the toolkit reads and writes of TorchServe's `ts.context.Context`: the local endpoint's stand-in.
+ServerContext = project_module("local_endpoint")._Context
 
 
 @dataclass
@@ -238,7 +217,7 @@ class Container:
         # TorchServe hands the body over as a bytearray (decode_input_request=false in the toolkit's config).
         [result] = self.service.handle([{"body": bytearray(body)}], context)
         payload = result.encode("utf-8") if isinstance(result, str) else bytes(result)
-        return Response(context.status_code, context.content_types.get(0), payload)
+        return Response(context.status_code, context.content_type, payload)
 
 
 HANDLER_PACKAGES = ("inference", "classifier")

@@ -7,9 +7,7 @@ measures the speed.
 
 from __future__ import annotations
 
-import importlib
 import io
-import sys
 
 import pytest
 import torch
@@ -94,22 +92,18 @@ def test_a_prepared_images_longer_side_is_rounded_as_torchvisions_resize_rounds_
     assert resized.shape == (3, 256, 341)
 
 
-def test_the_training_loader_gives_servings_tensor_of_a_prepared_image(tmp_path, training_source):
+def test_the_training_loader_gives_servings_tensor_of_a_prepared_image(tmp_path, training):
     """Validation batches of the prepared copy: exactly the endpoint's preprocessing of the same file."""
     source = dataset(tmp_path / "source", (600, 400), orientation=6)
     data.prepare(source, tmp_path / "prepared", resize_to=64)
-    sys.path.insert(0, str(training_source))
-    try:
-        training_data = importlib.import_module("data")
-        _, splits = training_data.discover_splits(tmp_path / "prepared")
-        preset = EvalPreset(56, 64)
-        dataset_ = training_data.ImageFiles(splits["valid"], preset.uint8)
-        loader = training_data.make_loader(
-            dataset_, 2, shuffle=False, seed=0, num_workers=0, distributed=False, pin_memory=False
-        )
-        batch = next(iter(loader))
-    finally:
-        sys.path.remove(str(training_source))
+    training_data = training("data")
+    _, splits = training_data.discover_splits(tmp_path / "prepared")
+    preset = EvalPreset(56, 64)
+    dataset_ = training_data.ImageFiles(splits["valid"], preset.uint8)
+    loader = training_data.make_loader(
+        dataset_, 2, shuffle=False, seed=0, num_workers=0, distributed=False, pin_memory=False
+    )
+    batch = next(iter(loader))
     for row, (path, _) in zip(preset.scaling(batch.inputs), splits["valid"].samples, strict=True):
         with Image.open(io.BytesIO(path.read_bytes())) as image:
             torch.testing.assert_close(row, preset(image), rtol=0, atol=0)

@@ -7,27 +7,15 @@ LowGPUUtilization judge a GPU that does not exist.
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REQUIRED_SCRIPT_ARGS
-from test_rules import mlp_builder, noisy_dataset
+from test_rules import mlp_builder, mlp_run, noisy_dataset, rule_verdicts
 from torch import nn
-
-
-@pytest.fixture(scope="module")
-def training(training_source):
-    sys.path.insert(0, str(training_source))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(training_source))
 
 
 @pytest.fixture(scope="module")
@@ -36,33 +24,12 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def run(training, monkeypatch, tmp_path: Path, data: Path, *extra: str, model=None) -> Path:
-    engine = training("engine")
-    monkeypatch.setattr(engine, "build_model", model or mlp_builder(1.0))
-    args = engine.get_args_parser("test").parse_args(
-        [
-            *REQUIRED_SCRIPT_ARGS,
-            "--data_dir", str(data),
-            "--model_dir", str(tmp_path / "model"),
-            "--output_data_dir", str(tmp_path / "output"),
-            "--checkpoint_dir", "",
-            "--image_size", "32",
-            "--pretrained", "false",
-            "--finetune", "full",
-            "--augment", "false",
-            "--num_workers", "0",
-            "--batch_size", "4",
-            "--test_batch_size", "6",
-            "--epochs", "2",
-            "--profiler_interval_millis", "20",
-            *extra,
-        ]
+    """Two epochs of batches of 4, sampled every 20 ms; returns the output data directory."""
+    return mlp_run(
+        training, monkeypatch, tmp_path, data,
+        "--batch_size", "4", "--epochs", "2", "--profiler_interval_millis", "20", *extra,
+        model=model,
     )  # fmt: skip
-    engine.main(args, use_debugger=True, evaluate_test=True)
-    return tmp_path / "output"
-
-
-def verdicts(output: Path) -> dict[str, dict]:
-    return {v["rule"]: v for v in json.loads((output / "rule_verdicts.json").read_text())["rules"]}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a machine without a GPU records")
@@ -76,7 +43,7 @@ def test_cpu_run_samples_the_system_without_gpu_fields(training, monkeypatch, da
     assert profile["gpu_count"] == 0 and profile["gpu_note"] == "no GPU on this machine"
     assert {"t", "cpu_percent", "cpu_per_core", "memory_percent"} <= set(profile["samples"][-1])
     assert {s["mode"] for s in profile["steps"]} == {"TRAIN", "EVAL", "PREDICT"}
-    judged = verdicts(output)
+    judged = rule_verdicts(output)
     assert judged["LowGPUUtilization"]["verdict"] == "NotEnoughData"
     assert judged["CPUBottleneck"]["verdict"] == "NotEnoughData"
     assert judged["ProfilerReport"]["verdict"] in ("NoIssuesFound", "IssuesFound")
@@ -100,7 +67,7 @@ def test_a_slow_loader_is_a_data_loading_bottleneck(training, monkeypatch, datas
             return super().__getitem__(item)
 
     monkeypatch.setattr(training("engine"), "ImageFiles", SlowImages)
-    judged = verdicts(run(training, monkeypatch, tmp_path, dataset, "--rules", "ProfilerReport"))
+    judged = rule_verdicts(run(training, monkeypatch, tmp_path, dataset, "--rules", "ProfilerReport"))
     assert judged["DataLoadingBottleneck"]["verdict"] == "IssuesFound", judged["DataLoadingBottleneck"]
 
 
@@ -112,7 +79,7 @@ def test_a_slow_network_is_not_a_data_loading_bottleneck(training, monkeypatch, 
         model[1].register_forward_pre_hook(lambda *_: time.sleep(0.03))
         return model
 
-    judged = verdicts(
+    judged = rule_verdicts(
         run(training, monkeypatch, tmp_path, dataset, "--rules", "ProfilerReport", model=slow_model)
     )
     assert judged["DataLoadingBottleneck"]["verdict"] == "NoIssuesFound", judged["DataLoadingBottleneck"]

@@ -8,17 +8,15 @@ from the training image's PyTorch to the inference image's.
 from __future__ import annotations
 
 import argparse
-import importlib
 import io
 import json
 import logging
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REQUIRED_SCRIPT_ARGS, make_dataset, project_module
+from conftest import make_dataset, project_module, tiny_args
 from torch import nn
 
 from classifier.artifact import (
@@ -37,15 +35,6 @@ make_image = project_module("synthetic").make_image
 
 
 @pytest.fixture(scope="module")
-def training(training_source):
-    sys.path.insert(0, str(training_source))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(training_source))
-
-
-@pytest.fixture(scope="module")
 def trained(training, tmp_path_factory) -> Path:
     """SM_MODEL_DIR after train_model.py's run (evaluate_test) on three hues: float + int8 + metadata."""
     root = tmp_path_factory.mktemp("int8")
@@ -53,17 +42,9 @@ def trained(training, tmp_path_factory) -> Path:
         root / "data", num_classes=3, images_per_class={"train": 8, "valid": 4, "test": 1}, size=(48, 40)
     )
     engine = training("engine")
-    args = engine.get_args_parser("test").parse_args(
-        [
-            *REQUIRED_SCRIPT_ARGS,
-            # The head on cached features of a random backbone: learns the hues in seconds.
-            *("--feature_cache", "true", "--epochs", "8", "--lr", "0.05", "--num_workers", "0"),
-            *("--test_batch_size", "12"),
-            *("--data_dir", str(data), "--model_dir", str(root / "model")),
-            *("--output_data_dir", str(root / "output"), "--checkpoint_dir", str(root / "checkpoints")),
-        ]
-    )
-    engine.main(args, evaluate_test=True)
+    # The head on cached features of a random backbone: learns the hues in seconds.
+    hyperparameters = ("--feature_cache", "true", "--epochs", "8", "--lr", "0.05", "--test_batch_size", "12")
+    engine.main(tiny_args(engine, data, root, *hyperparameters), evaluate_test=True)
     return root / "model"
 
 

@@ -7,31 +7,19 @@ too large to judge must give NotEnoughData, never NoIssuesFound. The tiny runs t
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REQUIRED_SCRIPT_ARGS
+from conftest import REQUIRED_SCRIPT_ARGS, tiny_args
 from PIL import Image
 from torch import nn
 
 STANDARD = "vanishing_gradient,overfit,overtraining,poor_weight_initialization,loss_not_decreasing"
 EXTENDED = STANDARD + ",exploding_tensor,dead_relu,class_imbalance"
-
-
-@pytest.fixture(scope="module")
-def training(training_source):
-    """Import a module of the staged training sources: `training("rules")`."""
-    sys.path.insert(0, str(training_source))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(training_source))
 
 
 @pytest.fixture(scope="module")
@@ -205,31 +193,30 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
     return {"noisy": noisy, "handful": handful}
 
 
-def tiny_run(training, monkeypatch, tmp_path: Path, data: Path, *extra: str, scale: float = 1.0) -> dict:
-    """train_model.py's main in-process; returns {rule: verdict dict} from rule_verdicts.json."""
+def mlp_run(training, monkeypatch, tmp_path: Path, data: Path, *extra: str, model=None) -> Path:
+    """train_model.py's main in-process with the debugger, `model` (the MLP) for the backbone and no
+    checkpoints; returns the output data directory."""
     engine = training("engine")
-    monkeypatch.setattr(engine, "build_model", mlp_builder(scale))
-    args = engine.get_args_parser("test").parse_args(
-        [
-            *REQUIRED_SCRIPT_ARGS,
-            "--data_dir", str(data),
-            "--model_dir", str(tmp_path / "model"),
-            "--output_data_dir", str(tmp_path / "output"),
-            "--checkpoint_dir", "",
-            "--image_size", "32",
-            "--pretrained", "false",
-            "--finetune", "full",
-            "--augment", "false",
-            "--num_workers", "0",
-            "--batch_size", "6",
-            "--test_batch_size", "6",
-            "--patience", "0",
-            *extra,
-        ]
+    monkeypatch.setattr(engine, "build_model", model or mlp_builder(1.0))
+    args = tiny_args(
+        engine, data, tmp_path,
+        "--checkpoint_dir", "", "--finetune", "full", "--augment", "false", *extra,
     )  # fmt: skip
     engine.main(args, use_debugger=True, evaluate_test=True)
-    verdicts = json.loads((tmp_path / "output" / "rule_verdicts.json").read_text())["rules"]
-    return {v["rule"]: v for v in verdicts}
+    return tmp_path / "output"
+
+
+def rule_verdicts(output: Path) -> dict[str, dict]:
+    """{rule: verdict dict} from a run's rule_verdicts.json."""
+    return {v["rule"]: v for v in json.loads((output / "rule_verdicts.json").read_text())["rules"]}
+
+
+def tiny_run(training, monkeypatch, tmp_path: Path, data: Path, *extra: str, scale: float = 1.0) -> dict:
+    """An MLP run that never stops early (patience 0); returns its verdicts."""
+    output = mlp_run(
+        training, monkeypatch, tmp_path, data, "--patience", "0", *extra, model=mlp_builder(scale)
+    )
+    return rule_verdicts(output)
 
 
 def test_a_healthy_run_leaves_the_rules_quiet(training, monkeypatch, datasets, tmp_path, capsys):

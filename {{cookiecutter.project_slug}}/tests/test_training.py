@@ -5,58 +5,15 @@ The modules are imported from the staged training source directory, exactly what
 
 from __future__ import annotations
 
-import importlib
 import io
 import random
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REQUIRED_SCRIPT_ARGS, make_dataset, project_module
+from conftest import REQUIRED_SCRIPT_ARGS, make_dataset, project_module, tiny_args
 from PIL import Image
 from torchvision.transforms import v2
-
-
-@pytest.fixture(scope="module")
-def training(training_source):
-    """Import a module of the staged training sources: `training("engine")`."""
-    sys.path.insert(0, str(training_source))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(training_source))
-
-
-def tiny_args(training, data_dir: Path, tmp_path: Path, *extra: str):
-    engine = training("engine")
-    return engine.get_args_parser("test").parse_args(
-        [
-            *REQUIRED_SCRIPT_ARGS,
-            "--data_dir",
-            str(data_dir),
-            "--model_dir",
-            str(tmp_path / "model"),
-            "--output_data_dir",
-            str(tmp_path / "output"),
-            "--checkpoint_dir",
-            str(tmp_path / "checkpoints"),
-            "--epochs",
-            "1",
-            "--batch_size",
-            "6",
-            "--test_batch_size",
-            "6",
-            "--image_size",
-            "32",
-            "--pretrained",
-            "false",
-            "--num_workers",
-            "0",
-            *extra,
-        ]
-    )
 
 
 @pytest.mark.parametrize(
@@ -207,7 +164,8 @@ def test_corrupt_and_truncated_images_are_skipped_counted_and_reported(training,
     (data_dir / "train" / "001.Class_001" / "garbage.jpg").write_bytes(b"not an image at all")
     good = (data_dir / "valid" / "002.Class_002").iterdir().__next__().read_bytes()
     (data_dir / "valid" / "002.Class_002" / "truncated.jpg").write_bytes(good[: len(good) // 2])
-    result = training("engine").main(tiny_args(training, data_dir, tmp_path))
+    engine = training("engine")
+    result = engine.main(tiny_args(engine, data_dir, tmp_path))
     assert result["skipped_images"] == 2
     out = capsys.readouterr().out
     assert "skipped images: 2 could not be decoded" in out
@@ -216,36 +174,27 @@ def test_corrupt_and_truncated_images_are_skipped_counted_and_reported(training,
 
 
 def test_bad_settings_are_refused_before_training(training, tiny_dataset, tmp_path):
+    engine = training("engine")
     with pytest.raises(SystemExit, match="unknown optimizer 'adm'; choose adamw, sgd"):
-        training("engine").main(tiny_args(training, tiny_dataset, tmp_path, "--optimizer", "adm"))
+        engine.main(tiny_args(engine, tiny_dataset, tmp_path, "--optimizer", "adm"))
     with pytest.raises(SystemExit, match="feature_cache=true needs finetune=head"):
-        training("engine").main(
-            tiny_args(training, tiny_dataset, tmp_path, "--feature_cache", "true", "--finetune", "full")
+        engine.main(
+            tiny_args(engine, tiny_dataset, tmp_path, "--feature_cache", "true", "--finetune", "full")
         )
 
 
 def test_feature_cache_trains_the_same_head_as_decoding_every_epoch(training, tiny_dataset, tmp_path):
     """Head mode without augmentation: cached features must give the same model, not an approximation."""
-    artifact = training("classifier.artifact")
+    engine, artifact = training("engine"), training("classifier.artifact")
     models = {}
     for cached in ("false", "true"):
         out = tmp_path / cached
         args = tiny_args(
-            training,
-            tiny_dataset,
-            out,
-            "--finetune",
-            "head",
-            "--augment",
-            "false",
-            "--feature_cache",
-            cached,
-            "--epochs",
-            "2",
-            "--lr",
-            "0.01",
-        )
-        training("engine").main(args)
+            engine, tiny_dataset, out,
+            "--finetune", "head", "--augment", "false", "--feature_cache", cached,
+            "--epochs", "2", "--lr", "0.01",
+        )  # fmt: skip
+        engine.main(args)
         models[cached], _ = artifact.load_artifact(out / "model")
     uncached, cached = models["false"].state_dict(), models["true"].state_dict()
     assert not torch.equal(
