@@ -62,8 +62,10 @@ def test_a_slow_loader_is_a_data_loading_bottleneck(training, monkeypatch, datas
 
     class SlowImages(data.ImageFiles):
         def __getitem__(self, item):
-            # 50 ms an image against a tiny MLP's compute: data-bound even on a loaded 2-core machine.
-            time.sleep(0.05)
+            # 0.12 s a training image, ~0.5 s a step: waiting that does not shrink with the machine's
+            # load, while a step's compute grows with it (about 0.25 s on two cores under a load of 7).
+            if self.files.name == "train":
+                time.sleep(0.12)
             return super().__getitem__(item)
 
     monkeypatch.setattr(training("engine"), "ImageFiles", SlowImages)
