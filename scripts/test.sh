@@ -16,4 +16,5 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 cd "$ROOT"
 ruff check hooks tests local_extensions.py scripts
-python -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
+# worksteal: a worker that runs out of tests takes queued ones from the other (the renders' suites run minutes).
+python -m pytest -n "${PYTEST_WORKERS:-2}" --dist worksteal "$@"

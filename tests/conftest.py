@@ -18,6 +18,15 @@ COOKIECUTTER_JSON = json.loads((TEMPLATE_DIR / "cookiecutter.json").read_text(en
 QUESTIONS = {key: value for key, value in COOKIECUTTER_JSON.items() if not key.startswith("_")}
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+# Minutes each (a render's own suite); the rest of the template's tests take seconds.
+LONGEST_FIRST = ("test_rendered_suite.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The renders' own suites first: the workers start on them, and the short tests fill in around
+    them (scripts/test.sh lets an idle worker steal), instead of one worker finishing its share and
+    waiting while the other runs two suites one after the other."""
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)
 
 
 def read_config(project: Path) -> dict:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import bake_ok, run_in_project
 
-FAST = ["-m", "not slow"]
+# On two workers, like the default's: while two suites run at once that oversubscribes the cores a little,
+# but when one runs alone it no longer leaves a core idle.
+FAST = ["-m", "not slow", "-n", "2", "--dist", "loadscope"]
 NOTEBOOK = ["tests/test_notebook.py"]
 # name -> (answers, one pytest run's arguments per entry)
 RENDERS = {
