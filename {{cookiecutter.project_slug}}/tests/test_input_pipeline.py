@@ -14,7 +14,7 @@ import torch
 from conftest import project_module
 from PIL import Image
 
-from classifier.presets import EvalPreset
+from classifier.presets import EvalPreset, TrainPreset
 from classifier.schema import resize_size_for
 
 data = project_module("data")
@@ -107,3 +107,65 @@ def test_the_training_loader_gives_servings_tensor_of_a_prepared_image(tmp_path,
     for row, (path, _) in zip(preset.scaling(batch.inputs), splits["valid"].samples, strict=True):
         with Image.open(io.BytesIO(path.read_bytes())) as image:
             torch.testing.assert_close(row, preset(image), rtol=0, atol=0)
+
+
+def _epochs(training_data, files, num_workers: int, epochs: int, release: bool) -> list:
+    """Each epoch's batches, as (inputs, labels, failed) in the main process, from a loader with workers."""
+    preset = TrainPreset(32)
+    loader = training_data.make_loader(
+        training_data.ImageFiles(files, preset.uint8),
+        2,
+        shuffle=True,
+        seed=3,
+        num_workers=num_workers,
+        distributed=False,
+        pin_memory=False,
+    )
+    batches = []
+    for epoch in range(epochs):
+        training_data.set_loader_epoch(loader, epoch)
+        for batch in loader:
+            if release:
+                batches.append((batch.inputs.clone(), batch.labels, batch.failed, batch.inputs.data_ptr()))
+                batch.release()
+            else:
+                batches.append((batch.inputs, batch.labels, batch.failed, batch.inputs.data_ptr()))
+    return batches, loader
+
+
+def test_workers_reuse_released_batch_memory_and_give_the_batches_of_one_process(training, tiny_dataset):
+    training_data = training("data")
+    _, splits = training_data.discover_splits(tiny_dataset)
+    expected, _ = _epochs(training_data, splits["train"], 0, 3, release=True)
+    reused, loader = _epochs(training_data, splits["train"], 2, 3, release=True)
+    assert len(reused) == len(expected) == 27  # 18 images, batches of 2, 3 epochs
+    for (inputs, labels, failed, _), (want, want_labels, want_failed, _) in zip(
+        reused, expected, strict=True
+    ):
+        assert inputs.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(inputs, want) and torch.equal(labels, want_labels) and failed == want_failed
+    # Released memory comes back: far fewer buffers than batches, all free again at the end.
+    buffers = {pointer for *_, pointer in reused}
+    assert len(buffers) <= 2 * loader.collate_fn.slots < len(reused)
+    assert not loader.collate_fn.leases.any()
+
+
+def test_batches_held_without_release_are_never_overwritten_by_later_ones(training, tiny_dataset):
+    training_data = training("data")
+    _, splits = training_data.discover_splits(tiny_dataset)
+    expected, _ = _epochs(training_data, splits["train"], 0, 3, release=True)
+    held, loader = _epochs(training_data, splits["train"], 2, 3, release=False)
+    for (inputs, labels, _, _), (want, want_labels, _, _) in zip(held, expected, strict=True):
+        assert torch.equal(inputs, want) and torch.equal(labels, want_labels)
+    assert len({pointer for *_, pointer in held}) == len(held)
+
+
+def test_a_worker_reports_the_files_it_could_not_decode_beside_its_batch(training, tmp_path):
+    root = dataset(tmp_path / "data", (64, 48))
+    (root / "train" / "002.B" / "broken.jpg").write_bytes(b"not a jpeg")
+    training_data = training("data")
+    _, splits = training_data.discover_splits(root)
+    batches, _ = _epochs(training_data, splits["train"], 2, 1, release=True)
+    broken = [i for i, (path, _) in enumerate(splits["train"].samples) if path.name == "broken.jpg"]
+    assert sorted(index for _, _, failed, _ in batches for index in failed) == broken
+    assert sum(len(labels) for _, labels, _, _ in batches) == 2  # the two good images

@@ -7,13 +7,17 @@ in the sorted folder names, the same in every split.
 Speed: workers decode only what the crop needs (`TrainPreset`: the random box
 first, then a reduced-scale or torchvision decode) and ship small uint8 images;
 the float conversion and normalisation run on whole batches on the device
-(`image_preparer`). A pre-resized copy of the dataset (same layout, smaller
-files) is read the same way and decodes faster still.
+(`image_preparer`). Each worker stacks its batches into shared memory it
+reuses once the main process has converted them (`BatchMemory`), so no batch
+costs a fresh segment's page faults. A pre-resized copy of the dataset (same
+layout, smaller files) is read the same way and decodes faster still.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +32,15 @@ from torch.utils.data import (
     Sampler,
     SequentialSampler,
     default_collate,
+    get_worker_info,
 )
 
 from classifier.presets import is_interleaved
 from classifier.schema import IMAGE_SUFFIXES
 
 SPLITS = ("train", "valid", "test")
+# Batches each loader worker prepares ahead of the one being trained on.
+PREFETCH_BATCHES = 4
 # What a broken file raises while PIL opens or decodes it (truncated JPEGs raise OSError).
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -172,28 +179,119 @@ class Batch:
     labels: torch.Tensor
     # Dataset indices of files that failed to decode (left out of `inputs`).
     failed: list[int]
+    # (BatchMemory.token, slot) while `inputs` lies in a worker's reused memory.
+    slot: tuple[int, int] | None = None
 
     def pin_memory(self) -> Batch:
-        return Batch(self.inputs.pin_memory(), self.labels.pin_memory(), self.failed)
+        pinned = Batch(self.inputs.pin_memory(), self.labels.pin_memory(), self.failed)
+        self.release()  # copied out: the worker may fill that memory again
+        return pinned
+
+    def release(self) -> None:
+        """Hand `inputs`' memory back to the worker that filled it; `inputs` must not be read after this.
+
+        Call it once the pixels are copied or converted (`engine.image_preparer` does). A batch never
+        released only costs its worker a fresh buffer for a later batch, as without reuse.
+        """
+        if self.slot is not None:
+            token, slot = self.slot
+            memory = _BATCH_MEMORIES.get(token)
+            if memory is not None:  # else its loader is gone, and the memory with it
+                memory.release(slot, self.inputs)
+            self.slot = None
+
+    def __reduce__(self):
+        # From a worker: the labels and failures as plain lists, inside the message. As tensors they
+        # would each take a shared-memory segment of their own, a few system calls per batch.
+        return _rebuild_batch, (self.inputs, self.labels.tolist(), self.failed, self.slot)
 
 
-def collate_skipping_failures(items: Sequence[tuple[torch.Tensor | None, int, int]]) -> Batch | None:
+def _rebuild_batch(
+    inputs: torch.Tensor, labels: list[int], failed: list[int], slot: tuple[int, int] | None
+) -> Batch:
+    return Batch(inputs, torch.tensor(labels, dtype=torch.long), failed, slot)
+
+
+def _decoded(items: Sequence[tuple[torch.Tensor | None, int, int]]) -> tuple[list, torch.Tensor, list[int]]:
+    good = [(tensor, label) for tensor, label, _ in items if tensor is not None]
+    failed = [index for tensor, _, index in items if tensor is None]
+    labels = torch.tensor([label for _, label in good], dtype=torch.long)
+    return [tensor for tensor, _ in good], labels, failed
+
+
+def _stack_layout(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+    """What to stack, and whether it is pixel-interleaved (then as (H, W, C), for a channels-last batch)."""
+    if tensors[0].dim() == 3 and all(is_interleaved(t) for t in tensors):
+        return [t.movedim(0, -1) for t in tensors], True
+    return tensors, False
+
+
+def collate_skipping_failures(items: Sequence[tuple[torch.Tensor | None, int, int]]) -> Batch:
     """The decoded items as one batch; the indices of those that failed beside it.
 
     `default_collate` stacks straight into shared memory in a worker (no copy when the batch is
     sent to the main process). Images stored pixel-interleaved (`TrainPreset`'s) are stacked as
     such, into a channels-last batch: reordering them to planar would cost as much as their resize.
     """
-    good = [(tensor, label) for tensor, label, _ in items if tensor is not None]
-    failed = [index for tensor, _, index in items if tensor is None]
-    if not good:
-        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), failed)
-    tensors = [tensor for tensor, _ in good]
-    labels = torch.tensor([label for _, label in good])
-    if tensors[0].dim() == 3 and all(is_interleaved(t) for t in tensors):
-        pixels = default_collate([t.movedim(0, -1) for t in tensors])  # (N, H, W, C), contiguous
-        return Batch(pixels.movedim(-1, 1), labels, failed)
-    return Batch(default_collate(tensors), labels, failed)
+    tensors, labels, failed = _decoded(items)
+    if not tensors:
+        return Batch(torch.empty(0), labels, failed)
+    stacked, interleaved = _stack_layout(tensors)
+    pixels = default_collate(stacked)
+    return Batch(pixels.movedim(-1, 1) if interleaved else pixels, labels, failed)
+
+
+# The main process's BatchMemory of each live loader, by token: where a released batch is handed back.
+_BATCH_MEMORIES: weakref.WeakValueDictionary[int, BatchMemory] = weakref.WeakValueDictionary()
+_TOKENS = itertools.count()
+
+
+class BatchMemory:
+    """`collate_skipping_failures` into shared memory that each worker reuses once the batch is released.
+
+    Without reuse every batch goes to a fresh shared-memory segment, which the worker faults in page
+    by page as it writes and the main process again as it reads: on 2 cores that alone held a loader
+    of 224 px crops to 4,000-6,000 images/s, against 13,000 with reused memory. Each worker keeps
+    `slots` buffers. The main process marks a slot free (`Batch.release`) once it has converted the
+    pixels, and keeps its own mapping of that buffer, so receiving it again maps nothing new. A worker
+    that finds no slot free stacks into fresh memory, as `default_collate` does: a consumer that never
+    releases gets the usual behaviour, and no batch is overwritten while it is held.
+    """
+
+    def __init__(self, num_workers: int, slots: int) -> None:
+        self.slots = slots
+        self.token = next(_TOKENS)
+        # One byte per slot, shared with the workers before they start: 1 from filled to released.
+        self.leases = torch.zeros(num_workers * slots, dtype=torch.uint8).share_memory_()
+        self._buffers: dict[int, torch.Tensor] = {}  # a worker's: its filled buffers, by slot
+        self._mapped: dict[int, torch.UntypedStorage] = {}  # the main process's: released ones, by slot
+        _BATCH_MEMORIES[self.token] = self
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_buffers": {}, "_mapped": {}}  # to a worker, which allocates its own
+
+    def release(self, slot: int, inputs: torch.Tensor) -> None:
+        self._mapped[slot] = inputs.untyped_storage()
+        self.leases[slot] = 0
+
+    def __call__(self, items: Sequence[tuple[torch.Tensor | None, int, int]]) -> Batch:
+        worker = get_worker_info()
+        tensors, labels, failed = _decoded(items)
+        if worker is None or not tensors:
+            return collate_skipping_failures(items)
+        stacked, interleaved = _stack_layout(tensors)
+        shape = (len(stacked), *stacked[0].shape)
+        for slot in range(worker.id * self.slots, (worker.id + 1) * self.slots):
+            if self.leases[slot]:
+                continue
+            buffer = self._buffers.get(slot)
+            fits = buffer is not None and buffer.dtype == stacked[0].dtype and buffer.shape[1:] == shape[1:]
+            if not fits or len(buffer) < shape[0]:
+                buffer = self._buffers[slot] = torch.empty(shape, dtype=stacked[0].dtype).share_memory_()
+            self.leases[slot] = 1
+            pixels = torch.stack(stacked, out=buffer[: shape[0]])
+            return Batch(pixels.movedim(-1, 1) if interleaved else pixels, labels, failed, (self.token, slot))
+        return collate_skipping_failures(items)
 
 
 def available_cpus() -> int:
@@ -225,10 +323,13 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=collate_skipping_failures,
+        # A worker has at most PREFETCH_BATCHES batches queued; one more is being read, one pinned.
+        collate_fn=(
+            BatchMemory(num_workers, PREFETCH_BATCHES + 2) if num_workers else collate_skipping_failures
+        ),
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        prefetch_factor=4 if num_workers > 0 else None,
+        prefetch_factor=PREFETCH_BATCHES if num_workers > 0 else None,
     )
 
 

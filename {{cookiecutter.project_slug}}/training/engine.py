@@ -319,8 +319,9 @@ def image_preparer(device: torch.device, scaling: nn.Module, channels_last: bool
     """uint8 batches from the workers -> float, normalised, on the device (the float work runs there)."""
 
     def prepare(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        images = batch.inputs.to(device, non_blocking=True)
-        images = scaling(images)
+        # Asynchronous only from pinned memory, a copy: the worker's own memory is read before release.
+        images = scaling(batch.inputs.to(device, non_blocking=batch.inputs.is_pinned()))
+        batch.release()
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, batch.labels.to(device, non_blocking=True)
@@ -924,7 +925,9 @@ def quantize_for_cpu(
             )
             for batch in loader:
                 if len(batch.labels):
-                    yield preset.scaling(batch.inputs), batch.labels
+                    images = preset.scaling(batch.inputs)
+                    batch.release()
+                    yield images, batch.labels
 
         return generate
 
