@@ -6,8 +6,10 @@ On the same generated JPEGs (dogImages-like, 500x375 by default), in one run:
      drawn first, torchvision's decode_jpeg, crop and resize in uint8 in the workers, batches in
      shared memory each worker reuses, scaling on whole batches where the model runs) on the copy
      `data prepare` writes by default (shorter side = the eval preset's resize size, 256 for 224)
-     and on the originals; the dataset's size before and after that one-time preparation; goal:
-     3x the reference, prepared;
+     and on the originals; then with the pixel cache training uses by default, the first epoch of
+     a job (it decodes and keeps each image), a later one (crops from kept pixels), and a job of
+     config.toml's epochs overall; the dataset's size before and after that one-time preparation;
+     goal: 3x the reference, prepared;
   2. what each step costs per image, on one thread (what dominates);
   3. a few head-only epochs both ways on generated hues, prepared and not: validation accuracy
      of each (the preparation must not cost accuracy);
@@ -43,13 +45,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The training scripts' own modules, imported as SageMaker runs them: from the training folder.
 sys.path[:0] = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT), str(PROJECT_ROOT / "src")]
 # The package's name is data (config.toml), as in the tests; its `prepare` writes the pre-resized copy.
-PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
+CONFIG = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))
+PACKAGE = CONFIG["project"]["package"]
+EPOCHS = CONFIG["hyperparameters"]["epochs"]
 prepare_dataset = importlib.import_module(f"{PACKAGE}.data").prepare
 make_dataset = importlib.import_module(f"{PACKAGE}.synthetic").make_dataset
 
-from data import ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
+from data import DECODE_ERRORS, ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
 from engine import feature_preparer, image_preparer  # noqa: E402
 from feature_cache import extract_features  # noqa: E402
+from pixel_cache import build_cache  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets  # noqa: E402
 from torchvision import transforms as v1  # noqa: E402
@@ -94,20 +99,28 @@ def epoch_rate(loader: DataLoader, finish: Callable) -> float:
     return count / (time.perf_counter() - started)
 
 
-def round_rates(loaders: dict[str, tuple[DataLoader, Callable]], rounds: int) -> dict[str, list[float]]:
+def round_rates(loaders: dict[str, tuple], rounds: int) -> dict[str, list[float]]:
     """Each loader's rate in each of `rounds` epochs, after a warm-up epoch that starts its workers.
 
-    The loaders take turns epoch by epoch, so a round's epochs ran under the same conditions: the
-    ratio within a round is what is compared (its median over the rounds), as a shared machine
-    slows everything by tens of percent from one minute to the next.
+    Each entry is (loader, finish) or (loader, finish, before), `before` run ahead of each of its
+    timed epochs. The loaders take turns epoch by epoch, so a round's epochs ran under the same
+    conditions: the ratio within a round is what is compared (its median over the rounds), as a
+    shared machine slows everything by tens of percent from one minute to the next.
     """
-    for loader, finish in loaders.values():
+    for loader, finish, *_ in loaders.values():
         epoch_rate(loader, finish)
     rates: dict[str, list[float]] = {name: [] for name in loaders}
     for _ in range(rounds):
-        for name, (loader, finish) in loaders.items():
+        for name, (loader, finish, *before) in loaders.items():
+            for step in before:
+                step()
             rates[name].append(epoch_rate(loader, finish))
     return rates
+
+
+def job_rates(first: list[float], later: list[float], epochs: int) -> list[float]:
+    """Images/s over a job of `epochs` epochs, the first at `first` and the rest at `later`, per round."""
+    return [epochs / (1 / a + (epochs - 1) / b) for a, b in zip(first, later, strict=True)]
 
 
 def median_ratio(ours: list[float], reference: list[float]) -> float:
@@ -129,6 +142,7 @@ def stage_times(folder: Path, train: TrainPreset, reference: v1.Compose) -> None
     crops = [crop(image) for image in decoded]
     floats = [to_tensor(image) for image in crops]
     batch = torch.stack([train.uint8(opened(i)) for i in range(len(bodies))])
+    kept = [train.to_keep(opened(i)) for i in range(len(bodies))]
     steps = {
         "reference: full PIL decode": lambda i: opened(i).convert("RGB"),
         "reference: RandomResizedCrop (PIL)": lambda i: crop(decoded[i]),
@@ -136,6 +150,7 @@ def stage_times(folder: Path, train: TrainPreset, reference: v1.Compose) -> None
         "reference: Normalize": lambda i: normalize(floats[i]),
         "ours: decode_jpeg (full scale)": lambda i: decode_jpeg(raw(i)),
         "ours: TrainPreset.uint8 (decode, crop, resize, flip)": lambda i: train.uint8(opened(i)),
+        "ours: TrainPreset.from_kept (crop, resize, flip)": lambda i: train.from_kept(kept[i]),
         "ours: scaling, per image of a batch": lambda i: train.scaling(batch[i : i + 1]),
     }
     print("per image, one thread (best of 5):")
@@ -167,10 +182,12 @@ def reference_loader(root: Path, batch_size: int, workers: int) -> DataLoader:
     )
 
 
-def our_loader(root: Path, batch_size: int, workers: int, transform, split: str = "train"):
+def our_loader(
+    root: Path, batch_size: int, workers: int, transform, split: str = "train", cache=None, preset=None
+):
     _, splits = discover_splits(root)
     return make_loader(
-        ImageFiles(splits[split], transform),
+        ImageFiles(splits[split], transform, cache, preset),
         batch_size,
         shuffle=split == "train",
         seed=0,
@@ -265,6 +282,9 @@ def main() -> None:
         "--workers", type=int, default=auto_num_workers(), help="loader workers, both loaders"
     )
     parser.add_argument("--rounds", type=int, default=5, help="timed epochs per loader, taking turns")
+    parser.add_argument(
+        "--epochs", type=int, default=EPOCHS, help="epochs of the job the pixel cache's overall rate is for"
+    )
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--head_images", type=int, default=80, help="images for the head-only epochs")
     parser.add_argument("--cached_epochs", type=int, default=3)
@@ -299,16 +319,30 @@ def main() -> None:
         # OpenMP thread here would only spin on the cores the workers need.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        _, resized_splits = discover_splits(resized)
+        cache = build_cache(
+            [path for path, _ in resized_splits["train"].samples],
+            train,
+            10**12,
+            DECODE_ERRORS,
+            lambda line: print(line, flush=True),
+            "train",
+        )
+        kept = our_loader(resized, args.batch_size, args.workers, train.uint8, cache=cache, preset=train)
         rates = round_rates(
             {
                 "reference": (reference_loader(originals, args.batch_size, args.workers), lambda b: b),
                 "ours": (our_loader(originals, args.batch_size, args.workers, train.uint8), scale_batch),
                 "resized": (our_loader(resized, args.batch_size, args.workers, train.uint8), scale_batch),
+                # A job's first epoch (an empty cache: it decodes and keeps), then a later one.
+                "first": (kept, scale_batch, cache.clear),
+                "later": (kept, scale_batch),
                 # As the reference project ran it: DataLoader's default, no worker processes.
                 "shipped": (reference_loader(originals, args.batch_size, 0), lambda b: b),
             },
             args.rounds,
         )
+        rates["job"] = job_rates(rates["first"], rates["later"], args.epochs)
         median = {name: statistics.median(values) for name, values in rates.items()}
         reference = rates["reference"]
         print(f"loader, median of {args.rounds} epochs each; x = median of the ratios within a round:")
@@ -321,8 +355,15 @@ def main() -> None:
         print(
             f"  ours after data prepare:             {median['resized']:8.1f} images/s  "
             f"({median_ratio(rates['resized'], reference):.2f}x the reference on the originals; goal: 3x)",
-            flush=True,
         )
+        print("  ours after data prepare, with the pixel cache (the default; its ratios as above):")
+        for name, label in (
+            ("first", "first epoch (decodes, keeps)"),
+            ("later", "later epochs (kept pixels)"),
+            ("job", f"a {args.epochs}-epoch job, overall"),
+        ):
+            ratio = median_ratio(rates[name], reference)
+            print(f"    {label + ':':<33} {median[name]:8.1f} images/s  ({ratio:.2f}x)", flush=True)
         stage_times(originals / "train", train, reference_transform())
         torch.set_num_threads(threads)
 

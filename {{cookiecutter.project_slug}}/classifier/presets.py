@@ -179,6 +179,18 @@ class EvalPreset:
         orientation = exif_orientation(image)
         return orient(decode_pixels(image, self.resize_size), orientation)
 
+    def kept_bytes(self, image: Image.Image) -> int:
+        """Size of `to_keep(image)`: the crop itself, as evaluation draws nothing at random."""
+        return self.crop_size * self.crop_size * 3
+
+    def to_keep(self, image: Image.Image) -> torch.Tensor:
+        """What a loader may keep from one epoch to the next: `uint8(image)` (see TrainPreset.kept_bytes)."""
+        return self.uint8(image)
+
+    def from_kept(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`uint8` of the image whose `to_keep` is `pixels`: planar CHW in memory of its own."""
+        return pixels.contiguous()
+
     def geometry(self, pixels: torch.Tensor) -> torch.Tensor:
         """Decoded pixels -> crop_size x crop_size, uint8 CHW, in memory of its own.
 
@@ -219,12 +231,44 @@ class TrainPreset:
         Stored pixel-interleaved (see `interleaved`): a loader stacks these into a channels-last batch.
         """
         # The box is drawn on the upright image's size, read from the header: known before any pixel
-        # is decoded. get_params reads only the size, so an empty tensor of that size stands in.
+        # is decoded.
         orientation = exif_orientation(image)
-        upright_width, upright_height = oriented_size(image.size, orientation)
-        size_only = torch.empty((0, upright_height, upright_width), dtype=torch.uint8)
-        top, left, height, width = RandomResizedCrop.get_params(size_only, list(self.scale), list(self.ratio))
-        crop = resized_crop(image, (left, top, left + width, top + height), self.crop_size, orientation)
+        box = self._box(*oriented_size(image.size, orientation))
+        return self._flip(resized_crop(image, box, self.crop_size, orientation))
+
+    def kept_bytes(self, image: Image.Image) -> int | None:
+        """Size of `to_keep(image)`, from the header, where `from_kept` of it is exactly `uint8(image)`.
+
+        A loader may keep `to_keep(image)` from one epoch to the next and draw each epoch's random
+        crop from it (`from_kept`) instead of decoding the file again. None for a JPEG with a shorter
+        side of at least twice the crop: `uint8` decodes some of its boxes at reduced scale, which a
+        crop of the full pixels would not reproduce bit for bit.
+        """
+        if image.format in JPEG_FORMATS and min(image.size) >= 2 * self.crop_size:
+            return None
+        return image.width * image.height * 3
+
+    def to_keep(self, image: Image.Image) -> torch.Tensor:
+        """The whole upright image, uint8 CHW: what `from_kept` crops."""
+        return orient(full_pixels(image), exif_orientation(image))
+
+    def from_kept(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`uint8` of the image whose `to_keep` is `pixels`, drawing the same random numbers."""
+        left, top, right, bottom = self._box(pixels.shape[-1], pixels.shape[-2])
+        return self._flip(_resize_interleaved(pixels[:, top:bottom, left:right], self.crop_size))
+
+    def _box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """RandomResizedCrop's box (left, top, right, bottom) on an upright image of that size.
+
+        get_params reads only the size, so an empty tensor of that size stands in for the pixels.
+        """
+        size_only = torch.empty((0, height, width), dtype=torch.uint8)
+        top, left, box_height, box_width = RandomResizedCrop.get_params(
+            size_only, list(self.scale), list(self.ratio)
+        )
+        return left, top, left + box_width, top + box_height
+
+    def _flip(self, crop: torch.Tensor) -> torch.Tensor:
         # As RandomHorizontalFlip draws it, without its 0.1 ms of dispatch per image.
         if torch.rand(1).item() < self.hflip_prob:
             crop = F.horizontal_flip(crop)

@@ -459,6 +459,7 @@ class Hyperparameters:
     num_workers: int | None = setting(None, minimum=-1, maximum=256)
     augment: bool | None = setting(None)
     feature_cache: bool | None = setting(None)
+    pixel_cache_gb: float | None = setting(None, minimum=0, maximum=4096)
     class_weights: bool | None = setting(None)
     amp: bool | None = setting(None)
     quantize: str | None = setting(None, choices=QUANTIZE_SETTINGS)

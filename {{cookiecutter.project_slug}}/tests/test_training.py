@@ -207,6 +207,22 @@ def test_feature_cache_trains_the_same_head_as_decoding_every_epoch(training, ti
         torch.testing.assert_close(cached[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_pixel_cache_trains_the_model_of_decoding_every_epoch(training, tiny_dataset, tmp_path, capsys):
+    """Augmented full finetuning: epochs after the first crop from kept pixels, drawing the same numbers."""
+    engine, artifact = training("engine"), training("classifier.artifact")
+    models = {}
+    for budget in ("0", "1"):
+        out = tmp_path / budget
+        engine.main(tiny_args(engine, tiny_dataset, out, "--pixel_cache_gb", budget, "--epochs", "3"))
+        models[budget], _ = artifact.load_artifact(out / "model")
+    log = capsys.readouterr().out
+    assert "pixel cache: off (pixel_cache_gb=0)" in log
+    assert "pixel cache, train: 18 of 18 images" in log and "pixel cache, valid: 6 of 6 images" in log
+    decoded, kept = models["0"].state_dict(), models["1"].state_dict()
+    for name, tensor in decoded.items():
+        assert torch.equal(kept[name], tensor), name
+
+
 def test_debugger_log_names_the_real_reason_smdebug_did_not_import(training):
     debugger = training("debugger")
     missing = ModuleNotFoundError("No module named 'smdebug'", name="smdebug")

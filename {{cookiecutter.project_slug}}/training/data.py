@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from pixel_cache import KeepingPreset, PixelCache
 from torch.utils.data import (
     DataLoader,
     Dataset,
@@ -118,11 +119,25 @@ class ImageFiles(Dataset):
     Items are requested as `(index, seed)` by `SeededSampler`: the random
     transform is seeded per item, so an epoch gives the same tensors whether it
     runs in one go or after a restart, with any number of workers.
+
+    With a `cache` (`pixel_cache.build_cache`, for `preset`), the first epoch keeps each image's
+    `preset.to_keep` and later ones start from it (`preset.from_kept`) instead of decoding the file:
+    the same tensors, without the decoding. `transform` is then `preset.uint8`.
     """
 
-    def __init__(self, files: SplitFiles, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+    def __init__(
+        self,
+        files: SplitFiles,
+        transform: Callable[[Image.Image], torch.Tensor],
+        cache: PixelCache | None = None,
+        preset: KeepingPreset | None = None,
+    ) -> None:
+        if cache is not None and preset is None:
+            raise ValueError("a pixel cache needs the preset whose pixels it keeps")
         self.files = files
         self.transform = transform
+        self.cache = cache
+        self.preset = preset
 
     def __len__(self) -> int:
         return len(self.files.samples)
@@ -130,12 +145,20 @@ class ImageFiles(Dataset):
     def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor | None, int, int]:
         index, seed = item if isinstance(item, tuple) else (item, index_seed(0, 0, item))
         path, label = self.files.samples[index]
+        kept = self.cache.get(index) if self.cache is not None else None
         try:
-            with Image.open(path) as image, torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]):
                 # The CPU generator only (what fork_rng saves): torch.manual_seed also seeds every
                 # accelerator backend, about 0.15 ms a call, a tenth of this item's work.
                 torch.default_generator.manual_seed(seed)
-                return self.transform(image), label, index
+                if kept is not None:
+                    return self.preset.from_kept(kept), label, index
+                with Image.open(path) as image:
+                    if self.cache is None or not self.cache.holds(index):
+                        return self.transform(image), label, index
+                    pixels = self.preset.to_keep(image)
+                self.cache.put(index, pixels)
+                return self.preset.from_kept(pixels), label, index
         except DECODE_ERRORS:
             return None, label, index
 

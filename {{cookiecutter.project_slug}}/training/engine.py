@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from data import (
+    DECODE_ERRORS,
     Batch,
     DatasetLayoutError,
     FailedFiles,
@@ -37,6 +38,7 @@ from data import (
 )
 from debugger import DebuggerHook
 from feature_cache import extract_features
+from pixel_cache import KeepingPreset, PixelCache, build_cache
 from profiler import Profiler, TorchTrace, write_report
 from quantize import CALIBRATION_IMAGES, Quantized, quantize_and_compare
 from recorder import Observer, Observers, Recorder
@@ -143,6 +145,13 @@ def get_args_parser(description: str) -> argparse.ArgumentParser:
         type=str2bool,
         default=False,
         help="head mode: compute backbone features once and train the head on them (implies augment=false)",
+    )
+    hp.add_argument(
+        "--pixel_cache_gb",
+        type=float,
+        default=8.0,
+        help="memory (GB, per process) to keep decoded training and validation images in from the "
+        "first epoch on, so later epochs skip decoding; 0: decode every epoch",
     )
     hp.add_argument(
         "--class_weights", type=str2bool, default=False, help="weight the loss by inverse class frequency"
@@ -590,14 +599,14 @@ def load_data(
     on_gpu = cluster.device.type == "cuda"
     eval_preset = EvalPreset(args.image_size)
     augment = args.augment and not args.feature_cache
-    train_transform = TrainPreset(args.image_size).uint8 if augment else eval_preset.uint8
+    train_preset = TrainPreset(args.image_size) if augment else eval_preset
     num_workers = auto_num_workers(cluster.local_world_size) if args.num_workers < 0 else args.num_workers
     prepare_images = image_preparer(cluster.device, eval_preset.scaling, channels_last=on_gpu)
     data = Data(class_names, files, None, None, None, prepare_images)
 
-    def images(split: str, shuffle: bool, batch_size: int, transform) -> object:
+    def images(split: str, shuffle: bool, batch_size: int, transform, cache=None, preset=None) -> object:
         return make_loader(
-            ImageFiles(files[split], transform),
+            ImageFiles(files[split], transform, cache, preset),
             batch_size,
             shuffle=shuffle,
             seed=args.seed,
@@ -607,11 +616,30 @@ def load_data(
         )
 
     if not args.feature_cache:
-        data.train = images("train", True, args.batch_size, train_transform)
-        data.valid = images("valid", False, args.test_batch_size, eval_preset.uint8)
+        # Read every epoch, so decoded once (the test split is read once); training first.
+        train_cache = valid_cache = None
+        budget = int(args.pixel_cache_gb * 1e9)
+        if budget > 0:
+            train_cache = pixel_cache(files["train"], train_preset, budget, log)
+            valid_budget = budget - (train_cache.nbytes if train_cache else 0)
+            valid_cache = pixel_cache(files["valid"], eval_preset, valid_budget, log)
+        else:
+            log("pixel cache: off (pixel_cache_gb=0); every epoch decodes every image", flush=True)
+        data.train = images("train", True, args.batch_size, train_preset.uint8, train_cache, train_preset)
+        data.valid = images("valid", False, args.test_batch_size, eval_preset.uint8, valid_cache, eval_preset)
         data.test = images("test", False, args.test_batch_size, eval_preset.uint8) if evaluate_test else None
         return data
     return cache_features(args, cluster, model, data, images, evaluate_test, log)
+
+
+def pixel_cache(
+    files: SplitFiles, preset: KeepingPreset, max_bytes: int, log: Callable[..., None]
+) -> PixelCache | None:
+    """Where a split's loader keeps its decoded images from the first epoch on (None: it does not)."""
+    paths = [path for path, _ in files.samples]
+    return build_cache(
+        paths, preset, max_bytes, DECODE_ERRORS, lambda line: log(line, flush=True), files.name
+    )
 
 
 def cache_features(
