@@ -299,22 +299,31 @@ class BatchMemory:
 
     def __call__(self, items: Sequence[tuple[torch.Tensor | None, int, int]]) -> Batch:
         worker = get_worker_info()
-        tensors, labels, failed = _decoded(items)
-        if worker is None or not tensors:
+        if worker is None:  # the main process: nothing to send, nothing to reuse
             return collate_skipping_failures(items)
+        tensors, labels, failed = _decoded(items)
+        if not tensors:
+            return Batch(torch.empty(0), labels, failed)
         stacked, interleaved = _stack_layout(tensors)
-        shape = (len(stacked), *stacked[0].shape)
-        for slot in range(worker.id * self.slots, (worker.id + 1) * self.slots):
-            if self.leases[slot]:
-                continue
+        shape, dtype = (len(stacked), *stacked[0].shape), stacked[0].dtype
+        slot = self._free_slot(worker.id)
+        if slot is None:
+            pixels, lease = default_collate(stacked), None
+        else:
             buffer = self._buffers.get(slot)
-            fits = buffer is not None and buffer.dtype == stacked[0].dtype and buffer.shape[1:] == shape[1:]
+            fits = buffer is not None and buffer.dtype == dtype and buffer.shape[1:] == shape[1:]
             if not fits or len(buffer) < shape[0]:
-                buffer = self._buffers[slot] = torch.empty(shape, dtype=stacked[0].dtype).share_memory_()
+                buffer = self._buffers[slot] = torch.empty(shape, dtype=dtype).share_memory_()
             self.leases[slot] = 1
-            pixels = torch.stack(stacked, out=buffer[: shape[0]])
-            return Batch(pixels.movedim(-1, 1) if interleaved else pixels, labels, failed, (self.token, slot))
-        return collate_skipping_failures(items)
+            pixels, lease = torch.stack(stacked, out=buffer[: shape[0]]), (self.token, slot)
+        return Batch(pixels.movedim(-1, 1) if interleaved else pixels, labels, failed, lease)
+
+    def _free_slot(self, worker: int) -> int | None:
+        """The first of `worker`'s slots that the main process has released (or never received)."""
+        for slot in range(worker * self.slots, (worker + 1) * self.slots):
+            if not self.leases[slot]:
+                return slot
+        return None
 
 
 def available_cpus() -> int:
