@@ -51,10 +51,9 @@ EPOCHS = CONFIG["hyperparameters"]["epochs"]
 prepare_dataset = importlib.import_module(f"{PACKAGE}.data").prepare
 make_dataset = importlib.import_module(f"{PACKAGE}.synthetic").make_dataset
 
-from data import DECODE_ERRORS, ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
-from engine import feature_preparer, image_preparer  # noqa: E402
+from data import ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
+from engine import feature_preparer, image_preparer, pixel_cache  # noqa: E402
 from feature_cache import extract_features  # noqa: E402
-from pixel_cache import build_cache  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets  # noqa: E402
 from torchvision import transforms as v1  # noqa: E402
@@ -320,14 +319,7 @@ def main() -> None:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         _, resized_splits = discover_splits(resized)
-        cache = build_cache(
-            [path for path, _ in resized_splits["train"].samples],
-            train,
-            10**12,
-            DECODE_ERRORS,
-            lambda line: print(line, flush=True),
-            "train",
-        )
+        cache = pixel_cache(resized_splits["train"], train, 10**12, print)  # as train_model.py builds it
         kept = our_loader(resized, args.batch_size, args.workers, train.uint8, cache=cache, preset=train)
         rates = round_rates(
             {

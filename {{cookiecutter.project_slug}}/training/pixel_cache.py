@@ -110,7 +110,7 @@ def kept_sizes(paths: list[Path], preset: KeepingPreset, errors: tuple[type[Exce
 
 
 def within(sizes: list[int], max_bytes: int) -> list[int]:
-    """`sizes` in order while their sum stays within `max_bytes`; 0 for the images after."""
+    """`sizes`, each in order if it still fits within `max_bytes` beside those before it; else 0."""
     placed, kept = 0, []
     for size in sizes:
         fits = placed + size <= max_bytes
