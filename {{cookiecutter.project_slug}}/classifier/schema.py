@@ -840,6 +840,14 @@ class Settings:
     environment: dict[str, Scalar] = setting(default_factory=dict, check=_environment_value)
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        if self.hyperparameters.feature_cache and self.model.finetune != "head":
+            # training/engine.py's check_args stops the job on it (after the instance is billed).
+            yield Problem(
+                ("hyperparameters", "feature_cache"),
+                True,
+                f'needs {REF0} = "head": with "{self.model.finetune}" the backbone changes every step',
+                refs=(("model", "finetune"),),
+            )
         hyperparameters = {f.name: f for f in dataclasses.fields(Hyperparameters)}
         hints = typing.get_type_hints(Hyperparameters)
         for name, spec in self.tuning.ranges.items():
@@ -931,6 +939,17 @@ def _problem(value: Any, hint: Any, spec: Spec) -> str | None:
             return f"must be {spec.describe}"
     if spec.check is not None:
         return spec.check(value)
+    return None
+
+
+def hyperparameter_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` for hyperparameter `name` (a [hyperparameters] or [model] key, as
+    `train --hp name=value` overrides it); None when it fits, or when the schema has no such key."""
+    for table in (Hyperparameters, Model):
+        fields = {f.name: f for f in dataclasses.fields(table)}
+        if name in fields:
+            hint = typing.get_type_hints(table)[name]
+            return _problem(value, hint, fields[name].metadata.get("spec", Spec()))
     return None
 
 

@@ -224,6 +224,10 @@ def edited_document(**tables: dict) -> dict:
         ({"data": {"url": "s3://amzn-s3-demo-data/dogs.zip"}}, "[data] url"),
         ({"images": {"training": {"framework_version": "2.1.0", "py_version": "py310"}}}, "older than 2.3.0"),
         ({"hyperparameters": {"lr": 1e300}}, "at most 10"),
+        (
+            {"hyperparameters": {"feature_cache": True}, "model": {"finetune": "full"}},
+            '[hyperparameters] feature_cache = true: needs [model] finetune = "head"',
+        ),
     ],
 )
 def test_values_the_service_or_the_code_would_refuse_are_named(tables: dict, words: str) -> None:
@@ -243,3 +247,23 @@ def test_every_supported_image_version_passes() -> None:
             image = {"framework_version": version, "py_version": py_versions[0], "image_uri": ""}
             document = edited_document(images={scope: image})
             assert (schema.validate(document) == []) is (schema.version_tuple(version) >= minimum), version
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("lr=NaN", "lr = nan: must be a number greater than 0"),
+        ("lr=1e999", "lr = inf: must be"),
+        ("epochs=100000000000000000000", "must be a whole number from 1 to 1000"),
+        ("batch_size=[[[1]]]", "batch_size = [[[...]]]: must be"),
+        ("optimizer=adm", "must be one of adamw, sgd"),
+        ("backbone=resnet9", "must be one of resnet18"),
+    ],
+)
+def test_a_hyperparameter_override_is_held_to_the_schema(override: str, words: str) -> None:
+    """`train --hp` values reach the job as config.toml's do: refused in one line, before any request."""
+    arguments = ["--project", str(PROJECT_ROOT), "train", "--dry-run", "--hp", override]
+    result = CliRunner().invoke(cli.main, arguments)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: Invalid value for --hp: ") and words in lines[-1], result.output
