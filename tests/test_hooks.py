@@ -165,6 +165,7 @@ def test_the_hook_finds_the_template_from_the_context(tmp_path: Path) -> None:
         ("objective_type", "Maximize", "must be Minimize for objective_metric_name validation:loss"),
         ("lr_max", "1e309", "finite"),
         ("lr", "100", "at most 10"),
+        ("batch_size_choices", ",".join(str(n) for n in range(1, 32)), "30 at most"),
     ],
 )
 def test_invalid_answer_is_named_in_one_line(key: str, value: str, words: str) -> None:
@@ -222,6 +223,13 @@ def test_the_objective_direction_follows_the_metric_name(metric: str, objective_
 )
 def test_bucket_names_s3_accepts_pass(bucket: str) -> None:
     assert pre_gen.validate(default_answers() | {"s3_bucket": bucket}) == []
+
+
+def test_reverse_logarithmic_scaling_needs_a_range_below_one() -> None:
+    answers = default_answers() | {"lr_scaling": "ReverseLogarithmic"}
+    assert pre_gen.validate(answers | {"lr_max": "0.5"}) == []
+    (problem,) = pre_gen.validate(answers | {"lr_max": "1.5"})
+    assert problem.startswith("lr_max: '1.5' must be below 1 with ReverseLogarithmic scaling")
 
 
 def test_spot_needs_max_wait_at_least_max_run() -> None:

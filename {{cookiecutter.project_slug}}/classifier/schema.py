@@ -524,6 +524,10 @@ class Hyperparameters:
 Scalar = Union[int, float, str, bool]  # noqa: UP007 - get_type_hints needs a runtime union on 3.10
 
 
+# What SageMaker's tuner takes: a categorical range lists at most 30 values.
+MAX_CATEGORICAL_VALUES = 30
+
+
 @dataclass(frozen=True, kw_only=True)
 class Range:
     """`[tuning.ranges.<hyperparameter>]`: continuous/integer take min, max, scaling; categorical values."""
@@ -538,6 +542,12 @@ class Range:
         if self.type == "categorical":
             if not self.values:
                 yield Problem(path + ("values",), list(self.values), "must list at least one value")
+            elif len(self.values) > MAX_CATEGORICAL_VALUES:
+                yield Problem(
+                    path + ("values",),
+                    list(self.values),
+                    f"lists {len(self.values)} values; the tuner takes {MAX_CATEGORICAL_VALUES} at most",
+                )
             elif len(set(map(repr, self.values))) != len(self.values):
                 yield Problem(path + ("values",), list(self.values), "lists a value twice")
             return
@@ -558,6 +568,10 @@ class Range:
             )
         if "Logarithmic" in self.scaling and self.min <= 0:
             yield Problem(path + ("min",), self.min, f"must be greater than 0 with {self.scaling} scaling")
+        if self.scaling == "ReverseLogarithmic" and self.type != "continuous":
+            yield Problem(path + ("scaling",), self.scaling, "is for continuous ranges only (SageMaker)")
+        elif self.scaling == "ReverseLogarithmic" and self.max >= 1:
+            yield Problem(path + ("max",), self.max, "must be below 1 with ReverseLogarithmic scaling")
 
 
 def objective_direction(metric_name: str) -> str | None:
