@@ -166,6 +166,8 @@ def test_the_hook_finds_the_template_from_the_context(tmp_path: Path) -> None:
         ("lr_max", "1e309", "finite"),
         ("lr", "100", "at most 10"),
         ("batch_size_choices", ",".join(str(n) for n in range(1, 32)), "30 at most"),
+        ("num_classes", "9" * 5000, "5,000 characters; at most 32"),  # was a ValueError traceback
+        ("batch_size_choices", "40," + "1" * 400, "400 characters; at most 32"),
     ],
 )
 def test_invalid_answer_is_named_in_one_line(key: str, value: str, words: str) -> None:
@@ -223,6 +225,12 @@ def test_the_objective_direction_follows_the_metric_name(metric: str, objective_
 )
 def test_bucket_names_s3_accepts_pass(bucket: str) -> None:
     assert pre_gen.validate(default_answers() | {"s3_bucket": bucket}) == []
+
+
+def test_a_long_answer_is_quoted_in_a_short_line() -> None:
+    for key, value in (("num_classes", "1" * 400), ("description", "x" * 100_000), ("s3_bucket", "B" * 5000)):
+        (problem,) = pre_gen.validate(default_answers() | {key: value})
+        assert problem.startswith(f"{key}: ") and len(problem) < 300, problem
 
 
 def test_reverse_logarithmic_scaling_needs_a_range_below_one() -> None:
