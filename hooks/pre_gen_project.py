@@ -50,6 +50,17 @@ PROJECT_MODULES = ("classifier", "training", "inference", "tests", "benchmarks",
 IMPORT_NAMES = ("PIL", "botocore", "s3transfer", "jinja2", "yaml", "sagemaker_core", "smdebug_rulesconfig")
 
 
+# A raw answer is a number: 32 characters hold any the schema allows (a 5,000-digit one would stop
+# Python's TOML reader with a ValueError, past what the check of config.toml can report).
+MAX_NUMBER_CHARS = 32
+
+
+def shown(value: object) -> str:
+    """An answer as a message quotes it: repr, cut to one short line (an answer may be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}...' ({len(str(value)):,} characters)"
+
+
 def load_module(path: Path, name: str) -> ModuleType:
     """A module from a file of the template (the hook runs as a copy outside it)."""
     if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
@@ -114,21 +125,22 @@ def check_text(answers: dict, problems: list[str]) -> None:
     for key, value in answers.items():
         if not key.startswith("_") and isinstance(value, str) and any(m in value for m in JINJA_MARKERS):
             problems.append(
-                f"{key}: {value!r} holds Jinja syntax ({', '.join(JINJA_MARKERS)}); answers are plain text"
+                f"{key}: {shown(value)} holds Jinja syntax ({', '.join(JINJA_MARKERS)}); "
+                "answers are plain text"
             )
     name = str(answers["author_name"])
     if not name.strip() or len(name) > 200 or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        problems.append(f"author_name: {name!r} must be one line of 1 to 200 characters")
+        problems.append(f"author_name: {shown(name)} must be one line of 1 to 200 characters")
     email = str(answers["author_email"])
     if email and not EMAIL_RE.match(email):
-        problems.append(f"author_email: {email!r} is not an e-mail address (or leave it empty)")
+        problems.append(f"author_email: {shown(email)} is not an e-mail address (or leave it empty)")
     if answers["python_version"] not in PYTHON_VERSIONS:
         problems.append(
-            f"python_version: {answers['python_version']!r} is not one of {', '.join(PYTHON_VERSIONS)}"
+            f"python_version: {shown(answers['python_version'])} is not one of {', '.join(PYTHON_VERSIONS)}"
         )
     for key in BOOLEANS:
         if yes_no(answers[key]) is None:
-            problems.append(f"{key}: {answers[key]!r} is not yes or no")
+            problems.append(f"{key}: {shown(answers[key])} is not yes or no")
 
 
 def yes_no(value: object) -> bool | None:
@@ -165,24 +177,23 @@ def check_identifiers(answers: dict, template: Path, problems: list[str]) -> Non
     if not re.match(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", slug) or len(slug) > 64:
         who = "project_name" if slug_from_name else "project_slug"
         problems.append(
-            f"{who}: {answers[who]!r} gives project_slug {slug!r}, which must start with a letter and "
-            "hold only "
-            "lowercase letters, digits and single '-' (at most 64 characters)"
+            f"{who}: {shown(answers[who])} gives project_slug {shown(slug)}, which must start with a "
+            "letter and hold only lowercase letters, digits and single '-' (at most 64 characters)"
             if who == "project_name"
-            else f"project_slug: {slug!r} must start with a letter and hold only lowercase letters, digits "
-            "and single '-' (at most 64 characters)"
+            else f"project_slug: {shown(slug)} must start with a letter and hold only lowercase letters, "
+            "digits and single '-' (at most 64 characters)"
         )
         return
     reserved = reserved_names(template)
     if slug in reserved:
         problems.append(
-            f"project_slug: {slug!r} is the name of a dependency, a standard-library module or a part of the "
-            "project; the command and distribution would shadow it: pick another"
+            f"project_slug: {shown(slug)} is the name of a dependency, a standard-library module or a part "
+            "of the project; the command and distribution would shadow it: pick another"
         )
         return
     if not re.match(r"^[a-z][a-z0-9_]*$", package) or len(package) > 64:
         problems.append(
-            f"package_name: {package!r} must start with a lowercase letter and hold only lowercase "
+            f"package_name: {shown(package)} must start with a lowercase letter and hold only lowercase "
             "letters, digits and '_' (at most 64 characters)"
         )
     elif (
@@ -191,10 +202,12 @@ def check_identifiers(answers: dict, template: Path, problems: list[str]) -> Non
         or package in (*sys.stdlib_module_names, "test")
     ):
         problems.append(
-            f"package_name: {package!r} is a Python keyword or standard-library module; pick another"
+            f"package_name: {shown(package)} is a Python keyword or standard-library module; pick another"
         )
     elif package in reserved:
-        problems.append(f"package_name: {package!r} would shadow a module the project uses; pick another")
+        problems.append(
+            f"package_name: {shown(package)} would shadow a module the project uses; pick another"
+        )
 
 
 def check_numbers(answers: dict, raw: set[str], problems: list[str]) -> None:
@@ -202,6 +215,12 @@ def check_numbers(answers: dict, raw: set[str], problems: list[str]) -> None:
     for key in sorted(raw, key=list(answers).index):
         text = str(answers[key])
         parts = [part.strip() for part in text.split(",")] if key == "batch_size_choices" else [text]
+        too_long = next((part for part in parts if len(part) > MAX_NUMBER_CHARS), None)
+        if too_long is not None:
+            problems.append(
+                f"{key}: {shown(text)} holds a number of {len(too_long):,} characters; at most 32"
+            )
+            continue
         bad = next((part for part in parts if not NUMBER_RE.match(part)), None)
         if bad is None:
             continue
@@ -218,7 +237,7 @@ def check_numbers(answers: dict, raw: set[str], problems: list[str]) -> None:
             if len(parts) > 1 or key == "batch_size_choices"
             else ("a plain number (no sign, leading zero, spaces or '_')")
         )
-        problems.append(f"{key}: {text!r} must be {what}{hint}")
+        problems.append(f"{key}: {shown(text)} must be {what}{hint}")
 
 
 # --- the config the answers produce, checked with the project's schema ----------------------------------
@@ -249,7 +268,7 @@ def check_config(answers: dict, template: Path, problems: list[str]) -> None:
     except tomllib.TOMLDecodeError as error:
         line = re.search(r"line (\d+)", str(error))
         key = lines.get(int(line.group(1))) if line else None
-        who = f"{key}: {answers[key]!r}" if key else "config.toml"
+        who = f"{key}: {shown(answers[key])}" if key else "config.toml"
         problems.append(f"{who} does not make valid TOML in config.toml ({error})")
         return
     schema = load_module(template / SCHEMA, "classifier.schema")
@@ -265,7 +284,7 @@ def check_config(answers: dict, template: Path, problems: list[str]) -> None:
             problems.append(f"config.toml {problem.text()} (the template's own value; please report it)")
         elif answer not in named:
             named.add(answer)
-            problems.append(f"{answer}: {answers[answer]!r} {problem.explain(name)}")
+            problems.append(f"{answer}: {shown(answers[answer])} {problem.explain(name)}")
     check_prices(answers, document, named, problems)
 
 
@@ -276,7 +295,8 @@ def check_prices(answers: dict, document: dict, named: set[str], problems: list[
         key = f"{role}_instance_type"
         if key not in named and answers[key] not in prices:
             problems.append(
-                f"{key}: {answers[key]!r} has no price in config.toml's [prices] table, which `cost` needs; "
+                f"{key}: {shown(answers[key])} has no price in config.toml's [prices] table, which `cost` "
+                "needs; "
                 f"choose one of {', '.join(prices)}, or render with one and then set the type and its "
                 "price in config.toml"
             )

@@ -16,10 +16,16 @@ non-empty cells override that answer for that student. Each student gets
 - owner `<student id>` (the tag value staff find resources by; passed as the `owner` answer, which
   cookiecutter ignores in a template without that answer).
 
-A bad row (no id, a duplicate id or slug, an answer the template refuses) is reported with its row
-number (the header is row 1, as a spreadsheet numbers them) and the template's own message; the other
-rows are rendered. Projects that exist are left alone, or updated with cruft (`--update`). The exit
-status is 1 when any row failed, conflicted on update, or failed its check.
+A bad row (no id, a duplicate id or slug, an id a spreadsheet would run as a formula, an answer the
+template refuses) is reported with its row number (the header is row 1, as a spreadsheet numbers
+them) and the template's own message; the other rows are rendered. Projects that exist are left
+alone, or updated with cruft (`--update`). The exit status is 1 when any row failed, conflicted on
+update, or failed its check.
+
+The summary and class tables are CSV for a spreadsheet: a cell that starts with '=', '+', '-', '@', a
+tab or a carriage return is written with a leading apostrophe (OWASP's advice on CSV injection), so
+the TA sees the text instead of running it. The roster is bounded: MAX_ROSTER_BYTES, MAX_ROSTER_ROWS
+and MAX_CELL_CHARS, each refused in one line naming the row and column.
 
 Speed: each render runs the template's hooks. cookiecutter runs each hook in a fresh Python process,
 which costs more than the render itself (importing Jinja and the schema twice per project); by default
@@ -72,6 +78,13 @@ COLUMN_ALIASES = {
     "e_mail": EMAIL_COLUMN,
     "mail": EMAIL_COLUMN,
 }
+# What a roster may hold: a class list is kilobytes; far more is a wrong file, or one built to exhaust.
+MAX_ROSTER_BYTES = 4 << 20
+MAX_ROSTER_ROWS = 5000
+MAX_CELL_CHARS = 1000
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP,
+# "CSV Injection"): written CSV escapes them, and a student id may not start with one.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The cohort sets these per student; a roster column of the same name overrides it.
 OWNER = "owner"
 SUMMARY_FIELDS = ("row", "student", "folder", "status", "reason")
@@ -135,15 +148,49 @@ def normalise_header(name: str) -> str:
     return COLUMN_ALIASES.get(key, key)
 
 
+def bounded_records(path: Path, text: str) -> list[list[str]]:
+    """The roster's rows, each cell at most MAX_CELL_CHARS, at most MAX_ROSTER_ROWS rows after the
+    header; RosterError naming the row and column otherwise.
+
+    The csv module stops at cells over its own field limit (131,072 characters) with a bare
+    `_csv.Error`; it is raised to the file's length here, so every cell is read and measured.
+    """
+    previous = csv.field_size_limit(max(len(text), 1))
+    try:
+        records = []
+        for row, record in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+            if row > MAX_ROSTER_ROWS + 1:
+                raise RosterError(
+                    f"{path}: more than {MAX_ROSTER_ROWS:,} rows after the header; split the roster"
+                )
+            for column, cell in enumerate(record):
+                if len(cell) > MAX_CELL_CHARS:
+                    name = records[0][column] if records and column < len(records[0]) else f"#{column + 1}"
+                    raise RosterError(
+                        f"{path}: row {row}, column {name[:40]!r}: a cell of {len(cell):,} characters; "
+                        f"at most {MAX_CELL_CHARS:,}"
+                    )
+            records.append(record)
+    except csv.Error as error:
+        raise RosterError(f"{path}: not a CSV file this script can read ({error})") from None
+    finally:
+        csv.field_size_limit(previous)
+    return records
+
+
 def read_roster(path: Path, questions: Iterable[str]) -> tuple[list[Student], list[RowResult]]:
     """The students of a roster CSV, and a failed result for each row without a usable id."""
     allowed = set(questions) | {OWNER}
     try:
+        with path.open("rb") as file:  # at most one byte past the bound (a pipe or /dev/zero has no size)
+            raw = file.read(MAX_ROSTER_BYTES + 1)
+        if len(raw) > MAX_ROSTER_BYTES:
+            raise RosterError(f"{path}: over {MAX_ROSTER_BYTES:,} bytes; a roster is a class list: split it")
         # utf-8-sig: spreadsheets save a byte-order mark that would otherwise stick to the first header.
-        text = path.read_text(encoding="utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
         raise RosterError(f"{path}: cannot read it as UTF-8 text ({error})") from None
-    records = list(csv.reader(io.StringIO(text, newline="")))
+    records = bounded_records(path, text)
     if not records or not any(cell.strip() for cell in records[0]):
         raise RosterError(f"{path}: no header row; expected {ID_COLUMN},{NAME_COLUMN},{EMAIL_COLUMN},...")
     header = [normalise_header(cell) for cell in records[0]]
@@ -153,8 +200,9 @@ def read_roster(path: Path, questions: Iterable[str]) -> tuple[list[Student], li
         name for name in header if name and name not in allowed | {ID_COLUMN, NAME_COLUMN, EMAIL_COLUMN}
     ]
     if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise RosterError(
-            f"{path}: column(s) {', '.join(unknown)} are not template answers; a column other than "
+            f"{path}: column(s) {shown} are not template answers; a column other than "
             f"{ID_COLUMN}, {NAME_COLUMN} and {EMAIL_COLUMN} must be named after one of: "
             + ", ".join(sorted(allowed))
         )
@@ -204,6 +252,13 @@ def plan(students: list[Student], course: str, prefix: str, questions: dict[str,
         reason = ""
         if not part:
             reason = f"{ID_COLUMN} {student.student_id!r} has no letters or digits to name a project with"
+        elif student.student_id.startswith(FORMULA_STARTS):
+            # Not slugified into a project: `=1+2` would become dogs-1-2, a name its owner never typed,
+            # and the roster cell is most likely a spreadsheet formula exported by mistake (or a trap).
+            reason = (
+                f"{ID_COLUMN} {student.student_id!r} starts with {student.student_id[0]!r}, which a "
+                "spreadsheet runs as a formula; a student id starts with a letter or digit"
+            )
         elif student.student_id.casefold() in by_id:
             reason = (
                 f"duplicate {ID_COLUMN} {student.student_id!r} (row {by_id[student.student_id.casefold()]})"
@@ -588,6 +643,13 @@ def check_outcome(result: RowResult) -> tuple[str, str]:
     return ("fail" if failed else "pass"), "; ".join(f"{r['name']}: {r['detail']}" for r in failed)
 
 
+def spreadsheet_cell(value: object) -> object:
+    """`value` as a CSV cell a spreadsheet shows as text: a leading formula character gets an apostrophe."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_class_table(path: Path, results: list[RowResult]) -> None:
     """One row per student, one column per check (its status), and what failed."""
     names: list[str] = []
@@ -595,20 +657,20 @@ def write_class_table(path: Path, results: list[RowResult]) -> None:
         names += [record["name"] for record in result.checks or [] if record["name"] not in names]
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
-        writer.writerow(["row", "student", "folder", "result", *names, "failed"])
+        writer.writerow(
+            [spreadsheet_cell(name) for name in ["row", "student", "folder", "result", *names, "failed"]]
+        )
         for result in results:
             statuses = {record["name"]: record["status"] for record in result.checks or []}
             outcome, failed = check_outcome(result)
-            writer.writerow(
-                [
-                    result.row,
-                    result.student,
-                    result.folder,
-                    outcome,
-                    *(statuses.get(n, "") for n in names),
-                    failed,
-                ]
-            )
+            cells = [
+                result.row,
+                result.student,
+                result.folder,
+                outcome,
+                *(statuses.get(n, "") for n in names),
+            ]
+            writer.writerow([spreadsheet_cell(cell) for cell in [*cells, failed]])
 
 
 # --- running it all ---------------------------------------------------------------------------------
@@ -652,7 +714,8 @@ def write_summary(path: Path, results: list[RowResult]) -> None:
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.DictWriter(file, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
-        writer.writerows(result.summary() for result in sorted(results, key=lambda r: r.row))
+        for result in sorted(results, key=lambda r: r.row):
+            writer.writerow({key: spreadsheet_cell(value) for key, value in result.summary().items()})
 
 
 def print_report(results: list[RowResult], checked: bool) -> None:

@@ -38,6 +38,13 @@ answers = st.fixed_dictionaries(
         "rule_set": st.sampled_from(schema.RULE_SET_NAMES),
         "use_spot": st.sampled_from(["yes", "no", "Y", "off", "maybe"]),
         "project_name": st.sampled_from(["Dogs", "Test", "Click", "Sagemaker", "A" * 80, "Cats & Dogs 2"]),
+        # Answers the SDK or S3 takes but the code or the service cannot run with: refused at render.
+        "training_framework_version": st.sampled_from(["2.8.0", "2.3.0", "2.2.0", "2.0.0", "2.5"]),
+        "training_py_version": st.sampled_from(["py312", "py311", "py310"]),
+        "s3_bucket": st.sampled_from(["", "my-bucket", "sthree-x", "x--table-s3", "a.b.c", "a..b", "x.mrap"]),
+        "objective_type": st.sampled_from(schema.OBJECTIVE_TYPES),
+        "dataset_url": st.sampled_from(["", "s3://my-bucket/d.zip", "s3://xn--b/d.zip", "s3://my-bucket"]),
+        "lr_max": st.sampled_from(["0.01", "1e309", "11", "0.1"]),
     },
 )
 

@@ -74,6 +74,8 @@ ROSTER = [
     ["a1008", "Bad Backbone", "b@example.edu", "", "resnet9", "", ""],  # 8: refused by cookiecutter
     ["a1009", "Bad Machine", "b@example.edu", "", "", "", "m5.large"],  # 9: refused by the schema
     ["a1010", "Grace Hopper", "grace@example.edu", "", "", "", ""],  # 10: good again
+    ["=1+2", "Formula", "f@example.edu", "", "", "", ""],  # 11: a formula, not an id
+    ['=HYPERLINK("http://evil.example/x","open me")', "Link", "l@example.edu", "", "", "", ""],  # 12
 ]
 
 
@@ -99,6 +101,8 @@ def test_good_rows_are_rendered_and_bad_ones_reported_with_the_templates_message
         8: "failed",
         9: "failed",
         10: "created",
+        11: "failed",
+        12: "failed",
     }
     assert rows[4]["reason"] == "duplicate student_id 'a1001' (row 2)"
     assert rows[5]["reason"] == "duplicate project_slug 'dogs-a1002' (row 3)"
@@ -106,7 +110,8 @@ def test_good_rows_are_rendered_and_bad_ones_reported_with_the_templates_message
     assert rows[7]["reason"].startswith("num_classes: 'ten' must be")
     assert rows[8]["reason"].startswith("backbone: 'resnet9' is not one of ['resnet18'")
     assert rows[9]["reason"].startswith("training_instance_type: 'm5.large'")
-    for row in (4, 5, 6, 7, 8, 9):
+    assert rows[11]["reason"].startswith("student_id '=1+2' starts with '=', which a spreadsheet runs")
+    for row in (4, 5, 6, 7, 8, 9, 11, 12):
         assert rows[row]["folder"] == ""
         assert f"row {row} (" in result.stderr
     assert sorted(path.name for path in out.iterdir() if path.is_dir()) == [
@@ -114,6 +119,42 @@ def test_good_rows_are_rendered_and_bad_ones_reported_with_the_templates_message
         "dogs-a1002",
         "dogs-a1010",
     ]
+
+
+def test_the_summary_shows_formulas_as_text(cohort_run):
+    """A cell a spreadsheet would run (=, +, -, @, tab, CR first) is written with an apostrophe before it."""
+    _, out, _ = cohort_run
+    rows = summary(out)
+    assert rows[11]["student"] == "'=1+2"
+    assert rows[12]["student"] == '\'=HYPERLINK("http://evil.example/x","open me")'
+    assert rows[11]["reason"].startswith("student_id '=1+2'"), (
+        "a reason starting with a letter is left as it is"
+    )
+    for row in rows.values():
+        assert not any(str(cell).startswith(cohort.FORMULA_STARTS) for cell in row.values()), row
+
+
+@pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
+def test_every_csv_the_cohort_writes_escapes_formula_starts(tmp_path, start):
+    text = start + "cmd|' /C calc'!A0"
+    results = [cohort.RowResult(2, text, "dogs-x", cohort.FAILED, text, checks=[])]
+    results[0].checks = [{"name": text, "status": "fail", "detail": "x"}]
+    cohort.write_summary(tmp_path / "summary.csv", results)
+    cohort.write_class_table(tmp_path / "checks.csv", results)
+    for name in ("summary.csv", "checks.csv"):
+        with (tmp_path / name).open(newline="", encoding="utf-8") as file:
+            cells = [cell for record in csv.reader(file) for cell in record]
+        assert "'" + text in cells, (name, cells)
+        assert not any(cell.startswith(cohort.FORMULA_STARTS) for cell in cells), (name, cells)
+    assert cohort.spreadsheet_cell("a=1") == "a=1" and cohort.spreadsheet_cell(2) == 2
+
+
+@pytest.mark.parametrize("student_id", ["=1+2", "+1", "-1", "@SUM(A1)", "\tx1", '=HYPERLINK("u","t")'])
+def test_a_formula_id_gets_no_project(student_id):
+    students = [cohort.Student(2, student_id, "", ""), cohort.Student(3, "b2", "", "")]
+    (failure,) = cohort.plan(students, "Course", "course", QUESTIONS)
+    assert failure.row == 2 and "runs as a formula" in failure.reason
+    assert [student.slug for student in students] == ["course-b2"]
 
 
 def test_each_student_gets_their_own_slug_prefix_and_owner_and_the_overrides(cohort_run):
@@ -244,6 +285,32 @@ def test_a_roster_that_cannot_be_read_stops_before_rendering(tmp_path, header, m
     result = run_cohort(roster, tmp_path / "out")
     assert result.returncode == 1 and message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cell_past_the_csv_modules_limit_is_one_line_naming_row_and_column(tmp_path):
+    """131,073 characters used to end in a `_csv.Error` traceback; any cell over MAX_CELL_CHARS is refused."""
+    rows = [["a1", "Ann", "a@example.edu", "", "", "", ""], ["a2", "B" * 131_073, "b@example.edu"] + [""] * 4]
+    roster = write_roster(tmp_path / "roster.csv", rows, HEADER)
+    with pytest.raises(cohort.RosterError) as raised:
+        cohort.read_roster(roster, QUESTIONS)
+    assert "row 3, column 'Name': a cell of 131,073 characters; at most 1,000" in str(raised.value)
+    result = run_cohort(roster, tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "row 3, column 'Name'" in result.stderr and not (tmp_path / "out").exists()
+    assert csv.field_size_limit() == 131_072, "the csv module's limit is restored"
+
+
+def test_rows_and_bytes_of_a_roster_are_bounded(tmp_path, monkeypatch):
+    rows = [[f"s{i}", "N", "n@example.edu", "", "", "", ""] for i in range(4)]
+    roster = write_roster(tmp_path / "roster.csv", rows, HEADER)
+    monkeypatch.setattr(cohort, "MAX_ROSTER_ROWS", 3)
+    with pytest.raises(cohort.RosterError, match="more than 3 rows after the header"):
+        cohort.read_roster(roster, QUESTIONS)
+    monkeypatch.setattr(cohort, "MAX_ROSTER_BYTES", 100)
+    with pytest.raises(cohort.RosterError, match="over 100 bytes"):
+        cohort.read_roster(roster, QUESTIONS)
+    with pytest.raises(cohort.RosterError, match="over 100 bytes"):  # endless: read only to the bound
+        cohort.read_roster(Path("/dev/zero"), QUESTIONS)
 
 
 def test_a_spreadsheets_byte_order_mark_and_header_spellings_are_read(tmp_path):

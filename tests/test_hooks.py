@@ -6,7 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from conftest import QUESTIONS, TEMPLATE_DIR
+from conftest import COOKIECUTTER_JSON, QUESTIONS, TEMPLATE_DIR
 
 
 def load_hook(name: str):
@@ -141,6 +141,33 @@ def test_the_hook_finds_the_template_from_the_context(tmp_path: Path) -> None:
         ("author_email", "not-an-email", "author_email"),
         ("pretrained", "maybe", "yes or no"),
         ("dataset_url", "ftp://example.com/x.zip", "dataset_url"),
+        # Accepted before, but the job would fail after the instance was billed:
+        ("training_framework_version", "2.2.0", "older than 2.3.0"),
+        ("training_framework_version", "2.0", "torch.amp.GradScaler"),
+        (
+            "training_image_uri",
+            "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.1.0-gpu-py310",
+            "brings PyTorch 2.1.0, older than 2.3.0",
+        ),
+        ("s3_bucket", "sthree-course", "reserved"),
+        ("s3_bucket", "xn--course", "reserved"),
+        ("s3_bucket", "amzn-s3-demo-course", "reserved"),
+        ("s3_bucket", "course-s3alias", "reserved"),
+        ("s3_bucket", "course--ol-s3", "reserved"),
+        ("s3_bucket", "course.mrap", "reserved"),
+        ("s3_bucket", "course--x-s3", "reserved"),
+        ("s3_bucket", "course--table-s3", "reserved"),
+        ("s3_bucket", "c" * 64, "3-63"),
+        ("s3_bucket", "course.", "s3_bucket"),
+        ("dataset_url", "s3://sthree-data/dogs.zip", "reserved"),
+        ("dataset_url", "s3://my-data", "zip object"),
+        ("dataset_url", "https://example.com/" + "x" * 2100, "at most 2048"),
+        ("objective_type", "Maximize", "must be Minimize for objective_metric_name validation:loss"),
+        ("lr_max", "1e309", "finite"),
+        ("lr", "100", "at most 10"),
+        ("batch_size_choices", ",".join(str(n) for n in range(1, 32)), "30 at most"),
+        ("num_classes", "9" * 5000, "5,000 characters; at most 32"),  # was a ValueError traceback
+        ("batch_size_choices", "40," + "1" * 400, "400 characters; at most 32"),
     ],
 )
 def test_invalid_answer_is_named_in_one_line(key: str, value: str, words: str) -> None:
@@ -150,6 +177,67 @@ def test_invalid_answer_is_named_in_one_line(key: str, value: str, words: str) -
     assert problems[0].startswith(f"{key}:")
     assert words in problems[0]
     assert "\n" not in problems[0]
+
+
+def test_the_training_image_minimum_is_the_oldest_version_accepted() -> None:
+    """Every image from the minimum on renders; every older one is refused (the list is the SDK's)."""
+    minimum = schema.version_tuple(schema.MINIMUM_PYTORCH["training"])
+    for version, py_versions in schema.PYTORCH_IMAGES["training"].items():
+        answers = default_answers() | {
+            "training_framework_version": version,
+            "training_py_version": py_versions[0],
+        }
+        problems = pre_gen.validate(answers)
+        assert (problems == []) is (schema.version_tuple(version) >= minimum), (version, problems)
+    prompt = COOKIECUTTER_JSON["__prompts__"]["training_framework_version"]
+    assert f"{schema.MINIMUM_PYTORCH['training']} or later" in prompt, "the prompt says the schema's minimum"
+
+
+@pytest.mark.parametrize(
+    ("metric", "objective_type", "accepted"),
+    [
+        ("validation:accuracy", "Maximize", True),
+        ("validation:accuracy", "Minimize", False),
+        ("val_acc", "Minimize", False),
+        ("train-error", "Maximize", False),
+        ("validation:loss", "Minimize", True),
+        ("validation:f1", "Maximize", True),
+        ("validation:throughput", "Maximize", True),  # says neither: the user's call
+    ],
+)
+def test_the_objective_direction_follows_the_metric_name(metric: str, objective_type: str, accepted: bool):
+    answers = default_answers() | {
+        "objective_metric_name": metric,
+        "objective_type": objective_type,
+        "objective_metric_regex": metric + "=([0-9.]+)",
+    }
+    problems = pre_gen.validate(answers)
+    if accepted:
+        assert problems == []
+    else:
+        (problem,) = problems
+        assert problem.startswith(f"objective_type: '{objective_type}' must be ")
+        assert f"for objective_metric_name {metric}" in problem
+
+
+@pytest.mark.parametrize(
+    "bucket", ["my-team.sagemaker-data", "abc", "a" * 63, "1-2-3", "xn-data", "data-s3", "data.mrap1"]
+)
+def test_bucket_names_s3_accepts_pass(bucket: str) -> None:
+    assert pre_gen.validate(default_answers() | {"s3_bucket": bucket}) == []
+
+
+def test_a_long_answer_is_quoted_in_a_short_line() -> None:
+    for key, value in (("num_classes", "1" * 400), ("description", "x" * 100_000), ("s3_bucket", "B" * 5000)):
+        (problem,) = pre_gen.validate(default_answers() | {key: value})
+        assert problem.startswith(f"{key}: ") and len(problem) < 300, problem
+
+
+def test_reverse_logarithmic_scaling_needs_a_range_below_one() -> None:
+    answers = default_answers() | {"lr_scaling": "ReverseLogarithmic"}
+    assert pre_gen.validate(answers | {"lr_max": "0.5"}) == []
+    (problem,) = pre_gen.validate(answers | {"lr_max": "1.5"})
+    assert problem.startswith("lr_max: '1.5' must be below 1 with ReverseLogarithmic scaling")
 
 
 def test_spot_needs_max_wait_at_least_max_run() -> None:

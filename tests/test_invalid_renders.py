@@ -35,6 +35,12 @@ INVALID = [
     ("description", "{% if %}"),
     ("project_name", "   "),
     ("project_name", "D" * 199),
+    # Answers the SageMaker job or S3 would refuse only after the render (and the bill) started:
+    ("training_framework_version", "2.2.0"),
+    ("s3_bucket", "sthree-course"),
+    ("objective_type", "Maximize"),
+    ("dataset_url", "s3://course--x-s3/dogs.zip"),
+    ("lr_max", "1e309"),
 ]
 
 

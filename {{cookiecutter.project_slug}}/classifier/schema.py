@@ -77,7 +77,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.[0-9]*(x?large|medium|small|micro|nano|metal)$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]$")
 ROLE_ARN_RE = re.compile(r"^arn:(aws[a-z-]*):iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
+# S3's rules for general purpose bucket names (docs.aws.amazon.com/AmazonS3/latest/userguide/
+# bucketnamingrules.html): 3-63 characters of lowercase letters, digits, '.' and '-', starting and
+# ending with a letter or digit; no '..', no IP address form, and none of the reserved starts and ends.
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
 PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
 VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$")
 PY_VERSION_RE = re.compile(r"^py3[0-9]{1,2}$")
@@ -147,6 +152,20 @@ PYTORCH_IMAGES: dict[str, dict[str, tuple[str, ...]]] = {
         "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",), "2.6.0": ("py312",),
     },
 }  # fmt: skip
+# The oldest PyTorch each image must bring, set by the newest API its code calls (the images above
+# that are older would start, bill, and fail on that line):
+# - training: torch.amp.GradScaler(device_type, ...) (training/engine.py), new in PyTorch 2.3;
+#   before it the class was torch.cuda.amp.GradScaler only;
+# - inference: torchvision.transforms.v2 (classifier/presets.py), new in torchvision 0.15, the one
+#   released with PyTorch 2.0 (the oldest image the SDK serves).
+MINIMUM_PYTORCH = {"training": "2.3.0", "inference": "2.0.0"}
+MINIMUM_PYTORCH_REASON = {
+    "training": "training/engine.py calls torch.amp.GradScaler(device), new in PyTorch 2.3",
+    "inference": "classifier/presets.py uses torchvision.transforms.v2, new with PyTorch 2.0",
+}
+# AWS's own PyTorch images (<account>.dkr.ecr.<region>.amazonaws.com/pytorch-training:2.8.0-gpu-py312):
+# their tag names the version, which is held to the same minimum.
+AWS_PYTORCH_IMAGE_RE = re.compile(r"/pytorch-(training|inference)[a-z-]*:([0-9]+\.[0-9]+(\.[0-9]+)?)-")
 
 
 def resize_size_for(image_size: int) -> int:
@@ -166,6 +185,12 @@ def partition(region: str) -> str:
     if region.startswith("us-iso-"):
         return "aws-iso"
     return "aws"
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """Version text as numbers: 2.3.0 -> (2, 3, 0), and 2.3 too, so that the two compare equal."""
+    parts = tuple(int(part) for part in version.split("."))
+    return parts + (0,) * (3 - len(parts))
 
 
 def pytorch_version(scope: str, version: str) -> str | None:
@@ -261,17 +286,27 @@ def key_name(path: tuple[str, ...]) -> str:
     return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
 
 
-def show(value: Any) -> str:
-    """A value as TOML writes it (strings quoted, true/false lowercase)."""
+# How much of a list a message shows: its first items, two levels deep (a value nested a thousand
+# deep, or a list of a million items, is still one short line).
+SHOWN_ITEMS, SHOWN_DEPTH = 8, 2
+
+
+def show(value: Any, depth: int = 0) -> str:
+    """A value as TOML writes it (strings quoted, true/false lowercase), cut to one short line."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         # json's escapes keep a newline or a quote in the value from breaking the one-line message.
         return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
     if isinstance(value, list):
-        return "[" + ", ".join(show(item) for item in value) + "]"
+        if depth >= SHOWN_DEPTH and value:
+            return "[...]"
+        items = [show(item, depth + 1) for item in value[:SHOWN_ITEMS]]
+        return "[" + ", ".join(items + (["..."] if len(value) > SHOWN_ITEMS else [])) + "]"
     if isinstance(value, dict):
         return "{...}"
+    if isinstance(value, int) and abs(value) >= 10**30:  # a 4,000-digit integer would take the whole line
+        return f"<a whole number of about {round(abs(value).bit_length() * math.log10(2))} digits>"
     return str(value)
 
 
@@ -355,6 +390,8 @@ def _range_of(spec: Spec, whole: bool) -> str:
     noun = "a whole number" if whole else "a number"
     if spec.minimum is not None and spec.maximum is not None:
         return f"{noun} from {spec.minimum:g} to {spec.maximum:g}"
+    if spec.above is not None and spec.maximum is not None:
+        return f"{noun} greater than {spec.above:g} and at most {spec.maximum:g}"
     if spec.above is not None:
         return f"{noun} greater than {spec.above:g}"
     if spec.minimum is not None:
@@ -400,6 +437,19 @@ def _relative_path(value: str) -> str | None:
     return None
 
 
+def _dataset_url(value: str) -> str | None:
+    """An s3:// URL names a bucket S3 accepts and an object in it (what `data prepare` downloads)."""
+    if not value.startswith("s3://"):
+        return None
+    bucket, _, key = value[len("s3://") :].partition("/")
+    problem = bucket_name_problem(bucket)
+    if problem:
+        return f"names bucket {bucket!r}, which {problem}"
+    if not key or key.endswith("/"):
+        return "must name the zip object itself (s3://bucket/path/dataset.zip), not a bucket or folder"
+    return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Project:
     name: str = setting(max_length=200, check=_single_line)
@@ -426,7 +476,13 @@ class Project:
 @dataclass(frozen=True, kw_only=True)
 class Data:
     # Empty: no download; the user brings a folder (`data prepare path/to/images`).
-    url: str = setting(pattern=URL_RE, empty_ok=True, describe="an http(s):// or s3:// URL, or empty")
+    url: str = setting(
+        pattern=URL_RE,
+        empty_ok=True,
+        max_length=2048,
+        describe="an http(s):// or s3:// URL, or empty",
+        check=_dataset_url,
+    )
     local_dir: str = setting("data/prepared", check=_relative_path)
     split_ratios: tuple[float, ...] = setting((0.8, 0.1, 0.1), check=_split_ratios)
     split_seed: int = setting(0, minimum=0, maximum=2**32 - 1)
@@ -448,7 +504,7 @@ class Hyperparameters:
     epochs: int = setting(minimum=1, maximum=1000)
     batch_size: int = setting(minimum=1, maximum=4096)
     test_batch_size: int = setting(minimum=1, maximum=4096)
-    lr: float = setting(above=0)
+    lr: float = setting(above=0, maximum=10)
     optimizer: str | None = setting(None, choices=OPTIMIZERS)
     momentum: float | None = setting(None, minimum=0, maximum=1)
     weight_decay: float | None = setting(None, minimum=0, maximum=1)
@@ -468,6 +524,10 @@ class Hyperparameters:
 Scalar = Union[int, float, str, bool]  # noqa: UP007 - get_type_hints needs a runtime union on 3.10
 
 
+# What SageMaker's tuner takes: a categorical range lists at most 30 values.
+MAX_CATEGORICAL_VALUES = 30
+
+
 @dataclass(frozen=True, kw_only=True)
 class Range:
     """`[tuning.ranges.<hyperparameter>]`: continuous/integer take min, max, scaling; categorical values."""
@@ -482,6 +542,12 @@ class Range:
         if self.type == "categorical":
             if not self.values:
                 yield Problem(path + ("values",), list(self.values), "must list at least one value")
+            elif len(self.values) > MAX_CATEGORICAL_VALUES:
+                yield Problem(
+                    path + ("values",),
+                    list(self.values),
+                    f"lists {len(self.values)} values; the tuner takes {MAX_CATEGORICAL_VALUES} at most",
+                )
             elif len(set(map(repr, self.values))) != len(self.values):
                 yield Problem(path + ("values",), list(self.values), "lists a value twice")
             return
@@ -502,6 +568,21 @@ class Range:
             )
         if "Logarithmic" in self.scaling and self.min <= 0:
             yield Problem(path + ("min",), self.min, f"must be greater than 0 with {self.scaling} scaling")
+        if self.scaling == "ReverseLogarithmic" and self.type != "continuous":
+            yield Problem(path + ("scaling",), self.scaling, "is for continuous ranges only (SageMaker)")
+        elif self.scaling == "ReverseLogarithmic" and self.max >= 1:
+            yield Problem(path + ("max",), self.max, "must be below 1 with ReverseLogarithmic scaling")
+
+
+def objective_direction(metric_name: str) -> str | None:
+    """Minimize for a metric whose name says loss or error, Maximize for accuracy; None for others."""
+    name = metric_name.lower()
+    words = set(re.split(r"[^a-z0-9]+", name))
+    falls = "loss" in name or "error" in name or bool(words & {"err", "nll", "mse", "mae", "rmse"})
+    rises = "accuracy" in name or bool(words & {"acc", "top1", "top5", "f1", "auc", "precision", "recall"})
+    if falls != rises:  # a name that says both (or neither) is left to the user
+        return "Minimize" if falls else "Maximize"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -515,6 +596,22 @@ class Tuning:
     ranges: dict[str, Range] = setting(default_factory=dict)
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        if not self.ranges:
+            yield Problem(
+                path + ("ranges",),
+                ABSENT,
+                "has no range: the tuner needs at least one [tuning.ranges.<hyperparameter>] table "
+                "(e.g. lr, with type, min, max)",
+            )
+        direction = objective_direction(self.objective_metric_name)
+        if direction and direction != self.objective_type:
+            why = "a loss or error falls" if direction == "Minimize" else "an accuracy rises"
+            yield Problem(
+                path + ("objective_type",),
+                self.objective_type,
+                f"must be {direction} for {REF0} {self.objective_metric_name} ({why} as the model improves)",
+                refs=(path + ("objective_metric_name",),),
+            )
         if self.max_parallel_jobs > self.max_jobs:
             yield Problem(
                 path + ("max_parallel_jobs",),
@@ -554,19 +651,29 @@ def _region(value: str) -> str | None:
     return None
 
 
-def _bucket(value: str) -> str | None:
-    if value and (
-        not BUCKET_RE.match(value)
-        or ".." in value
-        or re.match(r"^\d+\.\d+\.\d+\.\d+$", value)
-        or value.startswith("xn--")
-        or value.endswith("-s3alias")
-    ):
+def bucket_name_problem(value: str) -> str | None:
+    """Why S3 refuses `value` as a bucket name; None when it takes it."""
+    if not BUCKET_RE.match(value):
         return (
             "must be a bucket name (3-63 lowercase letters, digits, '.', '-'; starting and ending "
-            "with a letter or digit), or empty for the session's default bucket"
+            "with a letter or digit)"
         )
+    if ".." in value:
+        return "is not a bucket name S3 accepts: it holds '..'"
+    if re.match(r"^\d+\.\d+\.\d+\.\d+$", value):
+        return "is not a bucket name S3 accepts: it has the form of an IP address"
+    for prefix in BUCKET_RESERVED_PREFIXES:
+        if value.startswith(prefix):
+            return f"is not a bucket name S3 accepts: names starting {prefix!r} are reserved"
+    for suffix in BUCKET_RESERVED_SUFFIXES:
+        if value.endswith(suffix):
+            return f"is not a bucket name S3 accepts: names ending {suffix!r} are reserved"
     return None
+
+
+def _bucket(value: str) -> str | None:
+    problem = bucket_name_problem(value) if value else None
+    return f"{problem}, or empty for the session's default bucket" if problem else None
 
 
 def _prefix(value: str) -> str | None:
@@ -644,23 +751,42 @@ class Image:
         "",
         pattern=IMAGE_URI_RE,
         empty_ok=True,
+        max_length=255,  # SageMaker's limit on a job's or model's image
         describe="an ECR image URI (<account>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag>), "
         "or empty to use the versions",
     )
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
-        if self.image_uri:  # a custom image: the versions are not used
-            return
         scope = path[-1]
-        full = pytorch_version(scope, self.framework_version) if scope in PYTORCH_IMAGES else None
-        if scope not in PYTORCH_IMAGES or not VERSION_RE.match(self.framework_version):
+        if scope not in MINIMUM_PYTORCH:
             return
-        if full is None:
-            known = ", ".join(PYTORCH_IMAGES[scope])
+        minimum = MINIMUM_PYTORCH[scope]
+        if self.image_uri:  # a custom image: the versions are not used; AWS's own name theirs in the tag
+            tagged = AWS_PYTORCH_IMAGE_RE.search(self.image_uri)
+            if tagged and version_tuple(tagged.group(2)) < version_tuple(minimum):
+                yield Problem(
+                    path + ("image_uri",),
+                    self.image_uri,
+                    f"brings PyTorch {tagged.group(2)}, older than {minimum}, the oldest the {scope} code "
+                    f"runs on ({MINIMUM_PYTORCH_REASON[scope]})",
+                )
+            return
+        full = pytorch_version(scope, self.framework_version)
+        if not VERSION_RE.match(self.framework_version):
+            return
+        supported = [v for v in PYTORCH_IMAGES[scope] if version_tuple(v) >= version_tuple(minimum)]
+        if version_tuple(self.framework_version) < version_tuple(minimum):
             yield Problem(
                 path + ("framework_version",),
                 self.framework_version,
-                f"has no SageMaker PyTorch {scope} image; choose one of {known}",
+                f"is older than {minimum}, the oldest PyTorch the {scope} code runs on "
+                f"({MINIMUM_PYTORCH_REASON[scope]}); choose one of {', '.join(supported)}",
+            )
+        elif full is None:
+            yield Problem(
+                path + ("framework_version",),
+                self.framework_version,
+                f"has no SageMaker PyTorch {scope} image; choose one of {', '.join(supported)}",
             )
         elif self.py_version not in PYTORCH_IMAGES[scope][full]:
             yield Problem(
@@ -694,8 +820,16 @@ class Budget:
     endpoint_hours: float = setting(24.0, minimum=0, maximum=24 * 366)
 
 
+# SageMaker's limits on a job's environment: at most 100 variables, names and values of 512 characters.
+MAX_ENVIRONMENT_VARIABLES, MAX_ENVIRONMENT_CHARS = 100, 512
+
+
 def _environment_value(value: Any) -> str | None:
-    return None if isinstance(value, (str, int, float, bool)) else "must be text, a number or true/false"
+    if not isinstance(value, (str, int, float, bool)):
+        return "must be text, a number or true/false"
+    if len(str(value)) > MAX_ENVIRONMENT_CHARS:
+        return f"is longer than {MAX_ENVIRONMENT_CHARS} characters, SageMaker's limit for a variable"
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -716,10 +850,18 @@ class Settings:
     endpoint: Endpoint = setting(default_factory=Endpoint)
     budget: Budget = setting(default_factory=Budget)
     # Optional tables: USD per instance-hour for `cost`; environment variables of the training jobs.
-    prices: dict[str, float] = setting(default_factory=dict, above=0)
+    prices: dict[str, float] = setting(default_factory=dict, above=0, maximum=10_000)
     environment: dict[str, Scalar] = setting(default_factory=dict, check=_environment_value)
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        if self.hyperparameters.feature_cache and self.model.finetune != "head":
+            # training/engine.py's check_args stops the job on it (after the instance is billed).
+            yield Problem(
+                ("hyperparameters", "feature_cache"),
+                True,
+                f'needs {REF0} = "head": with "{self.model.finetune}" the backbone changes every step',
+                refs=(("model", "finetune"),),
+            )
         hyperparameters = {f.name: f for f in dataclasses.fields(Hyperparameters)}
         hints = typing.get_type_hints(Hyperparameters)
         for name, spec in self.tuning.ranges.items():
@@ -742,8 +884,14 @@ class Settings:
         for name, price in self.prices.items():
             if not INSTANCE_TYPE_RE.match(name):
                 yield Problem(("prices", name), price, "names no instance type like ml.g4dn.xlarge")
+        if len(self.environment) > MAX_ENVIRONMENT_VARIABLES:
+            yield Problem(
+                ("environment",),
+                ABSENT,
+                f"holds {len(self.environment)} variables; a job takes {MAX_ENVIRONMENT_VARIABLES} at most",
+            )
         for name in self.environment:
-            if not ENV_NAME_RE.match(name):
+            if not ENV_NAME_RE.match(name) or len(name) > MAX_ENVIRONMENT_CHARS:
                 yield Problem(
                     ("environment", name),
                     self.environment[name],
@@ -769,6 +917,8 @@ def _problem(value: Any, hint: Any, spec: Spec) -> str | None:
         arms = typing.get_args(hint)
         if not isinstance(value, arms) or (isinstance(value, bool) and bool not in arms):
             return "must be text, a number or true/false" if str in arms else "must be a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number (not inf or nan)"
     elif origin is tuple:
         if not isinstance(value, list):
             return f"must be {allowed(hint, spec)}"
@@ -803,6 +953,17 @@ def _problem(value: Any, hint: Any, spec: Spec) -> str | None:
             return f"must be {spec.describe}"
     if spec.check is not None:
         return spec.check(value)
+    return None
+
+
+def hyperparameter_problem(name: str, value: Any) -> str | None:
+    """What is wrong with `value` for hyperparameter `name` (a [hyperparameters] or [model] key, as
+    `train --hp name=value` overrides it); None when it fits, or when the schema has no such key."""
+    for table in (Hyperparameters, Model):
+        fields = {f.name: f for f in dataclasses.fields(table)}
+        if name in fields:
+            hint = typing.get_type_hints(table)[name]
+            return _problem(value, hint, fields[name].metadata.get("spec", Spec()))
     return None
 
 

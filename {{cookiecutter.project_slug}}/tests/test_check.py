@@ -81,17 +81,32 @@ def test_the_table_names_the_failed_check(project_root, tmp_path):
     assert "failed: inference/inference.py" in result.output
 
 
-def test_an_invalid_config_fails_config_and_skips_the_dry_runs(project_root, tmp_path):
+@pytest.mark.parametrize(
+    ("old", "new", "words"),
+    [
+        ("\nepochs = ", "\nepochs = -", "[hyperparameters] epochs"),
+        # Images the SDK serves, but whose PyTorch lacks what the training code calls: refused here,
+        # not after a billed instance has started.
+        (
+            "[images.training]\n",
+            '[images.training]\nframework_version = "2.2.0"\n#',  # the rendered version commented out
+            '[images.training] framework_version = "2.2.0": is older than 2.3.0',
+        ),
+        ("\nmax = ", "\nmax = inf #", "[tuning.ranges.lr] max = inf: must be a finite number"),
+    ],
+    ids=["negative epochs", "training image too old", "infinite range"],
+)
+def test_an_invalid_config_fails_config_and_skips_the_dry_runs(project_root, tmp_path, old, new, words):
     project = copy_of(project_root, tmp_path)
     config = project / "config.toml"
     text = config.read_text(encoding="utf-8")
-    assert "\nepochs = " in text
-    config.write_text(text.replace("\nepochs = ", "\nepochs = -", 1), encoding="utf-8")
+    assert old in text
+    config.write_text(text.replace(old, new, 1), encoding="utf-8")
     code, records = run_check(project, "--fast", "--only", "tune --dry-run")
     assert code == 1
     found = by_name(records)
     assert found["config"]["status"] == "fail"
-    assert "epochs" in found["config"]["detail"]
+    assert words in found["config"]["detail"], found["config"]
     assert found["tune --dry-run"]["status"] == "skip"
     assert "needs config" in found["tune --dry-run"]["detail"]
 

@@ -133,3 +133,137 @@ def test_a_rule_between_keys_names_both() -> None:
     (problem,) = schema.validate(document)
     assert problem.text().startswith("[tuning] max_parallel_jobs = ")
     assert "must not exceed [tuning] max_jobs" in problem.text()
+
+
+# --- values TOML allows that no job can run: each refused in one short line naming the key -----------
+
+INTEGER_RANGE = '\n[tuning.ranges.epochs]\ntype = "integer"\nmin = 1\nmax = {}\n'
+UNRUNNABLE = {
+    "integer range max = inf": (
+        INTEGER_RANGE.format("inf"),
+        "[tuning.ranges.epochs] max = inf: must be a finite",
+    ),
+    "integer range max = nan": (
+        INTEGER_RANGE.format("nan"),
+        "[tuning.ranges.epochs] max = nan: must be a finite",
+    ),
+    "integer range max = 1e309": (INTEGER_RANGE.format("1e309"), "[tuning.ranges.epochs] max = inf"),
+    "integer range max = 10**40": (
+        INTEGER_RANGE.format("1" + "0" * 40),
+        "[tuning.ranges.epochs] max = <a whole",
+    ),
+    "an array nested 100 deep": (
+        '\n[tuning.ranges.epochs]\ntype = "categorical"\nvalues = ' + "[" * 100 + "1" + "]" * 100 + "\n",
+        "[tuning.ranges.epochs] values = [[[...]]]: holds",
+    ),
+    "an array nested 5,000 deep": (
+        "\n[environment]\nA = " + "[" * 5000 + "]" * 5000 + "\n",
+        "nested too deeply",
+    ),
+    "an integer of 5,000 digits": (
+        "\n[environment]\nA = " + "9" * 5000 + "\n",
+        "holds a value Python cannot",
+    ),
+    "environment value of 600 characters": ('\n[environment]\nA = "' + "x" * 600 + '"\n', "longer than 512"),
+    "environment value inf": ("\n[environment]\nA = -inf\n", "[environment] A = -inf: must be a finite"),
+    "price of inf": ('\n[prices]\n"ml.m5.large" = inf\n', "at most 10000"),
+}
+
+
+def with_tail(tmp_path: Path, tail: str) -> Path:
+    """The rendered config.toml with `tail` appended (into the last table, or tables of its own)."""
+    project = edited_project(tmp_path, "[prices]", "[prices]")
+    config_file = project / "config.toml"
+    text = config_file.read_text(encoding="utf-8")
+    if tail.startswith("\n[prices]"):  # a table that exists: replace it
+        text = text[: text.index("[prices]")]
+    config_file.write_text(text + tail, encoding="utf-8")
+    return project
+
+
+@pytest.mark.parametrize("case", sorted(UNRUNNABLE))
+def test_an_unrunnable_value_is_one_short_line(tmp_path: Path, case: str) -> None:
+    tail, words = UNRUNNABLE[case]
+    project = with_tail(tmp_path, tail)
+    with pytest.raises(config_module.ConfigError) as raised:
+        config_module.ProjectConfig.load(project)
+    message = str(raised.value)
+    assert words in message, message
+    assert "\n" not in message and len(message) < 600, message
+
+
+def test_the_cli_refuses_an_infinite_range_in_one_line(tmp_path: Path) -> None:
+    project = with_tail(tmp_path, INTEGER_RANGE.format("inf"))
+    result = CliRunner().invoke(cli.main, ["--project", str(project), "tune", "--dry-run"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "[tuning.ranges.epochs] max = inf" in lines[0], result.output
+
+
+def test_a_config_file_over_a_megabyte_is_refused_unread(tmp_path: Path) -> None:
+    project = with_tail(tmp_path, "\n# " + "x" * config_module.MAX_CONFIG_BYTES + "\n")
+    with pytest.raises(config_module.ConfigError, match="is over 1024 KB"):
+        config_module.ProjectConfig.load(project)
+
+
+def edited_document(**tables: dict) -> dict:
+    document = config_module.ProjectConfig.load(PROJECT_ROOT).data
+    for name, changes in tables.items():
+        document[name] = {**document.get(name, {}), **changes}
+    return document
+
+
+@pytest.mark.parametrize(
+    ("tables", "words"),
+    [
+        ({"tuning": {"ranges": {}}}, "[tuning] ranges: has no range"),
+        ({"tuning": {"objective_type": "Maximize"}}, "must be Minimize for [tuning] objective_metric_name"),
+        ({"aws": {"bucket": "sthree-course"}}, "names starting 'sthree-' are reserved"),
+        ({"aws": {"bucket": "course--table-s3"}}, "names ending '--table-s3' are reserved"),
+        ({"aws": {"bucket": "10.0.0.1"}}, "IP address"),
+        ({"data": {"url": "s3://amzn-s3-demo-data/dogs.zip"}}, "[data] url"),
+        ({"images": {"training": {"framework_version": "2.1.0", "py_version": "py310"}}}, "older than 2.3.0"),
+        ({"hyperparameters": {"lr": 1e300}}, "at most 10"),
+        (
+            {"hyperparameters": {"feature_cache": True}, "model": {"finetune": "full"}},
+            '[hyperparameters] feature_cache = true: needs [model] finetune = "head"',
+        ),
+    ],
+)
+def test_values_the_service_or_the_code_would_refuse_are_named(tables: dict, words: str) -> None:
+    document = edited_document(**tables)
+    problems = schema.validate(document)
+    assert len(problems) == 1 and words in problems[0].text(), [p.text() for p in problems]
+    config = config_module.ProjectConfig(root=PROJECT_ROOT, data=document)
+    with pytest.raises(config_module.ConfigError, match="config.toml: "):
+        config.settings  # noqa: B018 - what every command does first
+
+
+def test_every_supported_image_version_passes() -> None:
+    """The refusal is the minimum: every image the SDK serves from it on is accepted."""
+    for scope, versions in schema.PYTORCH_IMAGES.items():
+        minimum = schema.version_tuple(schema.MINIMUM_PYTORCH[scope])
+        for version, py_versions in versions.items():
+            image = {"framework_version": version, "py_version": py_versions[0], "image_uri": ""}
+            document = edited_document(images={scope: image})
+            assert (schema.validate(document) == []) is (schema.version_tuple(version) >= minimum), version
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("lr=NaN", "lr = nan: must be a number greater than 0"),
+        ("lr=1e999", "lr = inf: must be"),
+        ("epochs=100000000000000000000", "must be a whole number from 1 to 1000"),
+        ("batch_size=[[[1]]]", "batch_size = [[[...]]]: must be"),
+        ("optimizer=adm", "must be one of adamw, sgd"),
+        ("backbone=resnet9", "must be one of resnet18"),
+    ],
+)
+def test_a_hyperparameter_override_is_held_to_the_schema(override: str, words: str) -> None:
+    """`train --hp` values reach the job as config.toml's do: refused in one line, before any request."""
+    arguments = ["--project", str(PROJECT_ROOT), "train", "--dry-run", "--hp", override]
+    result = CliRunner().invoke(cli.main, arguments)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: Invalid value for --hp: ") and words in lines[-1], result.output

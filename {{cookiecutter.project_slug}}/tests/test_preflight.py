@@ -96,11 +96,13 @@ def test_a_quota_at_zero_fails_naming_the_quota_its_code_and_the_ways_out(config
 
 
 def test_seven_rule_jobs_against_a_processing_quota_of_four_are_flagged(config, tmp_path):
-    # SageMaker's debugger rules run on images with smdebug (PyTorch <= 2.0): all 7 rules start a job.
+    # SageMaker's debugger rules run on images with smdebug (a custom one: AWS's PyTorch 2.0 image, the
+    # last with it, is older than the training code allows): all 7 rules start a job.
+    custom = "123456789012.dkr.ecr.us-east-1.amazonaws.com/training-with-smdebug:1"
     seven = with_data(
         config,
         debugger={"rules": STANDARD_RULES, "evaluation": "both"},
-        images={"training": {"framework_version": "2.0.1", "py_version": "py310", "image_uri": ""}},
+        images={"training": {"framework_version": "2.8.0", "py_version": "py312", "image_uri": custom}},
     )
     with open_session(seven, dry_run=True, folder=tmp_path) as session:
         applied = [quota(preflight.PROCESSING_QUOTA, "L-TEST0004", 4.0)]

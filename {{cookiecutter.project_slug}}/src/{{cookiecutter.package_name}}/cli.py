@@ -123,7 +123,12 @@ def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 
 def _parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`--hp lr=0.01 --hp backbone=resnet50` -> {"lr": 0.01, "backbone": "resnet50"} (JSON values parsed)."""
+    """`--hp lr=0.01 --hp backbone=resnet50` -> {"lr": 0.01, "backbone": "resnet50"} (JSON values parsed).
+
+    A value for a key of [hyperparameters] or [model] must fit the schema as config.toml's would
+    (`--hp lr=NaN` or `epochs=1e30` would otherwise reach the job and fail there, billed)."""
+    from .config import schema
+
     parsed: dict[str, Any] = {}
     for pair in pairs:
         name, equals, value = pair.partition("=")
@@ -131,9 +136,19 @@ def _parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
             raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--hp")
         try:
             parsed[name] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             parsed[name] = value
+        problem = schema.hyperparameter_problem(name, parsed[name])
+        if problem:
+            raise click.BadParameter(f"{name} = {schema.show(parsed[name])}: {problem}", param_hint="--hp")
     return parsed
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """click's FloatRange lets nan through (every comparison with it is false)."""
+    if value is not None and value != value:
+        raise click.BadParameter("must be a number, not nan")
+    return value
 
 
 def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -301,10 +316,10 @@ def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int
 
 @data.command("synthetic")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--classes", "num_classes", type=click.IntRange(min=2), default=3, show_default=True)
+@click.option("--classes", "num_classes", type=click.IntRange(2, 1000), default=3, show_default=True)
 @click.option("--size", default="48x40", show_default=True, help="Image width x height in pixels.")
 @click.option("--per-class", default="6,2,2", show_default=True, help="Images per class in train,valid,test.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 def data_synthetic(out: Path, num_classes: int, size: str, per_class: str, seed: int) -> None:
     """Generate a small dataset in OUT (one colour per class), for demos and dry runs."""
     from . import data as data_module
@@ -317,10 +332,13 @@ def data_synthetic(out: Path, num_classes: int, size: str, per_class: str, seed:
         counts = tuple(int(part) for part in per_class.split(","))
     except ValueError:
         counts = ()
-    if len(counts) != 3:
+    if len(counts) != 3 or not all(0 <= count <= 10_000 for count in counts) or counts[0] == 0:
         raise click.BadParameter(
-            f"{per_class!r} is not three numbers train,valid,test", param_hint="--per-class"
+            f"{per_class!r} is not three numbers train,valid,test (train 1 to 10000, the others 0 to 10000)",
+            param_hint="--per-class",
         )
+    if not (8 <= width <= 4096 and 8 <= height <= 4096):
+        raise click.BadParameter(f"{size!r}: each side must be 8 to 4096 pixels", param_hint="--size")
     manifest = data_module.synthetic(
         out, num_classes=num_classes, size=(width, height), per_class=counts, seed=seed
     )
@@ -656,7 +674,8 @@ def serve(ctx: click.Context, model_data: Path, host: str, port: int) -> None:
 @main.command()
 @click.option(
     "--endpoint-hours",
-    type=click.FloatRange(min=0),
+    type=click.FloatRange(min=0, max=24 * 366),
+    callback=_finite,
     help="Hours the endpoint stays up; default: [budget] endpoint_hours.",
 )
 @click.option("--offline", is_flag=True, help="Cached or config.toml prices only: ask no AWS API.")

@@ -33,6 +33,8 @@ class ConfigError(Exception):
 
 # How many problems one message lists before it says "and N more".
 _PROBLEMS_SHOWN = 3
+# config.toml is a page of settings (about 6 KB); a file far larger is not one, and is refused unread.
+MAX_CONFIG_BYTES = 1 << 20
 
 
 def _load_schema() -> ModuleType:
@@ -81,6 +83,34 @@ def find_project_root(start: Path | None = None) -> Path:
     )
 
 
+def parse_toml(path: Path) -> dict[str, Any]:
+    """The TOML document at `path`; ConfigError, in one line, for anything the reader cannot take.
+
+    Bounded: at most MAX_CONFIG_BYTES are read, and what Python's reader refuses beyond TOML's own
+    grammar (arrays nested deeper than its recursion allows, integers of over 4,300 digits) is an
+    error naming the file rather than a traceback.
+    """
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"{path} cannot be read ({error.strerror or error})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is over {MAX_CONFIG_BYTES >> 10} KB; a config file is a page of settings")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: an array or table is nested too deeply to read") from None
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        raise ConfigError(f"{path} holds a value Python cannot read: {str(error).split(':')[0]}") from None
+
+
 @dataclass(frozen=True)
 class ProjectConfig:
     """config.toml as loaded, plus where it was found.
@@ -98,12 +128,7 @@ class ProjectConfig:
     def load(cls, root: Path | None = None) -> ProjectConfig:
         root = find_project_root() if root is None else Path(root).resolve()
         path = root / CONFIG_FILENAME
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        data = parse_toml(path)
         config = cls(root=root, data=data)
         config.settings  # noqa: B018 - validate now, so every command refuses a bad file before it starts
         return config

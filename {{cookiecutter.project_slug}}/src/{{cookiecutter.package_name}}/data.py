@@ -56,15 +56,20 @@ class Manifest:
 
 
 def _is_url(source: str) -> bool:
-    return urllib.parse.urlsplit(source).scheme in ("http", "https")
+    return urllib.parse.urlsplit(source).scheme in ("http", "https", "s3")
 
 
 def download(url: str, destination: Path) -> Path:
-    """Fetch `url` into `destination` (a file), with a progress bar; kept if already there."""
+    """Fetch `url` (http(s):// or s3://) into `destination` (a file), with a progress bar; kept if
+    already there."""
     if destination.is_file():
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_suffix(destination.suffix + ".part")
+    if url.startswith("s3://"):
+        download_s3(url, partial)
+        partial.replace(destination)
+        return destination
     columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(), TransferSpeedColumn())
     with urllib.request.urlopen(url) as response, partial.open("wb") as sink, Progress(*columns) as progress:
         task = progress.add_task(
@@ -75,6 +80,37 @@ def download(url: str, destination: Path) -> Path:
             progress.advance(task, len(chunk))
     partial.replace(destination)
     return destination
+
+
+def download_s3(url: str, destination: Path) -> None:
+    """Copy the object at s3://bucket/key to `destination`, with the caller's AWS credentials.
+
+    The schema lets [data] url be an s3:// URL (a dataset kept in the course's or your own bucket):
+    boto3 fetches it as the http(s) branch fetches a public URL. A missing object, a refused request
+    or no credentials is a DataError naming the URL, and `destination` is removed.
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise DataError(f"{url} names no object; expected s3://bucket/path/dataset.zip")
+    columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    try:
+        s3 = boto3.client("s3")
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        with destination.open("wb") as sink, Progress(*columns) as progress:
+            task = progress.add_task(f"download {Path(key).name}", total=size or None)
+            s3.download_fileobj(bucket, key, sink, Callback=lambda sent: progress.advance(task, sent))
+    except (BotoCoreError, ClientError) as error:
+        destination.unlink(missing_ok=True)
+        code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
+        why = {"404": "no such object", "NoSuchKey": "no such object", "NoSuchBucket": "no such bucket"}
+        reason = why.get(code) or ("access denied" if code in ("403", "AccessDenied") else str(error))
+        raise DataError(f"cannot download {url}: {reason}") from None
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        raise
 
 
 def _images_in(folder: Path) -> list[Path]:
