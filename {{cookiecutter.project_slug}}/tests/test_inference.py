@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import random
-import re
 import struct
 import sys
 import tarfile
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SERVED_CLASS_NAMES, project_module
+from hostile_images import jpeg_header_only, repeated_scans
 from PIL import ExifTags, Image, ImageOps
 
 from classifier.artifact import readable_class_name
@@ -80,45 +80,6 @@ def jpeg_claiming(width: int, height: int) -> bytes:
     frame = data.index(b"\xff\xc0")  # SOF0: marker, length, precision, height, width
     data[frame + 5 : frame + 9] = struct.pack(">HH", height, width)
     return bytes(data)
-
-
-def jpeg_header_only(width: int, height: int, frame: int) -> bytes:
-    """SOI, an SOFn frame header of `frame`'s kind claiming width x height, one scan with no data, EOI."""
-    frame_header = struct.pack(">BHHB", 8, height, width, 3) + b"".join(
-        bytes([component, 0x11, 0]) for component in (1, 2, 3)
-    )
-    scan_header = b"\x03\x01\x00\x02\x00\x03\x00\x00\x3f\x00"
-    return (
-        b"\xff\xd8"
-        + bytes([0xFF, frame])
-        + struct.pack(">H", 2 + len(frame_header))
-        + frame_header
-        + b"\xff\xda"
-        + struct.pack(">H", 2 + len(scan_header))
-        + scan_header
-        + b"\xff\xd9"
-    )
-
-
-def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
-    """(marker, bytes) of each segment after SOI, a scan's entropy-coded data with its header."""
-    segments, position = [], 2
-    while data[position + 1] != 0xD9:
-        marker = data[position + 1]
-        end = position + 2 + int.from_bytes(data[position + 2 : position + 4], "big")
-        if marker == 0xDA:
-            end = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]").search(data, end).start()
-        segments.append((marker, data[position:end]))
-        position = end
-    return segments
-
-
-def repeated_scans(image: Image.Image, repeats: int, **options) -> bytes:
-    """A progressive JPEG of `image` whose luma refinement scan (the costliest per byte: it revisits
-    every coefficient of every block) comes `repeats` more times: libjpeg warns and decodes each."""
-    segments = jpeg_segments(encode(image, progressive=True, **options))
-    scans = [segment for marker, segment in segments if marker == 0xDA]
-    return b"\xff\xd8" + b"".join(segment for _, segment in segments) + scans[-1] * repeats + b"\xff\xd9"
 
 
 def b64(data: bytes) -> str:
