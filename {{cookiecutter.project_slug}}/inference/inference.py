@@ -24,18 +24,29 @@ Errors: a 4xx status whose message is one line of JSON, {"error": "...", "status
 the container appends a traceback after that line. Only `RequestError` (a toolkit error class)
 gives a 4xx; anything else is the toolkit's 500.
 
-Past decoding, every request's memory is bounded by the pixels the network sees, whatever the
-image's shape: cropped to at most 4:1 before the resize (a 3 x 30000 strip would otherwise grow to
-gigabytes), each crop copied out of its resize buffer, one image decoded at a time. Decoding is
-bounded by MAX_IMAGE_PIXELS: JPEGs decode at reduced scale where the resize allows, other formats
-are decoded whole (about 4 bytes a pixel, 16 for WebP, whose decoder has no reduced scale in
-Pillow) and shrunk right after. Incomplete image data is a 400, never a gray-filled prediction.
+Every request is bounded in memory and CPU time, whatever its format, shape or batch, and refused
+from the headers, before anything is decoded, where a bound would be passed:
+- one image: at most MAX_IMAGE_PIXELS (40 megapixels) in its header;
+- one request: at most MAX_DECODED_PIXELS_PER_REQUEST (80 megapixels) written by the decoders, a JPEG
+  counted at the reduced scale libjpeg decodes it at (a few kilobytes of lossless WebP or PNG can
+  declare a 36-megapixel image, a second of decoding each);
+- JPEG: only Huffman-coded baseline, sequential and progressive frames; at most MAX_JPEG_SCANS (256)
+  scans an image and MAX_JPEG_BLOCK_SCANS 8x8-block visits a request over all scans (libjpeg decodes
+  every repeated scan, each in a few bytes: 78 KB of them took 7 s); data at least one bit a block.
+  Incomplete image data is a 400, never a gray-filled prediction.
+- animations (GIF, APNG, animated WebP): only the first frame is decoded.
+Images are decoded one at a time, each freed before the next (WebP's decoder keeps two full canvases),
+JPEGs at reduced scale where the resize allows, other formats whole (about 4 bytes a pixel, 16 for
+WebP, whose decoder has no reduced scale in Pillow) and shrunk right after. Past decoding, memory is
+bounded by the pixels the network sees, whatever the image's shape: cropped to at most 4:1 before the
+resize (a 3 x 30000 strip would otherwise grow to gigabytes), each crop copied out of its resize buffer.
+The costliest request accepted takes about 2 s of one core (two 36-megapixel lossless WebPs and a
+JPEG of 17 million block visits), far inside SageMaker's 60 s invocation timeout, and one image's
+decode of memory (under 600 MB); test_endpoint_bounds.py measures each request's peak and CPU time.
 
-One 500 is the toolkit's, not this file's: a body sent as exactly `application/json` that is not
-UTF-8. `Transformer.transform` decodes `application/json` and `text/csv` bodies to str itself,
-before it calls `input_fn`, and turns the UnicodeDecodeError into a 500; no handler function runs
-first, and `transform_fn` cannot sit beside `input_fn`. `application/json; charset=utf-8` reaches
-`input_fn` as bytes, so invalid UTF-8 sent that way is answered 400.
+Every body reaches `input_fn` as bytes, whatever its Content-Type: the toolkit would otherwise decode
+`application/json` and `text/csv` bodies to str first, and answer invalid UTF-8 with a 500 (see
+`content_types.UTF8_TYPES` below). Invalid UTF-8 in JSON is a 400, text/csv a 415.
 """
 
 from __future__ import annotations

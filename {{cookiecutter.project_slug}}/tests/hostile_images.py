@@ -13,13 +13,16 @@ _END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def jpeg_header_only(width: int, height: int, frame: int) -> bytes:
-    """SOI, a frame header of kind `frame` (0xC0-0xCF) claiming width x height, one scan with no data, EOI."""
+    """SOI, a quantization table, a frame header of kind `frame` (0xC0-0xCF) claiming width x height,
+    one scan with no data, EOI. With arithmetic coding (0xC9) libjpeg decodes it to a gray image."""
+    quantization = b"\xff\xdb\x00\x43\x00" + bytes([1] * 64)
     frame_header = struct.pack(">BHHB", 8, height, width, 3) + b"".join(
         bytes([component, 0x11, 0]) for component in (1, 2, 3)
     )
     scan_header = b"\x03\x01\x00\x02\x00\x03\x00\x00\x3f\x00"
     return (
         b"\xff\xd8"
+        + quantization
         + bytes([0xFF, frame])
         + struct.pack(">H", 2 + len(frame_header))
         + frame_header
