@@ -17,8 +17,10 @@ import io
 import json
 import os
 import select
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -368,6 +370,61 @@ HOSTILE_DECODES = [
     ("json-trailing-space-not-utf8", lambda: b'{"images": ["\xff\xfe"]}', "application/json ", 400),
     ("csv-not-utf8", lambda: b"\xff\xfe,1\n", "text/csv", 415),
 ]
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_with_empty_chunks(count: int, after_pixels: bool) -> bytes:
+    """A 64 x 64 PNG with `count` empty private chunks before its pixels, or after them (read when the
+    EXIF orientation is looked for, which a PNG may keep after its pixels)."""
+    data = saved(flat((64, 64)), "PNG")
+    at = data.index(b"IEND") - 4 if after_pixels else 8 + 25  # before IEND's length, or after IHDR
+    return data[:at] + png_chunk(b"prVt", b"") * count + data[at:]
+
+
+def bmp_one_pixel_runs(width: int, height: int) -> bytes:
+    """An 8-bit run-length-coded BMP of one-pixel runs: Pillow decodes RLE8 in Python, two bytes at a time."""
+    rows = (b"\x01\x05" * width + b"\x00\x00") * height + b"\x00\x01"
+    offset = 14 + 40 + 1024
+    return (
+        b"BM"
+        + struct.pack("<IHHI", offset + len(rows), 0, 0, offset)
+        + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 0, 0, 256, 0)
+        + bytes(1024)
+        + rows
+    )
+
+
+# 6 MB (SageMaker's cap on a request) of the smallest structures each format's parser reads one by one.
+STRUCTURE_FLOODS = {
+    "png-500k-empty-chunks-before-pixels": ("image/png", lambda: png_with_empty_chunks(500_000, False)),
+    "png-500k-empty-chunks-after-pixels": ("image/png", lambda: png_with_empty_chunks(500_000, True)),
+    "gif-2m-empty-extensions": (
+        "image/gif",
+        lambda: (lambda data: data[:13] + b"\x21\xfe\x00" * 2_000_000 + data[13:])(
+            saved(flat((64, 64)).convert("P", palette=Image.Palette.ADAPTIVE, colors=2), "GIF")
+        ),
+    ),
+    "bmp-rle8-3m-one-pixel-runs": ("image/bmp", lambda: bmp_one_pixel_runs(2000, 1500)),
+}
+
+
+@pytest.mark.slow  # about 3 s of CPU in all
+@pytest.mark.parametrize("case", list(STRUCTURE_FLOODS))
+def test_six_megabytes_of_the_smallest_structures_stay_within_the_cpu_bound(probe, case):
+    """Parsers that read a file's structures one by one cost time in proportion to the body, which
+    SageMaker caps at 6 MB: JPEG's markers are refused past 1,024, these are measured (0.5-1.5 s)."""
+    content_type, make = STRUCTURE_FLOODS[case]
+    body = make()
+    assert len(body) <= 6_300_000
+    reply = probe(body, content_type)
+    assert reply["status"] == 200 or 400 <= reply["status"] < 500, reply
+    assert reply["cpu_seconds"] < CPU_SECONDS_PER_REQUEST, reply
+    # Pillow keeps each private PNG chunk as Python objects (about 140 bytes for a 12-byte chunk): 72 MB
+    # for 6 MB of them, bounded by the body's size like the rest.
+    assert reply["peak_bytes"] <= PEAK_FACTOR * NETWORK_INPUT_BYTES + 16 * len(body), reply
 
 
 @pytest.mark.parametrize(
