@@ -489,8 +489,8 @@ def _open_image(data: bytes, where: str) -> tuple[Image.Image, int]:
     return image, layout.block_scans
 
 
-# Frame headers (SOFn): the kinds libjpeg decodes with Huffman coding, and those refused by name.
-_DECODED_FRAMES = frozenset({0xC0, 0xC1, 0xC2})  # baseline, extended sequential, progressive
+# Frame headers (SOFn) refused by name; the others, SOF0-SOF2, are Huffman-coded baseline, extended
+# sequential and progressive frames.
 _REFUSED_FRAMES = {
     0xC3: "lossless",
     **dict.fromkeys((0xC5, 0xC6, 0xC7), "hierarchical"),
@@ -612,13 +612,9 @@ def _check_jpeg(data: bytes, where: str) -> JpegLayout:
       and a mid-gray image codes to no bytes at all), so a header over no data could not be told from
       a whole image; lossless and hierarchical JPEGs are not photos anyone sends.
     - At most MAX_JPEG_SCANS scans (libjpeg-turbo leaves this limit to the application, as
-      TJPARAM_SCANLIMIT), and a request's block visits are summed against MAX_JPEG_BLOCK_SCANS.
-    - Whole data (`_require_whole_jpeg`, once the header's size is known to be within bounds):
-      libjpeg fills what is missing with gray and only warns (Pillow and torchvision
-      both return the gray image), so a header claiming 6000x6000 over a few hundred bytes would be
-      "predicted". Every 8x8 block of every component needs at least one bit in a Huffman-coded scan
-      (its DC symbol), so fewer bits than blocks cannot be a whole image. Data cut off mid-scan
-      needs no check here: the decoders fail on it (Pillow without LOAD_TRUNCATED_IMAGES).
+      TJPARAM_SCANLIMIT) and MAX_JPEG_SEGMENTS segments; a request's block visits are summed against
+      MAX_JPEG_BLOCK_SCANS by the caller, and whole data is checked once the header's size is known
+      to be within bounds (`_require_whole_jpeg`).
     """
     try:
         layout = jpeg_layout(data)
@@ -640,6 +636,14 @@ def _check_jpeg(data: bytes, where: str) -> JpegLayout:
 
 
 def _require_whole_jpeg(layout: JpegLayout, where: str) -> None:
+    """Refuse a JPEG whose image data is too short for the size its header declares.
+
+    libjpeg fills what is missing with gray and only warns (Pillow and torchvision both return the
+    gray image), so a header claiming 6000x6000 over a few hundred bytes would be "predicted". Every
+    8x8 block of every component needs at least one bit in a Huffman-coded scan (its DC symbol), so
+    fewer bits than blocks cannot be a whole image. Data cut off mid-scan needs no check here: the
+    decoders fail on it (Pillow without LOAD_TRUNCATED_IMAGES).
+    """
     if layout.scan_bytes * 8 < layout.blocks:
         raise RequestError(
             400,
