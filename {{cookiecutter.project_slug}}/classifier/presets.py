@@ -123,12 +123,36 @@ def decode_pixels(image: Image.Image, min_side: int) -> torch.Tensor:
     two times `min_side` is decoded whole, by `full_pixels`.
     """
     if image.format in JPEG_FORMATS:
-        if min(image.size) < 2 * min_side:
+        draft_size = _draft_size(image, min_side)
+        if draft_size is None:
             return full_pixels(image)
-        width, height = image.size
-        scale = min(width, height) / max(min_side, 1)
-        image.draft("RGB", (int(width / scale), int(height / scale)))
+        image.draft("RGB", draft_size)
     return F.pil_to_tensor(shrink_to(to_rgb(image), min_side))
+
+
+def decoded_pixels(image: Image.Image, min_side: int) -> int:
+    """How many pixels `decode_pixels(image, min_side)` has the decoder write, from the header alone.
+
+    What a decode's time and memory follow: the whole frame for PNG, WebP, GIF and BMP, the reduced
+    size for a JPEG that `Image.draft` shrinks (libjpeg's 1/2, 1/4 or 1/8, chosen as Pillow does).
+    """
+    width, height = image.size
+    draft_size = _draft_size(image, min_side) if image.format in JPEG_FORMATS else None
+    if draft_size is None:
+        return width * height
+    ratio = min(width // draft_size[0], height // draft_size[1])
+    reduction = next(factor for factor in (8, 4, 2, 1) if ratio >= factor)
+    return -(-width // reduction) * -(-height // reduction)
+
+
+def _draft_size(image: Image.Image, min_side: int) -> tuple[int, int] | None:
+    """The size `decode_pixels` asks `Image.draft` for; None where the JPEG is decoded whole (its
+    shorter side is under twice `min_side`, so no reduction would keep it >= `min_side`)."""
+    width, height = image.size
+    if min(width, height) < 2 * min_side:
+        return None
+    scale = min(width, height) / max(min_side, 1)
+    return int(width / scale), int(height / scale)
 
 
 def shrink_to(image: Image.Image, min_side: int) -> Image.Image:

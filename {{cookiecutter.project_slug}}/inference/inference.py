@@ -24,18 +24,29 @@ Errors: a 4xx status whose message is one line of JSON, {"error": "...", "status
 the container appends a traceback after that line. Only `RequestError` (a toolkit error class)
 gives a 4xx; anything else is the toolkit's 500.
 
-Past decoding, every request's memory is bounded by the pixels the network sees, whatever the
-image's shape: cropped to at most 4:1 before the resize (a 3 x 30000 strip would otherwise grow to
-gigabytes), each crop copied out of its resize buffer, one image decoded at a time. Decoding is
-bounded by MAX_IMAGE_PIXELS: JPEGs decode at reduced scale where the resize allows, other formats
-are decoded whole (about 4 bytes a pixel, 16 for WebP, whose decoder has no reduced scale in
-Pillow) and shrunk right after. Incomplete image data is a 400, never a gray-filled prediction.
+Every request is bounded in memory and CPU time, whatever its format, shape or batch, and refused
+from the headers, before anything is decoded, where a bound would be passed:
+- one image: at most MAX_IMAGE_PIXELS (40 megapixels) in its header;
+- one request: at most MAX_DECODED_PIXELS_PER_REQUEST (80 megapixels) written by the decoders, a JPEG
+  counted at the reduced scale libjpeg decodes it at (a few kilobytes of lossless WebP or PNG can
+  declare a 36-megapixel image, a second of decoding each);
+- JPEG: only Huffman-coded baseline, sequential and progressive frames; at most MAX_JPEG_SCANS (256)
+  scans an image and MAX_JPEG_BLOCK_SCANS 8x8-block visits a request over all scans (libjpeg decodes
+  every repeated scan, each in a few bytes: 78 KB of them took 7 s); data at least one bit a block.
+  Incomplete image data is a 400, never a gray-filled prediction.
+- animations (GIF, APNG, animated WebP): only the first frame is decoded.
+Images are decoded one at a time, each freed before the next (WebP's decoder keeps two full canvases),
+JPEGs at reduced scale where the resize allows, other formats whole (about 4 bytes a pixel, 16 for
+WebP, whose decoder has no reduced scale in Pillow) and shrunk right after. Past decoding, memory is
+bounded by the pixels the network sees, whatever the image's shape: cropped to at most 4:1 before the
+resize (a 3 x 30000 strip would otherwise grow to gigabytes), each crop copied out of its resize buffer.
+The costliest request accepted takes about 2 s of one core (two 36-megapixel lossless WebPs and a
+JPEG of 17 million block visits), far inside SageMaker's 60 s invocation timeout, and one image's
+decode of memory (under 600 MB); test_endpoint_bounds.py measures each request's peak and CPU time.
 
-One 500 is the toolkit's, not this file's: a body sent as exactly `application/json` that is not
-UTF-8. `Transformer.transform` decodes `application/json` and `text/csv` bodies to str itself,
-before it calls `input_fn`, and turns the UnicodeDecodeError into a 500; no handler function runs
-first, and `transform_fn` cannot sit beside `input_fn`. `application/json; charset=utf-8` reaches
-`input_fn` as bytes, so invalid UTF-8 sent that way is answered 400.
+Every body reaches `input_fn` as bytes, whatever its Content-Type: the toolkit would otherwise decode
+`application/json` and `text/csv` bodies to str first, and answer invalid UTF-8 with a 500 (see
+`content_types.UTF8_TYPES` below). Invalid UTF-8 in JSON is a 400, text/csv a 415.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ from http import HTTPStatus
 import numpy as np
 import torch
 from PIL import Image
+from sagemaker_inference import content_types
 from sagemaker_inference.errors import GenericInferenceToolkitError
 from torch.fx.experimental.optimization import fuse
 
@@ -71,9 +83,19 @@ from classifier.artifact import (  # noqa: E402
     load_quantized,
     readable_class_name,
 )
-from classifier.presets import JPEG_FORMATS, EvalPreset  # noqa: E402
+from classifier.presets import EvalPreset, decoded_pixels  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+# The toolkit's Transformer.transform decodes a body whose Content-Type is exactly one of
+# content_types.UTF8_TYPES (application/json, text/csv; HTTP servers strip the spaces around a
+# header's value first) to str before it calls input_fn, and turns invalid UTF-8 into a 500 that no
+# handler function sees: no hook runs between the two, transform_fn may not sit beside input_fn, and
+# the container's entry point fixes the handler service (aws/sagemaker-inference-toolkit#10 asks for
+# a way). The Transformer looks the list up on every request, so emptying it in this worker, which
+# serves only this model, hands every body to input_fn as bytes: JSON is decoded there (invalid
+# UTF-8 is a 400) and text/csv is a 415 like any type we do not take.
+content_types.UTF8_TYPES = []
 
 # Each format under its own type, plus the generic ones; the format is always read from the bytes.
 RAW_IMAGE_TYPES = (
@@ -96,6 +118,21 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 MAX_IMAGE_PIXELS = 40_000_000
 # SageMaker caps a request at 6 MB anyway; this bounds one request's batch on the GPU.
 MAX_IMAGES_PER_REQUEST = 16
+# Decode time follows the pixels decoders write (1 s for a 36-megapixel lossless WebP on one core, a
+# 1.4 KB file), not the file's size: a request may have two of the largest images decoded whole. A
+# batch of photos stays far below it: JPEGs count at the reduced scale they are decoded at, and 6 MB
+# of other photos holds some 40 megapixels.
+MAX_DECODED_PIXELS_PER_REQUEST = 2 * MAX_IMAGE_PIXELS
+# A progressive JPEG may repeat scans, each visiting every block of its components for a few bytes;
+# libjpeg warns and goes on. libjpeg's progressive script has 10 scans, mozjpeg's about a dozen;
+# nvImageCodec refuses over 256 by default.
+MAX_JPEG_SCANS = 256
+# 8x8 blocks the entropy decoders may visit in one request, over all scans of all its JPEGs: 32
+# passes over a 40-megapixel image (a progressive 4:4:4 one takes 14, 4:2:0 takes 8; a baseline one 1.5
+# to 3). A visit costs 5-40 ns, so this bounds a request's entropy decoding to about a second.
+MAX_JPEG_BLOCK_SCANS = 32 * MAX_IMAGE_PIXELS // 64
+# Marker segments in one JPEG: a photo has a few dozen (EXIF, ICC chunks, tables, scans).
+MAX_JPEG_SEGMENTS = 1024
 DEFAULT_TOP_K = 5
 JSON_KEYS = ("images", "image", "instances", "top_k")
 # The keys that carry images: a list of base64 strings, one string, or a list in the "instances" habit.
@@ -130,7 +167,10 @@ class LoadedModel:
 
 @dataclass
 class ImageRequest:
-    """A parsed request: opened images (header read, pixels not yet decoded) and the asked-for k."""
+    """A parsed request: opened images (header read, pixels not yet decoded) and the asked-for k.
+
+    `predict_fn` takes the images out as it decodes them.
+    """
 
     images: list[Image.Image]
     top_k: int | None = None
@@ -170,7 +210,7 @@ def input_fn(request_body: bytes | bytearray | str, content_type: str | None) ->
     if media_type in RAW_IMAGE_TYPES:
         if isinstance(request_body, str):
             raise RequestError(400, f"a {media_type} body must be bytes, not text")
-        return ImageRequest(images=[_open_image(bytes(request_body), "the body")])
+        return _open_images([bytes(request_body)], ["the body"])
     if media_type == JSON_TYPE:
         return _parse_json_request(request_body)
     raise RequestError(
@@ -181,8 +221,15 @@ def input_fn(request_body: bytes | bytearray | str, content_type: str | None) ->
 
 
 def predict_fn(request: ImageRequest, model: LoadedModel) -> Prediction:
-    """Decode each image at the size the preset needs, transform, and run the network once."""
-    crops = [_network_pixels(image, model.preset, index) for index, image in enumerate(request.images)]
+    """Decode each image at the size the preset needs, transform, and run the network once.
+
+    The images are taken out of the request one at a time: once an image is decoded nothing refers
+    to it, so its decoder's buffers (two full canvases for WebP) are freed before the next is decoded.
+    """
+    _check_decode_budget(request.images, model.preset)
+    crops = []
+    while request.images:
+        crops.append(_network_pixels(request.images, model.preset, len(crops)))
     # uint8 to the device (a quarter of the bytes), scaled there as one batch, as training does.
     batch = model.preset.scaling(torch.stack(crops).to(model.device))
     batch = batch.contiguous(memory_format=torch.channels_last)
@@ -374,10 +421,12 @@ def _parse_json_request(body: bytes | bytearray | str) -> ImageRequest:
     if len(encoded) > MAX_IMAGES_PER_REQUEST:
         raise RequestError(413, f"{len(encoded)} images in one request; at most {MAX_IMAGES_PER_REQUEST}")
     top_k = _parse_top_k(document["top_k"], '"top_k"') if "top_k" in document else None
-    images = [
-        _open_image(_decode_base64(text, index), f"image {index}") for index, text in enumerate(encoded)
-    ]
-    return ImageRequest(images=images, top_k=top_k)
+    request = _open_images(
+        [_decode_base64(text, index) for index, text in enumerate(encoded)],
+        [f"image {index}" for index in range(len(encoded))],
+    )
+    request.top_k = top_k
+    return request
 
 
 def _instance(item: object) -> object:
@@ -395,10 +444,32 @@ def _decode_base64(text: str, index: int) -> bytes:
         raise RequestError(400, f"image {index} is not valid base64") from None
 
 
-def _open_image(data: bytes, where: str) -> Image.Image:
-    """Read the header only: format and size. Pixels are decoded later, at the size the model needs."""
+def _open_images(encoded: list[bytes], names: list[str]) -> ImageRequest:
+    """Each image's header read, and the request's JPEG decoding work summed against its bound."""
+    images, block_scans = [], 0
+    for data, where in zip(encoded, names, strict=True):
+        image, image_block_scans = _open_image(data, where)
+        images.append(image)
+        block_scans += image_block_scans
+    if block_scans > MAX_JPEG_BLOCK_SCANS:
+        raise RequestError(
+            413,
+            f"the JPEG scans in this request make the decoder visit {block_scans} 8x8 blocks; at most "
+            f"{MAX_JPEG_BLOCK_SCANS}: send fewer or smaller images, or fewer progressive scans",
+        )
+    return ImageRequest(images=images)
+
+
+def _open_image(data: bytes, where: str) -> tuple[Image.Image, int]:
+    """Read the header only: format and size. Pixels are decoded later, at the size the model needs.
+
+    Also returns the 8x8 block visits a JPEG's scans make its decoder do (0 for other formats).
+    """
     if not data:
         raise RequestError(400, f"{where} is empty; send the image's bytes")
+    # JPEG's markers are walked before Pillow's: Pillow reads them in Python up to the first scan, and
+    # a few megabytes of empty markers would take it seconds; this walk stops at MAX_JPEG_SEGMENTS.
+    layout = _check_jpeg(data, where) if data.startswith(b"\xff\xd8\xff") else None
     try:
         image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
@@ -412,103 +483,219 @@ def _open_image(data: bytes, where: str) -> Image.Image:
         raise RequestError(
             413, f"{where} is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS} pixels in all"
         )
-    if image.format in JPEG_FORMATS:
-        _require_whole_jpeg(data, where)
-    return image
+    if layout is None:
+        return image, 0
+    _require_whole_jpeg(layout, where)
+    return image, layout.block_scans
 
 
-# Frame headers (SOFn) of Huffman-coded JPEGs, and of arithmetic-coded ones, which can pack a block
-# into less than a bit and so are left to the decoder.
-_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7})
-_ARITHMETIC_FRAMES = frozenset({0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+# Frame headers (SOFn) refused by name; the others, SOF0-SOF2, are Huffman-coded baseline, extended
+# sequential and progressive frames.
+_REFUSED_FRAMES = {
+    0xC3: "lossless",
+    **dict.fromkeys((0xC5, 0xC6, 0xC7), "hierarchical"),
+    **dict.fromkeys((0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF), "arithmetic-coded"),
+}
+# A marker, found as libjpeg's next_marker finds it: skip anything up to 0xFF, fill bytes (more 0xFF),
+# then a code that is not a stuffed 0x00.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xff]")
 # A scan's entropy-coded data ends at the first marker other than a stuffed 0xFF00 or a restart (RSTn).
 _END_OF_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_SOS, _EOI = 0xDA, 0xD9
 
 
-def _jpeg_blocks_and_scan_bytes(data: bytes) -> tuple[int, int] | None:
-    """(8x8 blocks the frame header declares, bytes of entropy-coded data in all scans), or None
-    where the structure is not one this check understands (the decoder then has the last word)."""
-    position, blocks, scan_bytes = 2, 0, 0  # after SOI
-    while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            position += 1
-            continue
-        if marker == 0xD9:  # EOI
+class MalformedJpeg(ValueError):
+    """A JPEG structure libjpeg would refuse too; the message says what is wrong."""
+
+
+@dataclass
+class JpegLayout:
+    """What a JPEG's markers say its decode will cost, read before any pixel is decoded."""
+
+    frame: int = 0  # the SOFn marker's code
+    blocks: int = 0  # 8x8 blocks of all components in the frame
+    scans: int = 0
+    # Blocks the entropy decoder visits, summed over scans: what decoding costs besides the output.
+    # A progressive scan may code a whole component in a few bytes (EOB runs), so this, not the
+    # file's size, is what a file of thousands of repeated scans inflates.
+    block_scans: int = 0
+    scan_bytes: int = 0  # bytes of entropy-coded data in all scans
+    segments: int = 0  # marker segments, scans included
+
+
+def jpeg_layout(data: bytes) -> JpegLayout:
+    """Walk a JPEG's markers up to its first EOI as libjpeg does, without decoding: frame, scans, costs.
+
+    Stops early, with what it has counted so far over the limit, once a file has more scans or
+    segments than any decoder here will be asked to process.
+    """
+    layout = JpegLayout()
+    components: dict[int, tuple[int, int]] = {}  # id -> (horizontal, vertical) sampling factors
+    width = height = 0
+    position = 2  # after SOI
+    while position + 2 <= len(data):
+        found = _NEXT_MARKER.search(data, position)
+        if found is None:
             break
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            position += 2
+        marker, position = data[found.start() + 1], found.end()
+        if marker == _EOI:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM and RSTn have no length
             continue
-        if marker in _ARITHMETIC_FRAMES:
-            return None
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        segment = data[position + 4 : position + 2 + length]
-        if marker in _HUFFMAN_FRAMES:
-            if len(segment) < 6 or len(segment) < 6 + 3 * segment[5]:
-                return None
-            height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
-            sampling = [(byte >> 4, byte & 15) for byte in segment[7 : 6 + 3 * segment[5] : 3]]
-            if not sampling or min(min(pair) for pair in sampling) == 0:
-                return None
-            h_max, v_max = max(h for h, _ in sampling), max(v for _, v in sampling)
-            blocks = sum(
-                math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
-                for h, v in sampling
-            )
-        position += 2 + length
-        if marker == 0xDA:  # SOS: the scan's entropy-coded data follows its header
+        layout.segments += 1
+        if layout.segments > MAX_JPEG_SEGMENTS or layout.scans > MAX_JPEG_SCANS:
+            return layout
+        if position + 2 > len(data):
+            break
+        length = int.from_bytes(data[position : position + 2], "big")
+        if length < 2:
+            raise MalformedJpeg(f"a marker segment declares {length} bytes")
+        segment = data[position + 2 : position + length]
+        position += length
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (C4 DHT, C8 JPG, CC DAC)
+            if layout.frame:
+                raise MalformedJpeg("it has two frame headers")
+            if marker in _REFUSED_FRAMES:
+                layout.frame = marker
+                return layout
+            width, height, components = _frame_header(segment)
+            layout.frame = marker
+            layout.blocks = sum(_component_blocks(width, height, components, [key]) for key in components)
+        elif marker == _SOS:
+            if not layout.frame:
+                raise MalformedJpeg("a scan comes before the frame header")
+            selectors = segment[1 : 1 + 2 * segment[0] : 2] if segment else b""
+            if not selectors or len(segment) < 4 + 2 * len(selectors) or set(selectors) - set(components):
+                raise MalformedJpeg("a scan header names no component, or one the frame lacks")
+            layout.scans += 1
+            layout.block_scans += _component_blocks(width, height, components, list(selectors))
             end = _END_OF_SCAN.search(data, position)
             scan_end = end.start() if end else len(data)
-            scan_bytes += scan_end - position
+            layout.scan_bytes += scan_end - position
             position = scan_end
-    return blocks, scan_bytes
+    return layout
 
 
-def _require_whole_jpeg(data: bytes, where: str) -> None:
+def _frame_header(segment: bytes) -> tuple[int, int, dict[int, tuple[int, int]]]:
+    """(width, height, {component id: (h, v) sampling}) from an SOFn segment's payload."""
+    if len(segment) < 6 or len(segment) < 6 + 3 * segment[5]:
+        raise MalformedJpeg("its frame header is cut short")
+    height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+    components = {
+        segment[offset]: (segment[offset + 1] >> 4, segment[offset + 1] & 15)
+        for offset in range(6, 6 + 3 * segment[5], 3)
+    }
+    if not components or not all(1 <= factor <= 4 for pair in components.values() for factor in pair):
+        raise MalformedJpeg("its frame header has no components, or sampling factors outside 1-4")
+    return width, height, components
+
+
+def _component_blocks(
+    width: int, height: int, components: dict[int, tuple[int, int]], scanned: list[int]
+) -> int:
+    """8x8 blocks one scan of `scanned` components codes: each component's own blocks when alone,
+    whole MCUs (padded at the right and bottom edges) when interleaved (JPEG standard A.2)."""
+    h_max = max(h for h, _ in components.values())
+    v_max = max(v for _, v in components.values())
+    if len(scanned) == 1:
+        h, v = components[scanned[0]]
+        return math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+    mcus = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
+    return mcus * sum(components[key][0] * components[key][1] for key in scanned)
+
+
+def _check_jpeg(data: bytes, where: str) -> JpegLayout:
+    """Refuse, before decoding, a JPEG whose decode would be unbounded or would invent pixels.
+
+    - Only Huffman-coded baseline, sequential and progressive frames: browsers decode no other kind
+      either. Arithmetic coding may legally end a scan's data early (the decoder then supplies zeros,
+      and a mid-gray image codes to no bytes at all), so a header over no data could not be told from
+      a whole image; lossless and hierarchical JPEGs are not photos anyone sends.
+    - At most MAX_JPEG_SCANS scans (libjpeg-turbo leaves this limit to the application, as
+      TJPARAM_SCANLIMIT) and MAX_JPEG_SEGMENTS segments; a request's block visits are summed against
+      MAX_JPEG_BLOCK_SCANS by the caller, and whole data is checked once the header's size is known
+      to be within bounds (`_require_whole_jpeg`).
+    """
+    try:
+        layout = jpeg_layout(data)
+    except MalformedJpeg as error:
+        raise RequestError(400, f"{where} is not a JPEG we can read: {error}") from None
+    if layout.frame in _REFUSED_FRAMES:
+        raise RequestError(
+            400,
+            f"{where} is a {_REFUSED_FRAMES[layout.frame]} JPEG (SOF{layout.frame - 0xC0}), which this "
+            "endpoint does not decode; send a baseline or progressive JPEG",
+        )
+    if layout.segments > MAX_JPEG_SEGMENTS:
+        raise RequestError(400, f"{where} has over {MAX_JPEG_SEGMENTS} JPEG marker segments")
+    if layout.scans > MAX_JPEG_SCANS:
+        raise RequestError(
+            400, f"{where} has over {MAX_JPEG_SCANS} JPEG scans; a photo has a few dozen at most"
+        )
+    return layout
+
+
+def _require_whole_jpeg(layout: JpegLayout, where: str) -> None:
     """Refuse a JPEG whose image data is too short for the size its header declares.
 
     libjpeg fills what is missing with gray and only warns (Pillow and torchvision both return the
-    gray image), so a header claiming 6000x6000 over a few hundred bytes would be "predicted".
-    Every 8x8 block of every component needs at least one bit in a Huffman-coded scan (its DC
-    symbol), so fewer bits than blocks cannot be a whole image. Data cut off mid-scan needs no
-    check here: the decoders fail on it (Pillow without LOAD_TRUNCATED_IMAGES).
+    gray image), so a header claiming 6000x6000 over a few hundred bytes would be "predicted". Every
+    8x8 block of every component needs at least one bit in a Huffman-coded scan (its DC symbol), so
+    fewer bits than blocks cannot be a whole image. Data cut off mid-scan needs no check here: the
+    decoders fail on it (Pillow without LOAD_TRUNCATED_IMAGES).
     """
-    counts = _jpeg_blocks_and_scan_bytes(data)
-    if counts is None:
-        return
-    blocks, scan_bytes = counts
-    if scan_bytes * 8 < blocks:
+    if layout.scan_bytes * 8 < layout.blocks:
         raise RequestError(
             400,
-            f"{where} is incomplete: its size needs at least {math.ceil(blocks / 8)} bytes of image data, "
-            f"it has {scan_bytes}",
+            f"{where} is incomplete: its size needs at least {math.ceil(layout.blocks / 8)} bytes of image "
+            f"data, it has {layout.scan_bytes}",
         )
 
 
-def _network_pixels(image: Image.Image, preset: EvalPreset, index: int) -> torch.Tensor:
-    """The crop the network sees, uint8 CHW, in memory of its own.
+def _check_decode_budget(images: list[Image.Image], preset: EvalPreset) -> None:
+    """Refuse, before decoding any of them, images whose decoders would write too many pixels in all.
+
+    A few kilobytes of lossless WebP or PNG can declare a 36-megapixel flat image each; the bound per
+    image keeps one decode's memory in check, this keeps a batch's time in check.
+    """
+    pixels = sum(decoded_pixels(image, preset.resize_size) for image in images)
+    if pixels > MAX_DECODED_PIXELS_PER_REQUEST:
+        raise RequestError(
+            413,
+            f"decoding these {len(images)} image(s) means writing {pixels / 1e6:.0f} megapixels; "
+            f"at most {MAX_DECODED_PIXELS_PER_REQUEST // 1_000_000} per request (JPEGs count at the "
+            "reduced scale they are decoded at): send fewer or smaller images",
+        )
+
+
+def _network_pixels(images: list[Image.Image], preset: EvalPreset, index: int) -> torch.Tensor:
+    """The crop the network sees of the first of `images`, taken out of the list: uint8 CHW, in memory
+    of its own.
 
     A truncated or corrupt file is the client's error (400). Running out of memory on one image is
     answered 413, not 500: the preset bounds the work by the crop's size, this is the last line.
     """
-    try:
-        try:
-            pixels = preset.decode(image)
-        finally:
-            image.close()  # the decoded PIL buffer is not needed once the tensor holds the pixels
-    except Exception as error:  # Corrupt data surfaces only now, as OSError, SyntaxError, zlib.error, ...
-        if _is_allocation_failure(error):
-            raise _too_large(index) from None
-        logger.info("image %d could not be decoded: %s", index, error)
-        raise RequestError(400, f"image {index} is truncated or corrupt") from None
+    pixels = _decode(images, preset, index)  # the image itself is gone once this returns
     try:
         return preset.geometry(pixels)
     except (MemoryError, RuntimeError) as error:
         if _is_allocation_failure(error):
             raise _too_large(index) from None
         raise  # anything else is this code's fault: the toolkit's 500
+
+
+def _decode(images: list[Image.Image], preset: EvalPreset, index: int) -> torch.Tensor:
+    image = images.pop(0)  # the only reference to it from here on
+    try:
+        try:
+            return preset.decode(image)
+        finally:
+            image.close()
+    except Exception as error:  # Corrupt data surfaces only now, as OSError, SyntaxError, zlib.error, ...
+        if _is_allocation_failure(error):
+            raise _too_large(index) from None
+        logger.info("image %d could not be decoded: %s", index, error)
+        raise RequestError(400, f"image {index} is truncated or corrupt") from None
 
 
 def _is_allocation_failure(error: Exception) -> bool:

@@ -1,4 +1,5 @@
-"""Peak memory of each endpoint request, measured in a process of its own (run by test_endpoint_bounds.py).
+"""Peak memory and CPU time of each endpoint request, measured in a process of its own (run by
+test_endpoint_bounds.py).
 
     python endpoint_memory_probe.py PACKAGE CODE_DIR MODEL_DIR
 
@@ -6,12 +7,14 @@ Loads CODE_DIR/inference.py behind the toolkit's Transformer (the local endpoint
 with the network swapped for a stand-in of a few parameters: the network's own activations are
 its business; this measures what the request handling around it adds. Then reads one request per
 line on stdin, {"content_type": ..., "accept": ..., "body": "<base64>"}, and answers one line per
-request on stdout, {"status": 200, "peak_bytes": ..., "seconds": ...}.
+request on stdout, {"status": 200, "peak_bytes": ..., "seconds": ..., "cpu_seconds": ...}.
 
 The peak is the resident set's high-water mark during the request above the resident set before
 it: Linux resets the mark on writing 5 to /proc/self/clear_refs. Tensors, PIL images and numpy
 arrays are allocated outside Python's allocator, so tracemalloc would not see them; run with
 MALLOC_MMAP_THRESHOLD_ fixed, so that large buffers are mapped and returned, not reused unseen.
+The CPU time is the process's (all threads, user and system) during the request: what a request
+takes from the worker whatever else the machine is doing, unlike the wall-clock `seconds`.
 """
 
 from __future__ import annotations
@@ -69,11 +72,11 @@ def main(package: str, code_dir: str, model_dir: str) -> None:
         request = json.loads(line)
         body = base64.b64decode(request["body"])
         before = reset_peak()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         answer = chain.invoke(body, request.get("content_type"), request.get("accept"))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         peak = status_bytes("VmHWM:") - before
-        reply = {"status": answer.status, "peak_bytes": peak, "seconds": seconds}
+        reply = {"status": answer.status, "peak_bytes": peak, "seconds": seconds, "cpu_seconds": cpu_seconds}
         if answer.status >= 400:
             reply["error"] = answer.body.decode("utf-8", "replace")[:300]
         print(json.dumps(reply), flush=True)

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SERVED_CLASS_NAMES, project_module
+from hostile_images import jpeg_header_only, repeated_scans
 from PIL import ExifTags, Image, ImageOps
 
 from classifier.artifact import readable_class_name
@@ -150,11 +151,23 @@ HOSTILE_REQUESTS = [
         400,
     ),
     ("json-charset-invalid-utf8", "application/json; charset=utf-8", None, INVALID_UTF8_JSON, 400),
-    # Transformer.transform decodes exactly `application/json` bodies to str before it calls
-    # input_fn, so invalid UTF-8 fails inside the toolkit: the one 500 the handler cannot turn into
-    # a 400 (inference.py's docstring says why). This case pins it: a toolkit that let it through
-    # would turn it into the 400 above, and this test would say so.
-    ("json-invalid-utf8", "application/json", None, INVALID_UTF8_JSON, 500),
+    # Transformer.transform decodes bodies sent as exactly `application/json` or `text/csv` to str
+    # before input_fn unless inference.py empties content_types.UTF8_TYPES: without that, a 500.
+    ("json-invalid-utf8", "application/json", None, INVALID_UTF8_JSON, 400),
+    ("json-trailing-space-invalid-utf8", "application/json ", None, INVALID_UTF8_JSON, 400),
+    ("json-capitals-invalid-utf8", "Application/JSON", None, INVALID_UTF8_JSON, 400),
+    ("csv-invalid-utf8", "text/csv", None, b"\xff\xfe,1\n", 415),
+    ("csv-utf8", "text/csv", None, b"a,b\n1,2\n", 415),
+    ("csv-charset-invalid-utf8", "text/csv; charset=latin-1", None, b"\xe9,1\n", 415),
+    # JPEG structures whose decode would be unbounded or invented (see also test_endpoint_bounds.py).
+    ("jpeg-arithmetic-header-only", "image/jpeg", None, jpeg_header_only(6_000, 6_000, 0xC9), 400),
+    ("jpeg-arithmetic-progressive", "image/jpeg", None, jpeg_header_only(64, 64, 0xCA), 400),
+    ("jpeg-lossless", "image/jpeg", None, jpeg_header_only(64, 64, 0xC3), 400),
+    ("jpeg-hierarchical", "image/jpeg", None, jpeg_header_only(64, 64, 0xC5), 400),
+    ("jpeg-progressive-header-only", "image/jpeg", None, jpeg_header_only(6_000, 6_000, 0xC2), 400),
+    ("jpeg-300-repeated-scans", "image/jpeg", None, repeated_scans(photo((64, 48)), 300), 400),
+    ("jpeg-scan-before-frame", "image/jpeg", None, b"\xff\xd8\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00", 400),
+    ("jpeg-2000-empty-comments", "image/jpeg", None, JPEG[:2] + b"\xff\xfe\x00\x02" * 2000 + JPEG[2:], 400),
 ]
 
 ODD_BUT_VALID_IMAGES = {
@@ -548,12 +561,40 @@ def test_accept_refusals_are_clean_4xx(handler, a_prediction, accept, status):
     assert json.loads(raised.value.message)["status"] == status
 
 
-def test_the_jpeg_completeness_check_counts_every_components_blocks(handler):
+def test_the_jpeg_walk_counts_every_components_blocks_and_every_scans_visits(handler):
     whole = encode(photo((640, 480)))
-    blocks, scan_bytes = handler._jpeg_blocks_and_scan_bytes(whole)
-    assert blocks == 80 * 60 + 2 * 40 * 30  # 4:2:0: full-size luma, chroma at half in each direction
-    assert scan_bytes < len(whole) and scan_bytes * 8 >= blocks
-    assert handler._jpeg_blocks_and_scan_bytes(b"\xff\xd8garbage") is None  # left to the decoder
+    layout = handler.jpeg_layout(whole)
+    assert layout.blocks == 80 * 60 + 2 * 40 * 30  # 4:2:0: full-size luma, chroma at half in each direction
+    assert layout.scans == 1 and layout.block_scans == layout.blocks  # one interleaved scan
+    assert layout.scan_bytes < len(whole) and layout.scan_bytes * 8 >= layout.blocks
+    # libjpeg's progressive script: DC scans over all three components twice, each component's AC
+    # bands in 2 (chroma) or 4 (luma) scans of that component alone.
+    progressive = handler.jpeg_layout(encode(photo((640, 480)), progressive=True, subsampling=0))
+    assert progressive.scans == 10 and progressive.block_scans == 14 * 80 * 60
+    # Junk between segments is skipped, as libjpeg skips it: the scans after it still count.
+    junk = repeated_scans(photo((64, 48)), 3).replace(b"\xff\xda", b"junk\xff\xda")
+    assert (
+        handler.jpeg_layout(junk).scans == handler.jpeg_layout(repeated_scans(photo((64, 48)), 3)).scans == 13
+    )
+
+
+def test_jpeg_decoded_pixels_follow_the_draft_scale(loaded_model):
+    """The request's pixel budget counts what the decoder writes: a JPEG at the scale draft picks."""
+    from classifier.presets import decode_pixels, decoded_pixels
+
+    preset = loaded_model.preset
+    for size, image_format in [
+        ((640, 480), "JPEG"),
+        ((2000, 70), "JPEG"),
+        ((333, 999), "JPEG"),
+        ((300, 200), "PNG"),
+    ]:
+        image = Image.open(io.BytesIO(encode(photo(size), image_format)))
+        expected = decoded_pixels(image, preset.resize_size)
+        pixels = decode_pixels(image, preset.resize_size)
+        assert pixels.shape[1] * pixels.shape[2] <= expected
+        if image_format != "PNG":  # PNG is shrunk after decoding; the decoder wrote the whole frame
+            assert pixels.shape[1] * pixels.shape[2] == expected
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -123,10 +123,20 @@ def test_twenty_parallel_requests_all_succeed_and_agree(endpoint, images):
         ({"Content-Type": "image/jpeg", "Accept": "text/csv"}, JPEG, 406),
         ({"Content-Type": "application/json"}, b'{"images": [', 400),
         ({"Content-Type": "application/json"}, json.dumps({"images": ["x"] * 17}).encode(), 413),
-        # As in the container: the toolkit's UTF-8 decode fails before the handler runs.
-        ({"Content-Type": "application/json"}, b'{"images": ["\xff"]}', 500),
+        # As in the container: inference.py keeps the toolkit from decoding the body first (a 500 then).
+        ({"Content-Type": "application/json"}, b'{"images": ["\xff"]}', 400),
+        ({"Content-Type": "text/csv"}, b"\xff,1", 415),
     ],
-    ids=["truncated-jpeg", "empty", "text-plain", "accept-csv", "bad-json", "17-images", "json-not-utf8"],
+    ids=[
+        "truncated-jpeg",
+        "empty",
+        "text-plain",
+        "accept-csv",
+        "bad-json",
+        "17-images",
+        "json-not-utf8",
+        "csv-not-utf8",
+    ],
 )
 def test_handler_errors_map_to_status_codes_with_a_json_message(endpoint, headers, body, status):
     got_status, content_type, payload = request(endpoint, "POST", "/invocations", body, headers)
