@@ -287,8 +287,18 @@ def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int
         f"images {shrunk}: {manifest.source_bytes / 1e6:,.1f} MB read, "
         f"{manifest.written_bytes / 1e6:,.1f} MB written (what `data upload` sends and every job downloads)"
     )
-    for item in manifest.excluded:
-        console.print(f"[yellow]excluded[/] {item['path']}: {item['reason']}")
+    listed = destination / data_module.MANIFEST_FILENAME
+    shown = 20  # lines of each list; all of it is in the manifest
+    for items, what, detail in (
+        (manifest.excluded, "left out (they do not decode, or are over Pillow's pixel limit)", "reason"),
+        (manifest.renamed, "renamed (their name was taken in their folder)", "written_as"),
+    ):
+        if items:
+            console.print(f"[yellow]{len(items)} images {what}[/], all listed in {listed}:")
+        for item in items[:shown]:
+            console.print(f"  {escape(item['path'])}: {escape(item[detail])}")
+        if len(items) > shown:
+            console.print(f"  ... and {len(items) - shown} more")
     expected = config.model["num_classes"]
     if len(manifest.classes) != expected:
         # Said now, naming the key: training would otherwise stop on it after the instance was paid for.
