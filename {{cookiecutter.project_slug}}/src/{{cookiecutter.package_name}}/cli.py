@@ -108,14 +108,19 @@ def _report_dry_run(session: Session) -> None:
     console.print(f"requests: {folder / REQUESTS_FILENAME}   offline S3: {folder / S3_FOLDER}/")
 
 
-def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """An earlier local run in `run_dir` is replaced only when the user says so (asked, or --overwrite)."""
+def _claim_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    """An earlier local run in `run_dir` is replaced only when the user says so (asked, or --overwrite);
+    one that was interrupted is resumed from its checkpoint (True) unless --overwrite."""
+    from .local_training import interrupted_run
+
     earlier = run_dir / "model.tar.gz"
-    if overwrite or not earlier.exists():
-        return
+    if overwrite:
+        return False
+    if not earlier.exists():
+        return interrupted_run(run_dir) is not None
     question = f"{run_dir} holds an earlier run ({earlier.name}); replace it?"
     if sys.stdin.isatty() and click.confirm(question, default=False):
-        return
+        return False
     raise click.ClickException(
         f"{run_dir} holds an earlier run: pass --run-dir <new folder> to keep it, "
         "or --overwrite to replace it"
@@ -437,7 +442,9 @@ def train(
             config, ProjectState(config.state_dir), overrides, use_tuned=tuned
         )
         run_dir = run_dir or config.root / "runs" / "local"
-        _claim_run_dir(run_dir, overwrite)
+        resume = _claim_run_dir(run_dir, overwrite)
+        if resume:
+            console.print(f"resuming the interrupted run in {run_dir} (--overwrite starts it over)")
         console.print(f"training locally into {run_dir} (log: {run_dir / 'training.log'})")
         model = run_local_training(
             config,
@@ -445,6 +452,7 @@ def train(
             run_dir,
             hyperparameters,
             debugger=debugger,
+            resume=resume,
         )
         console.print(f"model: {model}")
         return
