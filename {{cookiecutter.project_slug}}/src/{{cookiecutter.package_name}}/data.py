@@ -195,7 +195,8 @@ def distinct_name(source: Path, suffix: str, taken: set[str]) -> str:
     with the original suffix in it (`dog.png` -> `dog-png.jpg`, then `dog-png-2.jpg`, ...).
 
     `taken` holds the folder's names so far, in lower case: on macOS and Windows `dog.JPG` and
-    `dog.jpg` are one file. The images are taken in sorted order, so the names are the same every run.
+    `dog.jpg` are one file. The images come in a fixed order (sorted, or shuffled with the split seed),
+    so the names are the same every run.
     """
     extension = source.suffix.lstrip(".")
     fallbacks = (f"{source.stem}-{extension}-{number}{suffix}" for number in itertools.count(2))
