@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import urllib.error
 
@@ -181,6 +182,19 @@ def test_an_interrupted_local_run_is_resumed_and_overwrite_starts_it_over(
     assert overwritten.exit_code == 0, overwritten.output
     assert "resuming" not in overwritten.stdout
     assert resumed == [True, False]
+
+
+def test_a_full_disk_on_the_launchers_side_is_one_line(project_config, tiny_dataset, tmp_path, monkeypatch):
+    def disk_full(config, archive):
+        archive.write_bytes(b"half an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(project_module("sagemaker_api"), "training_source_archive", disk_full)
+    with pytest.raises(local_training.LocalTrainingError) as failure:
+        local_training.run_local_training(project_config, tiny_dataset, tmp_path / "run", {})
+    run_dir = tmp_path / "run"
+    message = f"No space left on device writing into {run_dir}: free space there, or pass another --run-dir"
+    assert failure.value.summary == message
 
 
 @pytest.fixture
