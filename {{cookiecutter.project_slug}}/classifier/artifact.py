@@ -10,8 +10,10 @@ Layout of SM_MODEL_DIR (and of model.tar.gz):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torchvision
@@ -71,22 +73,60 @@ def readable_class_name(folder_name: str) -> str:
     return name.replace("_", " ")
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """`torch.save` to a temporary file beside `path`, then rename it to `path`.
+def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """`write` into a temporary file beside `path`, then rename it to `path`.
 
     `path` then holds the old file or the new one whole, never half of one: a spot interruption or
-    a full disk can stop the process mid-write.
+    a full disk can stop the process mid-write. On any error the temporary file is removed too.
     """
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        with tmp.open("wb") as stream:
+            write(stream)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class _KeepsWriteErrors:
+    """A file for `torch.save` that keeps the OSError its write() raised: torch's zip writer reports it
+    as "unexpected pos" (a RuntimeError), which would hide a full disk (ENOSPC) behind a C++ message."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.name = stream.name
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.stream.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """`torch.save` to `path`, whole or not at all; a full disk raises its OSError (ENOSPC)."""
+
+    def save(stream: BinaryIO) -> None:
+        writer = _KeepsWriteErrors(stream)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is None:
+                raise
+            raise writer.error from None
+
+    _write_atomically(path, save)
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    """`atomic_save` for text files."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """`atomic_save` for text files (UTF-8)."""
+    _write_atomically(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
 def save_artifact(
@@ -100,9 +140,7 @@ def save_artifact(
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(model.state_dict(), model_dir / WEIGHTS_FILENAME)
     if quantized is not None:
-        tmp = model_dir / (QUANTIZED_FILENAME + ".tmp")
-        torch.jit.save(quantized, str(tmp))
-        tmp.replace(model_dir / QUANTIZED_FILENAME)
+        _write_atomically(model_dir / QUANTIZED_FILENAME, lambda stream: torch.jit.save(quantized, stream))
     atomic_write_text(metadata.to_json(), model_dir / METADATA_FILENAME)
 
 

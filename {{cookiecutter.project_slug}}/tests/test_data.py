@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import ast
+import errno
+import inspect
 import json
+import os
+import re
 import shutil
+import struct
+import subprocess
+import tempfile
+import time
 import zipfile
+import zlib
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +27,7 @@ data = project_module("data")
 cli = project_module("cli")
 open_session = project_module("session").open_session
 ProjectConfig = project_module("config").ProjectConfig
+local_training = project_module("local_training")
 
 
 def test_prepare_keeps_the_splits_and_excludes_corrupt_images(tiny_dataset, tmp_path):
@@ -102,3 +114,315 @@ def test_upload_skips_files_already_there_and_unchanged(project_root, tiny_datas
     assert first.destination == aws.s3_uri("data") + "/"
     key = first.uploaded[0]
     assert (tmp_path / "out" / "aws" / "s3" / aws.bucket / key).is_file()
+
+
+# --- nothing lost or half-written -------------------------------------------------------------------
+
+
+def solid(folder: Path, name: str, colour: tuple[int, int, int], image_format: str, size=(48, 40)) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(folder / name, format=image_format)
+
+
+def distance(first: tuple[float, ...], second: tuple[float, ...]) -> float:
+    return sum((a - b) ** 2 for a, b in zip(first, second, strict=True))
+
+
+def mean_colour(path: Path) -> tuple[float, ...]:
+    with Image.open(path) as image:
+        pixels = list(image.convert("RGB").getdata())
+    return tuple(sum(channel) / len(pixels) for channel in zip(*pixels, strict=True))
+
+
+def colliding_dataset(root: Path) -> dict[tuple[float, ...], str]:
+    """Every split and class; in train/a, four images whose names differ only in suffix or its case.
+    Each image has its own colour: the colour says which input an output came from."""
+    colours: dict[tuple[float, ...], str] = {}
+    names = [("dog.png", "PNG"), ("dog.jpg", "JPEG"), ("dog.JPG", "JPEG"), ("dog.webp", "WEBP")]
+    for split in data.SPLITS:
+        for class_index, name in enumerate(("a", "b")):
+            files = names if (split, name) == ("train", "a") else [("other.jpg", "JPEG")]
+            for index, (file_name, image_format) in enumerate(files):
+                colour = (40 * index + 10, 100 * class_index + 20, 60 * data.SPLITS.index(split) + 30)
+                solid(root / split / name, file_name, colour, image_format)
+                colours[colour] = f"{split}/{name}/{file_name}"
+    return colours
+
+
+# Copied, only dog.jpg meets a name taken (dog.JPG, where case does not count); resized, every image is
+# written as .jpg, so three of the four are renamed.
+@pytest.mark.parametrize(("resize_to", "renamed"), [(None, 1), (20, 3)], ids=["copied", "resized"])
+def test_every_input_image_is_one_output_when_names_collide(tmp_path, resize_to, renamed):
+    colours = colliding_dataset(tmp_path / "source")
+    manifest = data.prepare(tmp_path / "source", tmp_path / "out", resize_to=resize_to)
+    outputs = [path for path in (tmp_path / "out").rglob("*") if path.is_file() and path.suffix != ".json"]
+    # One file per input, names distinct even where case does not count (macOS, Windows).
+    assert len(outputs) == len(colours)
+    assert len({path.relative_to(tmp_path / "out").as_posix().lower() for path in outputs}) == len(outputs)
+    found = set()
+    for path in outputs:  # each output is the input of the nearest colour (JPEG shifts it a little)
+        colour = mean_colour(path)
+        nearest = min(colours, key=lambda candidate: distance(candidate, colour))
+        assert distance(nearest, colour) < 50, path
+        found.add(colours[nearest])
+    assert found == set(colours.values())
+    # The manifest counts what is on disk, and names what was renamed.
+    for split in data.SPLITS:
+        for name in manifest.classes:
+            assert manifest.counts[split][name] == len(list((tmp_path / "out" / split / name).iterdir()))
+    assert len(manifest.renamed) == renamed and {item["path"] for item in manifest.renamed} < set(
+        colours.values()
+    )
+    again = data.prepare(tmp_path / "source", tmp_path / "again", resize_to=resize_to)
+    assert again.renamed == manifest.renamed  # the same names every run
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims `width` x `height` pixels (and holds no pixels)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_oversize_and_undecodable_images_are_skipped_and_listed_never_a_traceback(
+    project_root, tiny_dataset, tmp_path
+):
+    source = tmp_path / "source"
+    shutil.copytree(tiny_dataset, source)
+    folder = source / "train" / "001.Class_001"
+    png_header_only(folder / "huge.png", 30_000, 30_000)  # 900 megapixels: over Pillow's limit
+    (folder / "noise.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (folder / "empty.webp").write_bytes(b"")
+    result = CliRunner().invoke(
+        cli.main,
+        ["--project", str(project_root), "data", "prepare", str(source), "--dest", str(tmp_path / "out")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    manifest = data.read_manifest(tmp_path / "out")
+    reasons = {item["path"].rsplit("/", 1)[1]: item["reason"] for item in manifest.excluded}
+    assert sorted(reasons) == ["empty.webp", "huge.png", "noise.jpg"]
+    assert reasons["huge.png"].startswith("DecompressionBombError")
+    text = " ".join(result.stdout.split())
+    assert "3 images left out" in text and all(f"train/001.Class_001/{name}" in text for name in reasons)
+    assert manifest.counts["train"]["001.Class_001"] == 6
+
+
+def test_an_error_that_stops_prepare_leaves_no_partial_dest(
+    project_root, tiny_dataset, tmp_path, monkeypatch
+):
+    copied = []
+
+    def disk_fills_up(source, target):
+        if len(copied) == 5:
+            Path(target).write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        copied.append(target)
+        return shutil.copyfile(source, target)
+
+    monkeypatch.setattr(data.shutil, "copy2", disk_fills_up)
+    out = tmp_path / "parent" / "out"
+    arguments = ["--project", str(project_root), "data", "prepare", str(tiny_dataset), "--dest", str(out)]
+    result = CliRunner().invoke(cli.main, [*arguments, "--resize", "0"])
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"Error: No space left on device while preparing {out}")
+    assert not out.exists() and list(out.parent.iterdir()) == []  # no staging folder left either
+
+
+def mount_tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system (a tmpfs; the test is skipped where mounting needs a root this user is not)."""
+    folder = tmp_path / "small-disk"
+    mount_tmpfs(folder, "1m")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_stops_prepare_in_one_line_and_leaves_nothing(small_disk, tmp_path):
+    source = tmp_path / "source"
+    for index in range(4):  # 12 images of ~190 KB of noise: more than the disk holds
+        for split in data.SPLITS:
+            folder = source / split / f"c{index % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.frombytes("RGB", (256, 256), os.urandom(256 * 256 * 3)).save(folder / f"{index}.png")
+    with pytest.raises(data.DataError) as failure:
+        data.prepare(source, small_disk / "out")
+    assert "No space left on device" in str(failure.value) and "\n" not in str(failure.value)
+    assert list(small_disk.iterdir()) == []
+
+
+def test_prepare_refuses_a_dest_that_is_not_empty_naming_a_real_option(project_root, tiny_dataset, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "--project",
+            str(project_root),
+            "data",
+            "prepare",
+            str(tiny_dataset),
+            "--dest",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == 1
+    named = re.findall(r"--[a-z][a-z-]*", result.stderr)
+    prepare_options = {option for param in cli.data.commands["prepare"].params for option in param.opts}
+    assert named and set(named) <= prepare_options
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def click_options(command) -> set[str]:
+    options = {option for param in command.params for option in (*param.opts, *param.secondary_opts)}
+    for sub in getattr(command, "commands", {}).values():
+        options |= click_options(sub)
+    return options
+
+
+def test_every_option_named_in_a_data_or_training_message_exists():
+    """Messages of data.py, local_training.py and the data and train commands name only real options."""
+    sources = [inspect.getsource(data), inspect.getsource(local_training)]
+    sources += [
+        inspect.getsource(function)
+        for function in (
+            cli.data_prepare.callback,
+            cli.data_synthetic.callback,
+            cli.data_upload.callback,
+            cli.train.callback,
+            cli._claim_run_dir,
+        )
+    ]
+    named = set()
+    for source in sources:
+        tree = ast.parse(inspect.cleandoc(source) if source.startswith(" ") else source)
+        # Docstrings describe (SageMaker's `--name value`); messages are every other string.
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                named |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", node.value))
+    assert "--dest" in named and "--overwrite" in named  # the scan finds them
+    assert named <= click_options(cli.main), named - click_options(cli.main)
+
+
+def write_zip(path: Path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, payload in members.items():
+            archive.writestr(name, payload)
+    return path
+
+
+def dataset_members(tiny_dataset: Path) -> dict[str, bytes]:
+    return {
+        f"set/{p.relative_to(tiny_dataset).as_posix()}": p.read_bytes() for p in tiny_dataset.rglob("*.jpg")
+    }
+
+
+def test_a_zip_bomb_is_refused_in_one_line_before_anything_is_written(tiny_dataset, tmp_path, monkeypatch):
+    bomb = write_zip(
+        tmp_path / "bomb.zip", {**dataset_members(tiny_dataset), "set/train/x/big.bmp": bytes(64 << 20)}
+    )
+    assert bomb.stat().st_size < 1 << 20  # 64 MiB of zeros in well under 1 MiB
+    monkeypatch.setattr(zipfile.ZipFile, "extract", lambda *a, **k: pytest.fail("extracted"))
+    started = time.perf_counter()
+    with pytest.raises(data.DataError) as failure:
+        data.prepare(bomb, tmp_path / "out")
+    took = time.perf_counter() - started
+    message = str(failure.value)
+    assert "\n" not in message and "set/train/x/big.bmp expands" in message and "not extracted" in message
+    assert took < 2, took  # read from the zip's directory, nothing decompressed
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "words"),
+    [
+        ("MAX_ZIP_MEMBERS", 10, "files; at most 10"),
+        ("MAX_ZIP_MEMBER_BYTES", 100, "no image needs more than 100"),
+    ],
+)
+def test_zip_member_count_and_size_are_bounded(tiny_dataset, tmp_path, monkeypatch, limit, value, words):
+    archive = write_zip(tmp_path / "set.zip", dataset_members(tiny_dataset), zipfile.ZIP_STORED)
+    monkeypatch.setattr(data, limit, value)
+    with pytest.raises(data.DataError, match=re.escape(words)):
+        data.prepare(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zip_larger_than_the_free_space_is_refused():
+    members = [zipfile.ZipInfo("a.jpg"), zipfile.ZipInfo("b.jpg")]
+    for member in members:
+        member.file_size = member.compress_size = 600
+    with pytest.raises(data.DataError, match="expands to 1,200 bytes, over 1,000"):
+        data.check_zip_bounds(Path("set.zip"), members, free_bytes=1000)
+    data.check_zip_bounds(Path("set.zip"), members, free_bytes=1200)
+
+
+def test_zip_slip_members_stay_inside(tiny_dataset, tmp_path, monkeypatch):
+    scratch = tmp_path / "deep" / "er" / "scratch"
+    scratch.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where prepare extracts
+    inside = "set/train/001.Class_001/"
+    members = {
+        **dataset_members(tiny_dataset),
+        inside + "../" * 6 + "climbed.jpg": b"x",  # extracted as set/train/001.Class_001/climbed.jpg
+        "/" + inside + "rooted.jpg": b"x",  # as set/train/001.Class_001/rooted.jpg, not under /
+    }
+    manifest = data.prepare(write_zip(tmp_path / "set.zip", members), tmp_path / "out")
+    # Inside the dataset, where they are found not to decode: nothing was written outside the scratch folder.
+    excluded = sorted(item["path"] for item in manifest.excluded)
+    assert excluded == ["train/001.Class_001/climbed.jpg", "train/001.Class_001/rooted.jpg"]
+    assert not [path for path in tmp_path.rglob("*.jpg") if path.name in ("climbed.jpg", "rooted.jpg")]
+    assert not Path("/" + inside + "rooted.jpg").exists()
+
+
+@pytest.mark.parametrize("layout", ["folder per class", "splits"])
+def test_an_empty_class_folder_is_named_in_one_line_not_dropped(tiny_dataset, tmp_path, layout, project_root):
+    source = tmp_path / "source"
+    if layout == "splits":
+        shutil.copytree(tiny_dataset, source)
+        (source / "valid" / "004.Class_004").mkdir()
+        empty = "valid/004.Class_004"
+    else:
+        shutil.copytree(tiny_dataset / "train", source)
+        (source / "004.Class_004").mkdir()
+        (source / "004.Class_004" / ".DS_Store").write_bytes(b"\0")
+        empty = "004.Class_004"
+    result = CliRunner().invoke(
+        cli.main,
+        ["--project", str(project_root), "data", "prepare", str(source), "--dest", str(tmp_path / "out")],
+    )
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert f"1 class folder(s) of {source} hold no images ({empty})" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_class_left_without_images_in_a_split_is_refused(tmp_path):
+    """Training refuses a class missing from a split: prepare says so first, and writes nothing."""
+    for name, count in (("a", 10), ("b", 10), ("c", 1)):
+        for index in range(count):
+            solid(tmp_path / "source" / name, f"{index}.jpg", (index * 30, 0, 0), "JPEG")
+    with pytest.raises(data.DataError, match=r"no images left for valid/c, test/c"):
+        data.prepare(tmp_path / "source", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

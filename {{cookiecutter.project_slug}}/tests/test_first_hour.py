@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import subprocess
 import urllib.error
 
 import pytest
@@ -154,3 +156,79 @@ def test_a_local_run_never_silently_replaces_an_earlier_one(project_root, tiny_d
     assert result.exit_code == 1
     assert "holds an earlier run: pass --run-dir <new folder> to keep it, or --overwrite" in result.stderr
     assert (run_dir / "model.tar.gz").read_bytes() == b"an earlier run"
+
+
+def test_an_interrupted_local_run_is_resumed_and_overwrite_starts_it_over(
+    project_root, tiny_dataset, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    checkpoint = run_dir / local_training.CHECKPOINT  # what a run killed after an epoch leaves
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"epoch 2")
+    resumed = []
+
+    def run_local_training(config, data_dir, output_dir, hyperparameters, *, debugger, resume):
+        resumed.append(resume)
+        return output_dir / "model.tar.gz"
+
+    monkeypatch.setattr(local_training, "run_local_training", run_local_training)
+    arguments = ["--project", str(project_root), "train", "--local", "--data", str(tiny_dataset)]
+    arguments += ["--run-dir", str(run_dir), "--no-tuned"]
+    again = CliRunner().invoke(cli.main, arguments)
+    assert again.exit_code == 0, again.output
+    assert f"resuming the interrupted run in {run_dir} (--overwrite starts it over)" in again.stdout
+    overwritten = CliRunner().invoke(cli.main, [*arguments, "--overwrite"])
+    assert overwritten.exit_code == 0, overwritten.output
+    assert "resuming" not in overwritten.stdout
+    assert resumed == [True, False]
+
+
+def test_a_full_disk_on_the_launchers_side_is_one_line(project_config, tiny_dataset, tmp_path, monkeypatch):
+    def disk_full(config, archive):
+        archive.write_bytes(b"half an archive")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(project_module("sagemaker_api"), "training_source_archive", disk_full)
+    with pytest.raises(local_training.LocalTrainingError) as failure:
+        local_training.run_local_training(project_config, tiny_dataset, tmp_path / "run", {})
+    run_dir = tmp_path / "run"
+    message = f"No space left on device writing into {run_dir}: free space there, or pass another --run-dir"
+    assert failure.value.summary == message
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB file system (a tmpfs; skipped where mounting one needs a root this user is not)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.slow
+def test_a_local_run_on_a_full_disk_is_one_line_and_leaves_no_partial_file(
+    project_root, tiny_dataset, small_disk
+):
+    arguments = [
+        "--project",
+        str(project_root),
+        "train",
+        "--local",
+        "--data",
+        str(tiny_dataset),
+        "--no-tuned",
+    ]
+    arguments += ["--run-dir", str(small_disk / "run")]
+    for name, value in {**TINY_TRAINING, "epochs": 1, "backbone": "resnet18"}.items():
+        arguments += ["--hp", f"{name}={str(value).lower() if isinstance(value, bool) else value}"]
+    result = CliRunner().invoke(cli.main, arguments)
+    assert result.exit_code == 1
+    (error,) = result.stderr.strip().splitlines()
+    assert error.startswith("Error: train_model.py stopped: cannot save ")
+    assert "No space left on device" in error
+    assert not [path.name for path in small_disk.rglob("*.tmp")]

@@ -5,9 +5,11 @@ The modules are imported from the staged training source directory, exactly what
 
 from __future__ import annotations
 
+import errno
 import io
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -231,3 +233,76 @@ def test_debugger_log_names_the_real_reason_smdebug_did_not_import(training):
     assert debugger.import_failure(broken) == (
         "smdebug is installed but cannot be imported: AttributeError: `np.float_` was removed"
     )
+
+
+def test_full_finetuning_drops_a_last_training_batch_of_one_image(training, tmp_path):
+    """BatchNorm in training mode cannot normalise one image: 9 = 2 x 4 + 1 images train in two batches."""
+    engine = training("engine")
+    data_dir = make_dataset(
+        tmp_path / "data", num_classes=3, images_per_class={"train": 3, "valid": 1, "test": 1}
+    )
+    args = tiny_args(engine, data_dir, tmp_path / "run", "--finetune", "full", "--batch_size", "4")
+    result = engine.main(args)  # raised "Expected more than 1 value per channel when training" before
+    assert result["epochs_run"] == 1
+    history = (tmp_path / "run" / "output" / "history.json").read_text()
+    assert '"validation_loss"' in history
+
+
+def test_only_a_last_batch_of_one_is_dropped_and_only_when_asked(training):
+    data = training("data")
+
+    def batches(items: int, drop: bool) -> int:
+        loader = data.make_loader(
+            [None] * items,
+            4,
+            shuffle=True,
+            seed=0,
+            num_workers=0,
+            distributed=False,
+            pin_memory=False,
+            drop_last_single=drop,
+        )
+        return len(loader)
+
+    assert [batches(n, True) for n in (8, 9, 10, 1)] == [2, 2, 3, 1]
+    assert [batches(n, False) for n in (8, 9, 10, 1)] == [2, 3, 3, 1]
+
+
+def test_atomic_save_removes_its_partial_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    from classifier import artifact
+
+    target = tmp_path / "best.pth"
+    artifact.atomic_save({"epoch": 1}, target)
+
+    def half_written(obj, stream, *args, **kwargs):
+        stream.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        artifact.atomic_save({"epoch": 2}, target)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best.pth"]
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+
+
+@pytest.mark.parametrize("failing", ["best.pth", "checkpoint.pth", "model.pth"])
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_file(
+    training, tiny_dataset, tmp_path, monkeypatch, failing
+):
+    engine = training("engine")
+    save = torch.save
+
+    def disk_fills_up(obj, stream, *args, **kwargs):
+        if Path(getattr(stream, "name", str(stream))).name == failing + ".tmp":
+            stream.write(b"half a file")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(obj, stream, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(SystemExit) as stopped:
+        engine.main(tiny_args(engine, tiny_dataset, tmp_path))
+    message = str(stopped.value)
+    assert message.startswith(f"cannot save {tmp_path}/") and "\n" not in message
+    assert "No space left on device; free space in" in message
+    assert not list(tmp_path.rglob("*.tmp"))

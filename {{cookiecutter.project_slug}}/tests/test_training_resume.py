@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAINING
+from conftest import PACKAGE, TINY_TRAINING, project_module
 from sagemaker_training.mapping import to_cmd_args
 
 from classifier.artifact import load_artifact
@@ -86,3 +89,38 @@ def test_two_process_ddp_on_cpu_saves_an_unwrapped_model(training_source, tiny_d
     assert not any(name.startswith("module.") for name in state)
     model, _ = load_artifact(tmp_path / "model")
     assert head(model).out_features == 3
+
+
+@pytest.mark.slow
+def test_a_killed_local_run_resumes_when_the_same_command_runs_again(project_root, tiny_dataset, tmp_path):
+    """`kill -9` after the epoch-2 checkpoint, then the same `train --local`: it continues from there."""
+    run_dir, epochs = tmp_path / "run", 4
+    hyperparameters = {**ARGS, "epochs": epochs, "quantize": "float"}  # no int8 copy: seconds saved
+    command = [
+        *(sys.executable, "-m", PACKAGE, "--project", str(project_root), "train", "--local", "--no-tuned"),
+        *("--data", str(tiny_dataset), "--run-dir", str(run_dir)),
+        *(f"--hp={name}={json.dumps(value)}" for name, value in hyperparameters.items()),
+    ]
+    log = run_dir / "training.log"
+    # Its own process group: the kill takes the command, the toolkit and the script at once.
+    with subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+    ) as process:
+        deadline = time.monotonic() + 300
+        while "checkpoints: epoch 2 saved" not in (log.read_text() if log.is_file() else ""):
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before epoch 2"
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGKILL)
+    checkpoint = run_dir / project_module("local_training").CHECKPOINT
+    saved_epoch = torch.load(checkpoint, weights_only=True)["epoch"] + 1  # counted from 1, as the log does
+    assert 2 <= saved_epoch < epochs and not (run_dir / "model.tar.gz").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming the interrupted run in {run_dir}" in " ".join(again.stdout.split())
+    resumed = log.read_text().rsplit("checkpoints: resuming at epoch", 1)
+    assert len(resumed) == 2 and resumed[1].startswith(f" {saved_epoch + 1} of {epochs} from ")
+    assert f"epoch {saved_epoch}/{epochs}:" not in resumed[1]  # no epoch trained twice
+    history = json.loads((run_dir / "opt_ml" / "output" / "data" / "history.json").read_text())
+    assert len(history["epochs"]) == history["epochs_run"] == epochs
+    assert (run_dir / "model.tar.gz").is_file()

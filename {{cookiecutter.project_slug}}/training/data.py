@@ -347,13 +347,18 @@ def make_loader(
     num_workers: int,
     distributed: bool,
     pin_memory: bool,
+    drop_last_single: bool = False,
 ) -> DataLoader:
+    """Batches of `dataset` in a seeded order; `drop_last_single` leaves out a last batch of one item
+    unless it is the only batch (each process's share is the same length, so every process drops it
+    or none does)."""
     sampler = SeededSampler(len(dataset), seed, shuffle, distributed)
     sampler.set_epoch(0)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        drop_last=drop_last_single and len(sampler) > batch_size and len(sampler) % batch_size == 1,
         num_workers=num_workers,
         # A worker has at most PREFETCH_BATCHES batches queued; one more is being read, one pinned.
         collate_fn=(

@@ -11,7 +11,9 @@ Imports only what the PyTorch training image has plus this source directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import errno
 import json
 import math
 import os
@@ -54,13 +56,15 @@ from rules import (
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from classifier.artifact import ModelMetadata, atomic_save, choose_precision, save_artifact
+from classifier.artifact import ModelMetadata, atomic_save, atomic_write_text, choose_precision, save_artifact
 from classifier.backbones import WeightsUnavailable, build_model, head, trainable_parameters
 from classifier.presets import EvalPreset, TrainPreset
 from classifier.schema import FINETUNE_MODES, OPTIMIZERS, QUANTIZE_SETTINGS, SCHEDULERS
 
 CHECKPOINT_FILENAME = "checkpoint.pth"
 BEST_FILENAME = "best.pth"
+# What a full disk or an exhausted quota raises while a file is written.
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 # Arguments that do not change the result: a checkpoint written under other values still resumes.
 NOT_RESULT_AFFECTING = {
     "model_dir",
@@ -487,6 +491,21 @@ def class_weight_tensor(split: SplitFiles, num_classes: int) -> torch.Tensor:
 # --------------------------------------------------------------------------- checkpoints
 
 
+@contextlib.contextmanager
+def saving(path: Path) -> Iterator[None]:
+    """A full disk (or quota) while writing `path` stops the job with one line, not a traceback; the
+    partial file is gone already (atomic_save removes it)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        raise SystemExit(
+            f"cannot save {error.filename or path}: {error.strerror}; free space in {path.parent} and "
+            "run again (a run resumes from its last checkpoint)"
+        ) from None
+
+
 def run_signature(args: argparse.Namespace) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_RESULT_AFFECTING}
 
@@ -604,6 +623,13 @@ def load_data(
     prepare_images = image_preparer(cluster.device, eval_preset.scaling, channels_last=on_gpu)
     data = Data(class_names, files, None, None, None, prepare_images)
 
+    # BatchNorm in training mode cannot normalise a batch of one image ("Expected more than 1 value per
+    # channel"): when the whole network trains and has BatchNorm, a last training batch of one is dropped
+    # (a different image each epoch, as the order is shuffled).
+    single_image_batch_fails = args.finetune == "full" and any(
+        isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()
+    )
+
     def images(split: str, shuffle: bool, batch_size: int, transform, cache=None, preset=None) -> object:
         return make_loader(
             ImageFiles(files[split], transform, cache, preset),
@@ -613,6 +639,7 @@ def load_data(
             num_workers=num_workers,
             distributed=cluster.distributed,
             pin_memory=on_gpu,
+            drop_last_single=split == "train" and single_image_batch_fails,
         )
 
     if not args.feature_cache:
@@ -864,10 +891,12 @@ def fit(
     for epoch in range(progress.start_epoch, args.epochs):
         improved = fit_epoch(args, training, data, watch, progress, epoch, log)
         if improved and cluster.is_main and checkpoint_dir:
-            atomic_save(training.trained.state_dict(), checkpoint_dir / BEST_FILENAME)
+            with saving(checkpoint_dir / BEST_FILENAME):
+                atomic_save(training.trained.state_dict(), checkpoint_dir / BEST_FILENAME)
         progress.stopped_early = args.patience > 0 and progress.stale_epochs >= args.patience
         if cluster.is_main and checkpoint_dir:
-            save_checkpoint(args, training, watch, progress, epoch, checkpoint_dir / CHECKPOINT_FILENAME)
+            with saving(checkpoint_dir / CHECKPOINT_FILENAME):
+                save_checkpoint(args, training, watch, progress, epoch, checkpoint_dir / CHECKPOINT_FILENAME)
             log(f"checkpoints: epoch {epoch + 1} saved", flush=True)
         cluster.barrier()
         if progress.stopped_early:
@@ -987,9 +1016,8 @@ def save(
         precision, reason = choose_precision(metadata, "cpu")
         print(f"int8: a CPU endpoint will serve {precision}: {reason}; GPU endpoints serve float", flush=True)
     Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.output_data_dir) / "history.json").write_text(
-        json.dumps({"epochs": history, **result}, indent=2)
-    )
+    history_path = Path(args.output_data_dir) / "history.json"
+    atomic_write_text(json.dumps({"epochs": history, **result}, indent=2), history_path)
 
 
 def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test: bool = False) -> dict:
@@ -1036,7 +1064,8 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
     if cluster.is_main:
         # The deployed model (train_model.py's) gets an int8 copy; a tuning job's is ranked, not served.
         quantized = quantize_for_cpu(args, cluster, training, data, log) if evaluate_test else None
-        save(args, training, data, result, progress.history, quantized)
+        with saving(Path(args.model_dir)):
+            save(args, training, data, result, progress.history, quantized)
         took = time.perf_counter() - started
         log(f"model saved to {args.model_dir}; the whole run took {took:.1f}s", flush=True)
     cluster.barrier()

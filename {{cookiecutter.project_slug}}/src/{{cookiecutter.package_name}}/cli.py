@@ -108,14 +108,19 @@ def _report_dry_run(session: Session) -> None:
     console.print(f"requests: {folder / REQUESTS_FILENAME}   offline S3: {folder / S3_FOLDER}/")
 
 
-def _claim_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """An earlier local run in `run_dir` is replaced only when the user says so (asked, or --overwrite)."""
+def _claim_run_dir(run_dir: Path, overwrite: bool) -> bool:
+    """An earlier local run in `run_dir` is replaced only when the user says so (asked, or --overwrite);
+    one that was interrupted is resumed from its checkpoint (True) unless --overwrite."""
+    from .local_training import interrupted_run
+
     earlier = run_dir / "model.tar.gz"
-    if overwrite or not earlier.exists():
-        return
+    if overwrite:
+        return False
+    if not earlier.exists():
+        return interrupted_run(run_dir) is not None
     question = f"{run_dir} holds an earlier run ({earlier.name}); replace it?"
     if sys.stdin.isatty() and click.confirm(question, default=False):
-        return
+        return False
     raise click.ClickException(
         f"{run_dir} holds an earlier run: pass --run-dir <new folder> to keep it, "
         "or --overwrite to replace it"
@@ -302,8 +307,18 @@ def data_prepare(ctx: click.Context, source: str, dest: Path | None, resize: int
         f"images {shrunk}: {manifest.source_bytes / 1e6:,.1f} MB read, "
         f"{manifest.written_bytes / 1e6:,.1f} MB written (what `data upload` sends and every job downloads)"
     )
-    for item in manifest.excluded:
-        console.print(f"[yellow]excluded[/] {item['path']}: {item['reason']}")
+    listed = destination / data_module.MANIFEST_FILENAME
+    shown = 20  # lines of each list; all of it is in the manifest
+    for items, what, detail in (
+        (manifest.excluded, "left out (they do not decode, or are over Pillow's pixel limit)", "reason"),
+        (manifest.renamed, "renamed (their name was taken in their folder)", "written_as"),
+    ):
+        if items:
+            console.print(f"[yellow]{len(items)} images {what}[/], all listed in {listed}:")
+        for item in items[:shown]:
+            console.print(f"  {escape(item['path'])}: {escape(item[detail])}")
+        if len(items) > shown:
+            console.print(f"  ... and {len(items) - shown} more")
     expected = config.model["num_classes"]
     if len(manifest.classes) != expected:
         # Said now, naming the key: training would otherwise stop on it after the instance was paid for.
@@ -445,7 +460,9 @@ def train(
             config, ProjectState(config.state_dir), overrides, use_tuned=tuned
         )
         run_dir = run_dir or config.root / "runs" / "local"
-        _claim_run_dir(run_dir, overwrite)
+        resume = _claim_run_dir(run_dir, overwrite)
+        if resume:
+            console.print(f"resuming the interrupted run in {run_dir} (--overwrite starts it over)")
         console.print(f"training locally into {run_dir} (log: {run_dir / 'training.log'})")
         model = run_local_training(
             config,
@@ -453,6 +470,7 @@ def train(
             run_dir,
             hyperparameters,
             debugger=debugger,
+            resume=resume,
         )
         console.print(f"model: {model}")
         return

@@ -10,7 +10,9 @@ at a fraction of the bytes, so the upload, every job's download and every epoch'
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import itertools
 import json
 import random
 import shutil
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn, track
 
 from .config import ProjectConfig, schema
@@ -31,6 +33,18 @@ from .context import AwsContext
 from .synthetic import SPLITS
 
 MANIFEST_FILENAME = "manifest.json"
+
+# Bounds on a zip, checked on its directory before anything is extracted. Image files barely compress
+# (JPEG, PNG, WebP are compressed already): a member that expands over a hundredfold is a zip bomb, not
+# a photo, and no image this project can decode needs 512 MiB of file.
+MAX_ZIP_MEMBERS = 1_000_000
+MAX_ZIP_MEMBER_BYTES = 512 * 2**20
+MAX_ZIP_TOTAL_BYTES = 200 * 2**30
+MAX_ZIP_RATIO = 100
+# Members this small may compress well (a blank BMP) whatever they hold: their ratio is not judged.
+ZIP_RATIO_EXEMPT_BYTES = 2**20
+# What a full disk or an exhausted quota raises while writing.
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class DataError(Exception):
@@ -42,6 +56,8 @@ class Manifest:
     classes: list[str]
     counts: dict[str, dict[str, int]]
     excluded: list[dict[str, str]] = field(default_factory=list)
+    # Images written under another name than their own, because that name was taken in their folder.
+    renamed: list[dict[str, str]] = field(default_factory=list)
     resized_to: int | None = None
     source: str = ""
     # Bytes of the images read (those kept) and written: what resizing saved in the upload.
@@ -170,12 +186,17 @@ def _existing_splits(root: Path) -> dict[str, dict[str, list[Path]]]:
 
 
 def check_image(path: Path) -> str | None:
-    """None when the image decodes completely, else the reason it does not."""
+    """None when the image decodes completely, else the reason it does not.
+
+    Any exception counts: on hostile files Pillow's decoders raise many kinds (DecompressionBombError
+    over its pixel limit, struct.error, IndexError, ...), and each means the same here: the image
+    cannot be trained on, so it is left out and listed, never a traceback.
+    """
     try:
         with Image.open(path) as image:
             image.load()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        return f"{type(error).__name__}: {error}"
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        return f"{type(error).__name__}: {' '.join(str(error).split())}"
     return None
 
 
@@ -188,8 +209,8 @@ def resized_size(size: tuple[int, int], shorter_side: int) -> tuple[int, int]:
     return int(shorter_side * width / height), shorter_side
 
 
-def _write_image(source: Path, target: Path, resize_to: int | None) -> Path:
-    """Copy `source`, or write it upright with its shorter side `resize_to` (JPEG); returns what was written.
+def upright_resized(source: Path, resize_to: int | None) -> Image.Image | None:
+    """`source` upright with its shorter side `resize_to`, in memory; None when it is to be copied as is.
 
     The EXIF orientation is applied before the resize, as both presets apply it: the written JPEG
     carries no orientation tag, so training reads the same upright picture the endpoint would
@@ -199,15 +220,27 @@ def _write_image(source: Path, target: Path, resize_to: int | None) -> Path:
     with Image.open(source) as image:
         upright = image.size[::-1] if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else image.size
         if resize_to is None or min(upright) <= resize_to:
-            shutil.copy2(source, target)
-            return target
+            return None
         image = ImageOps.exif_transpose(image)
         image = image if image.mode == "RGB" else image.convert("RGB")
-        written = target.with_suffix(".jpg")
-        image.resize(resized_size(image.size, resize_to), Image.Resampling.BILINEAR).save(
-            written, format="JPEG", quality=90
-        )
-        return written
+        return image.resize(resized_size(image.size, resize_to), Image.Resampling.BILINEAR)
+
+
+def distinct_name(source: Path, suffix: str, taken: set[str]) -> str:
+    """`source`'s stem with `suffix`, unless an earlier image of the same folder took that name: then one
+    with the original suffix in it (`dog.png` -> `dog-png.jpg`, then `dog-png-2.jpg`, ...).
+
+    `taken` holds the folder's names so far, in lower case: on macOS and Windows `dog.JPG` and
+    `dog.jpg` are one file. The images come in a fixed order (sorted, or shuffled with the split seed),
+    so the names are the same every run.
+    """
+    extension = source.suffix.lstrip(".")
+    fallbacks = (f"{source.stem}-{extension}-{number}{suffix}" for number in itertools.count(2))
+    for name in itertools.chain((source.stem + suffix, f"{source.stem}-{extension}{suffix}"), fallbacks):
+        if name.lower() not in taken:
+            taken.add(name.lower())
+            return name
+    raise AssertionError("unreachable: itertools.count never ends")
 
 
 def default_resize(config: ProjectConfig) -> int:
@@ -237,65 +270,175 @@ def prepare(
 ) -> Manifest:
     """Check every image of `source`; write the train/valid/test layout and manifest.json to `destination`.
 
-    `source` is a URL or path of a zip (e.g. dogImages.zip), or a folder. Images
-    that do not decode are listed in the manifest and left out. `resize_to` writes
-    upright JPEGs whose shorter side is that many pixels (smaller images are copied as
-    they are); None copies every image.
+    `source` is a URL or path of a zip (e.g. dogImages.zip), or a folder. Images that do not
+    decode (or are over Pillow's pixel limit) are listed in the manifest and left out; every other
+    image is one file of the output, renamed where its name was taken (listed too). `resize_to`
+    writes upright JPEGs whose shorter side is that many pixels (smaller images are copied as they
+    are); None copies every image.
+
+    Everything is written to a hidden staging folder beside `destination` and moved into place at
+    the end: an error (a DataError, a full disk) leaves no `destination` behind.
     """
     destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()):
-        raise DataError(f"{destination} is not empty; remove it or choose another --out")
-    with tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
-        text = str(source)
-        if _is_url(text):
-            name = Path(urllib.parse.urlsplit(text).path).name or "dataset.zip"
-            source_path = download(text, Path(download_dir or Path(scratch)) / name)
-        else:
-            source_path = Path(source)
-        if not source_path.exists():
-            raise DataError(f"{source_path} does not exist")
-        if source_path.is_file():
-            if not zipfile.is_zipfile(source_path):
-                raise DataError(f"{source_path} is not a zip file or a folder")
-            with zipfile.ZipFile(source_path) as archive:
-                members = archive.infolist()
-                for member in track(members, description=f"unzip {source_path.name}"):
-                    archive.extract(member, scratch)
-            root = find_dataset_root(Path(scratch))
-        else:
-            root = find_dataset_root(source_path)
-        has_splits = all((root / split).is_dir() for split in SPLITS)
-        splits = _existing_splits(root) if has_splits else _split_by_ratio(root, ratios, seed)
-        manifest = _write_checked(splits, destination, resize_to)
-    manifest.source = text
-    (destination / MANIFEST_FILENAME).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise DataError(f"{destination} is not empty; remove it or choose another --dest")
+    text = str(source)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
+            root = _dataset_root(text, Path(download_dir or scratch), Path(scratch))
+            has_splits = all((root / split).is_dir() for split in SPLITS)
+            _refuse_empty_class_folders(root, has_splits)
+            splits = _existing_splits(root) if has_splits else _split_by_ratio(root, ratios, seed)
+            manifest = _write_checked(splits, staging, resize_to)
+        _refuse_missing_classes(manifest, ratios if not has_splits else None)
+        manifest.source = text
+        (staging / MANIFEST_FILENAME).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+        if destination.exists():
+            destination.rmdir()  # empty, as checked above
+        staging.rename(destination)
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        where = f" ({error.filename})" if error.filename else ""
+        raise DataError(
+            f"{error.strerror} while preparing {destination}{where}: free some space, or choose another "
+            f"--dest (or TMPDIR for the zip's scratch folder); nothing was left in {destination}"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when it was moved into place
     return manifest
+
+
+def _dataset_root(source: str, download_dir: Path, scratch: Path) -> Path:
+    """The folder of images `source` names: itself, or a zip (downloaded first for a URL) extracted."""
+    if _is_url(source):
+        name = Path(urllib.parse.urlsplit(source).path).name or "dataset.zip"
+        source_path = download(source, download_dir / name)
+    else:
+        source_path = Path(source)
+    if not source_path.exists():
+        raise DataError(f"{source_path} does not exist")
+    if source_path.is_dir():
+        return find_dataset_root(source_path)
+    if not zipfile.is_zipfile(source_path):
+        raise DataError(f"{source_path} is not a zip file or a folder")
+    with zipfile.ZipFile(source_path) as archive:
+        members = archive.infolist()
+        check_zip_bounds(source_path, members, shutil.disk_usage(scratch).free)
+        for member in track(members, description=f"unzip {source_path.name}"):
+            # ZipFile.extract drops absolute paths and `..` (zip slip); the sizes were checked above and
+            # the reader stops at each member's recorded size, so what is written is what was checked.
+            archive.extract(member, scratch)
+    return find_dataset_root(scratch)
+
+
+def check_zip_bounds(archive: Path, members: list[zipfile.ZipInfo], free_bytes: int) -> None:
+    """Refuse, in one line and before anything is extracted, a zip that would expand out of bounds."""
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise DataError(f"{archive} holds {len(members):,} files; at most {MAX_ZIP_MEMBERS:,} are extracted")
+    total = 0
+    for member in members:
+        total += member.file_size
+        if member.file_size > MAX_ZIP_MEMBER_BYTES:
+            raise DataError(
+                f"{archive}: {member.filename} expands to {member.file_size:,} bytes; "
+                f"no image needs more than {MAX_ZIP_MEMBER_BYTES:,}: not extracted"
+            )
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > ZIP_RATIO_EXEMPT_BYTES and ratio > MAX_ZIP_RATIO:
+            raise DataError(
+                f"{archive}: {member.filename} expands {ratio:,.0f} times ({member.compress_size:,} to "
+                f"{member.file_size:,} bytes); images expand at most {MAX_ZIP_RATIO} times: not extracted"
+            )
+    if total > MAX_ZIP_TOTAL_BYTES or total > free_bytes:
+        bound = min(MAX_ZIP_TOTAL_BYTES, free_bytes)
+        raise DataError(
+            f"{archive} expands to {total:,} bytes, over {bound:,} (the free space of the scratch folder "
+            f"{tempfile.gettempdir()}, or {MAX_ZIP_TOTAL_BYTES:,}): not extracted; set TMPDIR to a larger one"
+        )
+
+
+def _refuse_empty_class_folders(root: Path, has_splits: bool) -> None:
+    """A class folder with no images is almost certainly a mistake: it would change the class count."""
+    if has_splits:
+        folders = [folder for split in SPLITS for folder in _class_folders(root / split)]
+    else:
+        folders = _class_folders(root)
+    empty = [folder.relative_to(root).as_posix() for folder in folders if not _images_in(folder)]
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise DataError(
+            f"{len(empty)} class folder(s) of {root} hold no images ({shown}): add the images or remove "
+            f"the folder; the class count would change (suffixes read: {', '.join(schema.IMAGE_SUFFIXES)})"
+        )
+
+
+def _refuse_missing_classes(manifest: Manifest, ratios: Iterable[float] | None) -> None:
+    """Training needs every class in every split (it refuses the data otherwise): say so now."""
+    missing = [
+        f"{split}/{name}" for split in SPLITS for name in manifest.classes if not manifest.counts[split][name]
+    ]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        why = f"split ratios {list(ratios)} and " if ratios is not None else ""
+        raise DataError(
+            f"no images left for {shown} (after {why}{len(manifest.excluded)} excluded images): training "
+            "needs every class in every split; add images of those classes"
+        )
 
 
 def _write_checked(
     splits: dict[str, dict[str, list[Path]]], destination: Path, resize_to: int | None
 ) -> Manifest:
     classes = sorted({name for per_class in splits.values() for name in per_class})
-    counts: dict[str, dict[str, int]] = {split: dict.fromkeys(classes, 0) for split in SPLITS}
-    excluded = []
+    excluded: list[dict[str, str]] = []
+    renamed: list[dict[str, str]] = []
     source_bytes = written_bytes = 0
     work = [
         (split, name, image) for split in SPLITS for name, images in splits[split].items() for image in images
     ]
+    taken: dict[Path, set[str]] = {}
     for split, name, image in track(work, description="check images"):
+        place = f"{split}/{name}/{image.name}"
         reason = check_image(image)
+        picture = None
+        if reason is None:
+            try:
+                picture = upright_resized(image, resize_to)
+            except Exception as error:  # noqa: BLE001 - as in check_image: left out and listed
+                reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
         if reason:
-            excluded.append({"path": f"{split}/{name}/{image.name}", "reason": reason})
+            excluded.append({"path": place, "reason": reason})
             continue
-        target = destination / split / name / image.name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = destination / split / name
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = image.suffix if picture is None else ".jpg"
+        target = folder / distinct_name(image, suffix, taken.setdefault(folder, set()))
+        if target.stem != image.stem:
+            renamed.append({"path": place, "written_as": target.name})
+        if picture is None:
+            shutil.copy2(image, target)
+        else:
+            picture.save(target, format="JPEG", quality=90)
         source_bytes += image.stat().st_size
-        written_bytes += _write_image(image, target, resize_to).stat().st_size
-        counts[split][name] += 1
+        written_bytes += target.stat().st_size
+    # Counted on disk, from what was written: the manifest cannot claim an image that is not there.
+    counts = {
+        split: {
+            name: sum(1 for path in (destination / split / name).glob("*") if path.is_file())
+            if (destination / split / name).is_dir()
+            else 0
+            for name in classes
+        }
+        for split in SPLITS
+    }
     return Manifest(
         classes=classes,
         counts=counts,
         excluded=excluded,
+        renamed=renamed,
         resized_to=resize_to,
         source_bytes=source_bytes,
         written_bytes=written_bytes,

@@ -17,11 +17,16 @@ Layout of `output_dir`:
     opt_ml/                 the tree (SAGEMAKER_BASE_DIR), kept for inspection
     training.log            everything the entry point printed
     model.tar.gz            the artifact, files at its root, as SageMaker packs it
+
+A run stopped before its end (killed, the machine off) leaves `opt_ml/checkpoints/`: run with
+`resume=True`, the tree is made anew around that folder, as SageMaker restarts an interrupted spot job
+with its checkpoints put back, and the entry point continues from the last epoch saved.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 import shutil
@@ -41,6 +46,11 @@ LOG_TAIL_LINES = 40
 QUIET_TAIL_LINES = 6
 # The training toolkit's line just before the entry point's own output starts.
 TOOLKIT_INVOKES_SCRIPT = "Invoking script with the following command"
+# Where the entry point keeps its checkpoint under output_dir: engine.py's default
+# (SAGEMAKER_BASE_DIR/checkpoints) and its CHECKPOINT_FILENAME.
+CHECKPOINT = Path("opt_ml") / "checkpoints" / "checkpoint.pth"
+# What a full disk or an exhausted quota raises while writing.
+DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 class LocalTrainingError(RuntimeError):
@@ -52,6 +62,14 @@ class LocalTrainingError(RuntimeError):
     def __init__(self, message: str, summary: str) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+def interrupted_run(output_dir: Path) -> Path | None:
+    """The checkpoint of a run in `output_dir` that stopped before its end (no model.tar.gz), if any."""
+    checkpoint = Path(output_dir) / CHECKPOINT
+    if checkpoint.is_file() and not (Path(output_dir) / "model.tar.gz").exists():
+        return checkpoint
+    return None
 
 
 def sagemaker_hyperparameters(
@@ -137,10 +155,18 @@ def prepare_training_tree(
 
 
 def package_model(model_dir: Path, archive: Path) -> Path:
-    """model.tar.gz with the model directory's files at the archive root, as SageMaker makes it."""
-    with tarfile.open(archive, "w:gz") as tar:
-        for path in sorted(model_dir.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
+    """model.tar.gz with the model directory's files at the archive root, as SageMaker makes it.
+
+    Written beside and renamed at the end: a half-written model.tar.gz would look like a finished run."""
+    partial = archive.with_name(archive.name + ".tmp")
+    try:
+        with tarfile.open(partial, "w:gz") as tar:
+            for path in sorted(model_dir.rglob("*")):
+                tar.add(path, arcname=str(path.relative_to(model_dir)), recursive=False)
+        partial.replace(archive)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return archive
 
 
@@ -153,6 +179,7 @@ def run_local_training(
     debugger: bool = False,
     save_interval: int | None = None,
     quiet: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Train with `entry_point` from the project's training sources; return the path of model.tar.gz.
 
@@ -160,23 +187,32 @@ def run_local_training(
     `debugger` writes a hook configuration like SageMaker's, so smdebug saves tensors
     under `output_dir/opt_ml/output/tensors`, every `save_interval` steps when given.
     `quiet` prints only the last lines of the log (all of it is in `training.log`).
+    `resume` keeps the checkpoints of an interrupted run in `output_dir` (see `interrupted_run`).
+    A full disk is one line (LocalTrainingError), with no half-written model.tar.gz.
     """
     output_dir = Path(output_dir).resolve()
     if not (config.training_dir / entry_point).is_file():
         raise LocalTrainingError(f"no entry point {entry_point} in {config.training_dir}")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    archive = sagemaker_api.training_source_archive(config, output_dir / "sourcedir.tar.gz")
-    tensors_dir = output_dir / "opt_ml" / "output" / "tensors"
-    return run_toolkit(
-        archive,
-        entry_point,
-        config.script_hyperparameters(hyperparameters),
-        data_dir,
-        output_dir,
-        region=config.aws.get("region", ""),
-        hook_config=debug_hook_config(config, tensors_dir, save_interval) if debugger else None,
-        quiet=quiet,
-    )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        archive = sagemaker_api.training_source_archive(config, output_dir / "sourcedir.tar.gz")
+        tensors_dir = output_dir / "opt_ml" / "output" / "tensors"
+        return run_toolkit(
+            archive,
+            entry_point,
+            config.script_hyperparameters(hyperparameters),
+            data_dir,
+            output_dir,
+            region=config.aws.get("region", ""),
+            hook_config=debug_hook_config(config, tensors_dir, save_interval) if debugger else None,
+            quiet=quiet,
+            resume=resume,
+        )
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        message = f"{error.strerror} writing into {output_dir}: free space there, or pass another --run-dir"
+        raise LocalTrainingError(message, summary=message) from None
 
 
 def run_toolkit(
@@ -189,13 +225,23 @@ def run_toolkit(
     region: str = "",
     hook_config: dict[str, Any] | None = None,
     quiet: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Run `entry_point` of a sourcedir.tar.gz under the training toolkit, with `hyperparameters` as
-    SageMaker passes them and `data_dir` as the training channel; return the path of model.tar.gz."""
+    SageMaker passes them and `data_dir` as the training channel; return the path of model.tar.gz.
+
+    The tree is made anew; `resume` keeps its `checkpoints/` (and appends to the log)."""
     output_dir = Path(output_dir).resolve()
     base_dir = output_dir / "opt_ml"
+    kept = base_dir / CHECKPOINT.parent.name if resume else None
     if base_dir.exists():
-        shutil.rmtree(base_dir)
+        for path in base_dir.iterdir():
+            if path == kept:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     prepare_training_tree(
         base_dir,
         Path(data_dir),
@@ -216,19 +262,23 @@ def run_toolkit(
     tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
     log_path = output_dir / "training.log"
     with (
+        log_path.open("a" if resume else "w", buffering=1) as log,  # by line: a killed run keeps its log
         subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         ) as process,
-        log_path.open("w") as log,
     ):
         assert process.stdout is not None
-        for line in process.stdout:
-            if not quiet:
-                sys.stdout.write(line)
-            log.write(line)
-            if line.startswith(TOOLKIT_INVOKES_SCRIPT):
-                tail.clear()
-            tail.append(line.rstrip("\n"))
+        try:
+            for line in process.stdout:
+                if not quiet:
+                    sys.stdout.write(line)
+                log.write(line)
+                if line.startswith(TOOLKIT_INVOKES_SCRIPT):
+                    tail.clear()
+                tail.append(line.rstrip("\n"))
+        except BaseException:
+            process.kill()  # the log cannot be written (a full disk) or the user stopped it: so does the job
+            raise
     if quiet:
         print(*list(tail)[-QUIET_TAIL_LINES:], f"log: {log_path}", sep="\n")
     if process.returncode != 0:
