@@ -375,6 +375,43 @@ def test_slow_clients_meet_a_deadline_and_never_keep_ping_waiting(deadline_endpo
             connection.close()
 
 
+class BlockingChain:
+    """A stand-in for the handler chain whose answers wait for `release`."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None):
+        self.entered.set()
+        self.release.wait(timeout=10)
+        return local_endpoint.Answer(200, b"{}", "application/json")
+
+
+def test_past_the_connection_limit_an_idle_connection_makes_room_and_a_busy_one_is_kept():
+    chain = BlockingChain()
+    with running(local_endpoint.LocalEndpoint(chain, "127.0.0.1", 0, connection_limit=1)) as server:
+        host, port = server.server_address[:2]
+        idle = http.client.HTTPConnection(host, port, timeout=10)
+        busy = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            idle.request("GET", "/ping")
+            assert idle.getresponse().read() == b'{"status": "Healthy"}'  # then idle, kept alive
+            busy.request("POST", "/invocations", body=JPEG, headers={"Content-Type": "image/jpeg"})
+            assert chain.entered.wait(timeout=10)  # admitted: the idle connection made room
+            assert idle.sock.recv(1024) == b""
+            with socket.create_connection((host, port), timeout=10) as refused:
+                answer = refused.recv(4096)  # nothing sent: answered as it is admitted
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["status"] == 503
+            chain.release.set()
+            assert busy.getresponse().status == 200
+        finally:
+            chain.release.set()
+            idle.close()
+            busy.close()
+
+
 def test_the_request_limit_is_the_servers_own(endpoint):
     """`serve` takes the configured endpoint's limit (4 MB for a serverless one): bodies past it get a 413."""
     app = local_endpoint.EndpointApp(endpoint.chain, max_request_bytes=len(JPEG) - 1)

@@ -463,9 +463,10 @@ class LocalEndpoint:
             channel_timeout=channel_timeout,
             cleanup_interval=min(CLEANUP_INTERVAL_S, channel_timeout),
             max_request_body_size=READ_BEFORE_REFUSING_BYTES,
-            # waitress stops accepting at its own limit (it counts its listening sockets too); the
-            # guard keeps connections below it and decides who goes, so this is only a backstop.
-            connection_limit=2 * connection_limit,
+            # waitress stops accepting at its own limit, which also counts its listening sockets and
+            # wake-up pipes (two or three per address); the guard keeps connections to
+            # `connection_limit` and decides who goes, so this is only a backstop.
+            connection_limit=connection_limit + 16,
             asyncore_use_poll=True,  # select() cannot watch descriptors numbered past 1023
             clear_untrusted_proxy_headers=True,
         )
