@@ -372,8 +372,9 @@ def _special_file(kind: str, tmp_path):
     if kind == "missing":
         return tmp_path / "missing.jpg", "No such file or directory"
     path = tmp_path / "sparse.jpg"
-    subprocess.run(["truncate", "-s", "200M", str(path)], check=True)  # 200 MB, none of it on disk
-    return path, "is 200.0 MB: images go as they are up to the endpoint's 6.0 MB request limit"
+    with open(path, "wb") as sparse:
+        sparse.truncate(200 * 2**20)  # 200 MB, none of it on disk
+    return path, "is 200.0 MB: images go as they are up to the endpoint's"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and /dev/zero are POSIX")
@@ -414,7 +415,8 @@ def test_files_are_checked_by_stat_and_read_no_further_than_the_limit(tmp_path):
 
     Image.init()  # Pillow's format plugins, imported before the measurement
     sparse = tmp_path / "sparse.jpg"
-    subprocess.run(["truncate", "-s", "200M", str(sparse)], check=True)
+    with open(sparse, "wb") as file:
+        file.truncate(200 * 2**20)
     not_an_image = tmp_path / "noise.jpg"
     not_an_image.write_bytes(os.urandom(200_000))
     tracemalloc.start()
@@ -435,9 +437,10 @@ def test_a_large_file_that_is_not_an_image_is_one_line_for_the_endpoint(project,
     dry = ["--dry-run", "--dry-run-dir", str(tmp_path / "dry")]
     result = run(project, "predict", str(noise), "--endpoint", "demo", *dry)
     assert result.exit_code == 1, result.output
+    limit = payload.body_limit(ProjectConfig.load(project)) / 2**20
     assert result.output.strip().splitlines() == [
-        f"Error: {noise} is 7.0 MB, over the endpoint's 6.0 MB request limit, and not an image this machine "
-        "can shrink to fit it (JPEG, PNG, WEBP, GIF, BMP)"
+        f"Error: {noise} is 7.0 MB, over the endpoint's {limit:.1f} MB request limit, and not an image this "
+        "machine can shrink to fit it (JPEG, PNG, WEBP, GIF, BMP)"
     ]
     calls = json.loads((tmp_path / "dry" / "aws" / "requests.json").read_text())
     assert [call for call in calls if call["operation"] == "InvokeEndpoint"] == []
