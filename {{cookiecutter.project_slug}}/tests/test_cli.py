@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -357,6 +358,48 @@ def test_predict_shrinks_a_body_over_the_limit_and_says_so(tmp_path):
     small = tmp_path / "small.jpg"
     small.write_bytes(b"tiny")
     assert payload.request_body(small, "image/jpeg", 60_000) == (b"tiny", "image/jpeg", None)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels and holds almost none of them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("truncated.jpg", "cannot decode it to shrink it (image file is truncated"),
+        ("bomb.png", "is over the 40 megapixels the endpoint decodes"),
+        ("48-megapixels.png", "is 8000x6000 pixels, over the 40 megapixels the endpoint decodes"),
+        ("noise.tiff", "not an image this machine can shrink to fit it (JPEG, PNG, WEBP, GIF, BMP)"),
+    ],
+)
+def test_a_file_over_the_limit_that_cannot_be_shrunk_is_refused_in_one_line(tmp_path, kind, reason):
+    from PIL import Image
+
+    noise = Image.frombytes("RGB", (600, 400), random.Random(0).randbytes(600 * 400 * 3))
+    buffer = io.BytesIO()
+    if kind == "truncated.jpg":
+        noise.save(buffer, format="JPEG", quality=100)
+        content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    elif kind == "noise.tiff":
+        noise.save(buffer, format="TIFF")
+        content = buffer.getvalue()
+    else:
+        content = _png_header(*((20_000, 20_000) if kind == "bomb.png" else (8000, 6000)))
+    path = tmp_path / kind
+    path.write_bytes(content + bytes(max(0, 150_000 - len(content))))  # over the limit below
+    with pytest.raises(payload.ImageFileError) as refusal:
+        payload.request_body(path, "image/jpeg", 100_000, min_side=32)
+    assert str(refusal.value).startswith(str(path)) and reason in str(refusal.value)
+    assert "\n" not in str(refusal.value)
 
 
 def _special_file(kind: str, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -129,6 +130,11 @@ def _decoded_photo(file: BinaryIO, path: Path, limit: int, min_side: int) -> tup
 
     try:
         image = Image.open(file, formats=PHOTO_FORMATS)
+    except Image.DecompressionBombError:  # its header claims over twice Pillow's own pixel limit
+        raise ImageFileError(
+            f"{path} is over the {MAX_PHOTO_PIXELS / 1e6:.0f} megapixels the endpoint decodes; "
+            "resize it first"
+        ) from None
     except UnidentifiedImageError:
         size = _megabytes(os.fstat(file.fileno()).st_size)
         raise ImageFileError(
@@ -154,18 +160,22 @@ def _shrunk_jpeg(file: BinaryIO, path: Path, limit: int, min_side: int) -> tuple
     from PIL import Image
 
     try:
-        picture, step = _decoded_photo(file, path, limit, min_side)
-        floor = min(1.0, min_side / min(picture.size))
-        step = max(min(step, 1.0), floor)
-        while True:
-            size = (max(round(picture.width * step), 1), max(round(picture.height * step), 1))
-            resized = picture if size == picture.size else picture.resize(size, Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            resized.save(buffer, format="JPEG", quality=SHRUNK_JPEG_QUALITY)
-            body = buffer.getvalue()
-            if len(body) <= limit or step <= floor:
-                break
-            step = max(step * min(0.9, (limit / len(body)) ** 0.5), floor)
+        with warnings.catch_warnings():
+            # Pillow warns on stderr of corrupt EXIF data and of images past its own pixel limit; the
+            # outcome says what matters here (shrunk, or a one-line error), in the one line it promises.
+            warnings.simplefilter("ignore")
+            picture, step = _decoded_photo(file, path, limit, min_side)
+            floor = min(1.0, min_side / min(picture.size))
+            step = max(min(step, 1.0), floor)
+            while True:
+                size = (max(round(picture.width * step), 1), max(round(picture.height * step), 1))
+                resized = picture if size == picture.size else picture.resize(size, Image.Resampling.LANCZOS)
+                buffer = io.BytesIO()
+                resized.save(buffer, format="JPEG", quality=SHRUNK_JPEG_QUALITY)
+                body = buffer.getvalue()
+                if len(body) <= limit or step <= floor:
+                    break
+                step = max(step * min(0.9, (limit / len(body)) ** 0.5), floor)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageFileError(
             f"{path}: cannot decode it to shrink it ({' '.join(str(error).split())})"
