@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +19,7 @@ from launch_helpers import copy_project
 
 cli = project_module("cli")
 launcher = project_module("launcher")
+payload = project_module("payload")
 iam = project_module("iam")
 costs = project_module("costs")
 ProjectConfig = project_module("config").ProjectConfig
@@ -328,23 +333,160 @@ def test_status_and_teardown_reach_another_owner_by_tag(project, tmp_path):
     assert refused.exit_code == 1 and "every owner" in refused.output
 
 
-def test_predict_shrinks_a_body_over_the_limit_and_says_so(project, tmp_path, monkeypatch):
+def test_predict_shrinks_a_body_over_the_limit_and_says_so(tmp_path):
     import random
 
     from PIL import Image
 
-    monkeypatch.setattr(launcher, "REALTIME_BODY_LIMIT", 60_000)
-    monkeypatch.setattr(launcher, "SERVERLESS_BODY_LIMIT", 60_000)
     rng = random.Random(0)
     image = Image.frombytes("RGB", (300, 300), bytes(rng.randrange(256) for _ in range(300 * 300 * 3)))
     path = tmp_path / "noise.png"
     image.save(path)
     assert path.stat().st_size > 60_000
-    body, content_type, note = launcher.fit_body(path.read_bytes(), "image/png", 60_000, 32)
+    body, content_type, note = payload.request_body(path, "image/png", 60_000, min_side=32)
     assert len(body) <= 60_000 and content_type == "image/jpeg"
+    assert Image.open(io.BytesIO(body)).format == "JPEG"
     assert "over the endpoint's" in note and "shrunk on this machine" in note
-    small, same_type, none = launcher.fit_body(b"tiny", "image/jpeg", 60_000, 32)
-    assert (small, same_type, none) == (b"tiny", "image/jpeg", None)
+    # A photo taken sideways (EXIF orientation 6: turn it a quarter to the right) is shrunk upright.
+    sideways = tmp_path / "sideways.jpg"
+    exif = Image.new("RGB", (1, 1)).getexif()
+    exif[0x0112] = 6
+    image.resize((300, 200)).save(sideways, quality=100, exif=exif)
+    body, _, _ = payload.request_body(sideways, "image/jpeg", 30_000, min_side=32)
+    shrunk = Image.open(io.BytesIO(body))
+    assert len(body) <= 30_000 and shrunk.height > shrunk.width
+    small = tmp_path / "small.jpg"
+    small.write_bytes(b"tiny")
+    assert payload.request_body(small, "image/jpeg", 60_000) == (b"tiny", "image/jpeg", None)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims `width` x `height` pixels and holds almost none of them."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(1000)))
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("truncated.jpg", "cannot decode it to shrink it (image file is truncated"),
+        ("bomb.png", "is over the 40 megapixels the endpoint decodes"),
+        ("48-megapixels.png", "is 8000x6000 pixels, over the 40 megapixels the endpoint decodes"),
+        ("noise.tiff", "not an image this machine can shrink to fit it (JPEG, PNG, WEBP, GIF, BMP)"),
+    ],
+)
+def test_a_file_over_the_limit_that_cannot_be_shrunk_is_refused_in_one_line(tmp_path, kind, reason):
+    from PIL import Image
+
+    noise = Image.frombytes("RGB", (600, 400), random.Random(0).randbytes(600 * 400 * 3))
+    buffer = io.BytesIO()
+    if kind == "truncated.jpg":
+        noise.save(buffer, format="JPEG", quality=100)
+        content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    elif kind == "noise.tiff":
+        noise.save(buffer, format="TIFF")
+        content = buffer.getvalue()
+    else:
+        content = _png_header(*((20_000, 20_000) if kind == "bomb.png" else (8000, 6000)))
+    path = tmp_path / kind
+    path.write_bytes(content + bytes(max(0, 150_000 - len(content))))  # over the limit below
+    with pytest.raises(payload.ImageFileError) as refusal:
+        payload.request_body(path, "image/jpeg", 100_000, min_side=32)
+    assert str(refusal.value).startswith(str(path)) and reason in str(refusal.value)
+    assert "\n" not in str(refusal.value)
+
+
+def _special_file(kind: str, tmp_path):
+    """A path predict must refuse without reading it, and what the refusal names it."""
+    if kind == "fifo":
+        path = tmp_path / "pipe.jpg"
+        os.mkfifo(path)
+        return path, "is a named pipe (FIFO), not an image file"
+    if kind == "device":
+        return Path("/dev/zero"), "is a device, not an image file"
+    if kind == "folder":
+        return tmp_path, "is a folder, not an image file"
+    if kind == "missing":
+        return tmp_path / "missing.jpg", "No such file or directory"
+    path = tmp_path / "sparse.jpg"
+    with open(path, "wb") as sparse:
+        sparse.truncate(200 * 2**20)  # 200 MB, none of it on disk
+    return path, "is 200.0 MB: images go as they are up to the endpoint's"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs and /dev/zero are POSIX")
+@pytest.mark.parametrize("target", ["local", "endpoint"])
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder", "missing", "sparse-200mb"])
+def test_predict_refuses_what_it_cannot_send_in_one_line_without_reading_it(project, tmp_path, kind, target):
+    """A FIFO would hang a read, /dev/zero never ends, 200 MB is past anything predict sends: each is
+    refused at once, for both targets, before a server or an AWS session is asked anything."""
+    path, reason = _special_file(kind, tmp_path)
+    dry_run_dir = tmp_path / "dry"
+    if target == "local":  # nothing listens there: a refusal that waited for a server would say so
+        args = ["predict", str(path), "--local", "--url", "http://127.0.0.1:9"]
+    else:
+        args = ["predict", str(path), "--endpoint", "demo", "--dry-run", "--dry-run-dir", str(dry_run_dir)]
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=run(project, *args)), daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(timeout=60)
+    if worker.is_alive() and kind == "fifo":  # a reader blocked on the FIFO: give it an end of file
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(timeout=10)
+    assert not worker.is_alive(), f"predict {kind} still running after 60 s"
+    result = outcome["result"]
+    assert result.exit_code == 1
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"Error: {path}") and reason in line
+    assert "Traceback" not in result.output and "serve" not in result.output
+    assert not dry_run_dir.exists()  # no session was opened
+    assert time.monotonic() - started < 30
+
+
+def test_files_are_checked_by_stat_and_read_no_further_than_the_limit(tmp_path):
+    """What is refused is never read, and what is read stops at the limit + 1 byte."""
+    import tracemalloc
+
+    from PIL import Image
+
+    Image.init()  # Pillow's format plugins, imported before the measurement
+    sparse = tmp_path / "sparse.jpg"
+    with open(sparse, "wb") as file:
+        file.truncate(200 * 2**20)
+    not_an_image = tmp_path / "noise.jpg"
+    not_an_image.write_bytes(os.urandom(200_000))
+    tracemalloc.start()
+    try:
+        with pytest.raises(payload.ImageFileError, match="is 200.0 MB"):
+            payload.request_body(sparse, "image/jpeg", 100_000)
+        with pytest.raises(payload.ImageFileError, match="not an image this machine can shrink"):
+            payload.request_body(not_an_image, "image/jpeg", 100_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000  # neither file was read whole: the image check reads its first bytes only
+
+
+def test_a_large_file_that_is_not_an_image_is_one_line_for_the_endpoint(project, tmp_path):
+    noise = tmp_path / "noise.jpg"
+    noise.write_bytes(os.urandom(7 * 1024 * 1024))
+    dry = ["--dry-run", "--dry-run-dir", str(tmp_path / "dry")]
+    result = run(project, "predict", str(noise), "--endpoint", "demo", *dry)
+    assert result.exit_code == 1, result.output
+    limit = payload.body_limit(ProjectConfig.load(project)) / 2**20
+    assert result.output.strip().splitlines() == [
+        f"Error: {noise} is 7.0 MB, over the endpoint's {limit:.1f} MB request limit, and not an image this "
+        "machine can shrink to fit it (JPEG, PNG, WEBP, GIF, BMP)"
+    ]
+    calls = json.loads((tmp_path / "dry" / "aws" / "requests.json").read_text())
+    assert [call for call in calls if call["operation"] == "InvokeEndpoint"] == []
 
 
 @pytest.mark.parametrize(("region", "partition"), [("cn-north-1", "aws-cn"), ("us-gov-west-1", "aws-us-gov")])

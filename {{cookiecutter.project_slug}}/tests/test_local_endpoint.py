@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import SERVED_CLASS_NAMES, project_module
@@ -29,6 +31,8 @@ from PIL import Image
 from classifier.artifact import readable_class_name
 
 local_endpoint = project_module("local_endpoint")
+launcher = project_module("launcher")
+payload = project_module("payload")
 make_image = project_module("synthetic").make_image
 
 
@@ -304,6 +308,136 @@ def test_slow_senders_hold_no_thread(impatient_endpoint):
             connection.close()
 
 
+SHORT_DEADLINE_S = 3
+
+
+@pytest.fixture(scope="module")
+def deadline_endpoint(model_archive) -> Iterator:
+    """An endpoint that gives each request 3 seconds to arrive whole; idle connections keep the default 30."""
+    server = local_endpoint.make_server(model_archive, port=0, request_deadline=SHORT_DEADLINE_S)
+    with running(server):
+        yield server
+
+
+def test_slow_clients_meet_a_deadline_and_never_keep_ping_waiting(deadline_endpoint):
+    """More connections than the limit, three in four trickling a header byte every 0.3 s, the rest
+    silent: /ping and a prediction are answered at once while they are connected (the oldest make room),
+    each of the others is closed with a 408 at the deadline, and a keep-alive connection idle for longer
+    than the deadline between two requests still serves."""
+    host, port = deadline_endpoint.server_address[:2]
+    slow: list[tuple[socket.socket, float]] = []
+    lifetimes: dict[int, float] = {}
+    answers: dict[int, bytes] = {}
+
+    def watch(trickle: bool) -> None:
+        """Note the slow connections the server has closed; send the trickling ones one more byte."""
+        for index, (connection, opened) in enumerate(slow):
+            if index in lifetimes:
+                continue
+            try:
+                answer = connection.recv(4096)
+            except BlockingIOError:
+                if trickle and index % 4:
+                    with contextlib.suppress(OSError):
+                        connection.send(b"x")
+                continue
+            except OSError:
+                answer = b""
+            lifetimes[index] = time.monotonic() - opened
+            answers[index] = answer
+
+    keep_alive = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        for index in range(local_endpoint.CONNECTION_LIMIT + 16):
+            connection = socket.create_connection((host, port), timeout=5)
+            if index % 4:
+                connection.sendall(b"GET /ping HTTP/1.1\r\nHost: local\r\nX-Slow: ")
+            connection.setblocking(False)
+            slow.append((connection, time.monotonic()))
+        started = time.monotonic()
+        keep_alive.request("GET", "/ping")
+        ping = keep_alive.getresponse()
+        ping.read()
+        keep_alive.request("POST", "/invocations", body=JPEG, headers={"Content-Type": "image/jpeg"})
+        prediction = keep_alive.getresponse()
+        prediction.read()
+        answered_within = time.monotonic() - started
+        watch(trickle=False)
+        assert (ping.status, prediction.status) == (200, 200)
+        assert answered_within < 2
+        # Room was made by closing the oldest, one per connection past the limit (the keep-alive's too).
+        evicted = sorted(lifetimes)
+        assert evicted == list(range(len(slow) + 1 - local_endpoint.CONNECTION_LIMIT))
+        bound = SHORT_DEADLINE_S + 2.5  # the deadline, a turn of waitress's loop (1 s), the watch's pace
+        while len(lifetimes) < len(slow) and time.monotonic() - slow[-1][1] < bound + 1:
+            watch(trickle=True)
+            time.sleep(0.3)
+        assert len(lifetimes) == len(slow), f"{len(slow) - len(lifetimes)} slow connections still open"
+        timed_out = [index for index in lifetimes if index not in evicted]
+        assert all(answers[index].startswith(b"HTTP/1.1 408 ") for index in timed_out)
+        assert all(SHORT_DEADLINE_S - 0.1 < lifetimes[index] < bound for index in timed_out)
+        # Idle for longer than the deadline since its last answer: the deadline is per request.
+        keep_alive.request("GET", "/ping")
+        assert keep_alive.getresponse().status == 200
+    finally:
+        keep_alive.close()
+        for connection, _ in slow:
+            connection.close()
+
+
+class BlockingChain:
+    """A stand-in for the handler chain whose answers wait for `release`."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def invoke(self, body: bytes, content_type: str | None, accept: str | None):
+        self.entered.set()
+        self.release.wait(timeout=10)
+        return local_endpoint.Answer(200, b"{}", "application/json")
+
+
+def test_past_the_connection_limit_an_idle_connection_makes_room_and_a_busy_one_is_kept():
+    chain = BlockingChain()
+    with running(local_endpoint.LocalEndpoint(chain, "127.0.0.1", 0, connection_limit=1)) as server:
+        host, port = server.server_address[:2]
+        idle = http.client.HTTPConnection(host, port, timeout=10)
+        busy = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            idle.request("GET", "/ping")
+            assert idle.getresponse().read() == b'{"status": "Healthy"}'  # then idle, kept alive
+            busy.request("POST", "/invocations", body=JPEG, headers={"Content-Type": "image/jpeg"})
+            assert chain.entered.wait(timeout=10)  # admitted: the idle connection made room
+            assert idle.sock.recv(1024) == b""
+            with socket.create_connection((host, port), timeout=10) as refused:
+                answer = refused.recv(4096)  # nothing sent: answered as it is admitted
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            assert json.loads(answer.partition(b"\r\n\r\n")[2])["status"] == 503
+            chain.release.set()
+            assert busy.getresponse().status == 200
+        finally:
+            chain.release.set()
+            idle.close()
+            busy.close()
+
+
+def test_the_request_limit_is_the_servers_own(endpoint):
+    """`serve` takes the configured endpoint's limit (4 MB for a serverless one): bodies past it get a 413."""
+    app = local_endpoint.EndpointApp(endpoint.chain, max_request_bytes=len(JPEG) - 1)
+    statuses = []
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/invocations",
+        "CONTENT_LENGTH": str(len(JPEG)),
+        "CONTENT_TYPE": "image/jpeg",
+        "wsgi.input": io.BytesIO(JPEG),
+    }
+    body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["413 Request Entity Too Large"]
+    assert json.loads(body)["error"] == f"{len(JPEG)} bytes; at most {len(JPEG) - 1}"
+
+
 def test_serve_says_when_it_is_ready_and_where(model_archive, project_root):
     """`serve` prints its URL once it answers; SIGTERM stops it cleanly."""
     code = (
@@ -347,6 +481,128 @@ def test_invoke_local_reports_refused_images_and_unreachable_endpoints(endpoint,
         closed_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     with pytest.raises(local_endpoint.LocalEndpointError, match="is `serve` running"):
         local_endpoint.invoke_local(closed_url, [not_an_image], wait_ready=0.5)
+
+
+def test_predict_asks_the_server_before_reading_any_image(tmp_path, monkeypatch):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(JPEG)
+
+    def read(*args, **kwargs):
+        raise AssertionError("an image was read before the server answered")
+
+    monkeypatch.setattr(payload, "request_body", read)
+    with socket.socket() as probe:  # a port nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        closed_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    started = time.monotonic()
+    with pytest.raises(local_endpoint.LocalEndpointError, match=r"cannot reach .*/ping .*is `serve` running"):
+        local_endpoint.invoke_local(closed_url, [photo], wait_ready=0.5)
+    assert time.monotonic() - started < 5
+
+
+@pytest.fixture(scope="module")
+def large_photo(tmp_path_factory) -> Path:
+    """A 22 MB JPEG of 12 megapixels: a phone photo's pixels at their most expensive (noise, quality 100)."""
+    import numpy as np
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("large") / "photo.jpg"
+    Image.fromarray(pixels).save(path, quality=100)
+    assert 20 * 2**20 < path.stat().st_size < payload.MAX_PHOTO_BYTES
+    return path
+
+
+SHRINK_PROBE = """
+import json, sys, time
+from pathlib import Path
+from PIL import Image
+from PACKAGE.payload import REALTIME_BODY_LIMIT, request_body
+
+def high_water_mark():
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+Image.init()
+with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+    clear_refs.write("5")  # the high-water mark starts again from here
+before, cpu = high_water_mark(), time.process_time()
+body, _, _ = request_body(Path(sys.argv[1]), "image/jpeg", REALTIME_BODY_LIMIT)
+cpu = time.process_time() - cpu
+print(json.dumps(dict(peak_bytes=high_water_mark() - before, cpu_s=cpu, sent=len(body))))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures with Linux's /proc")
+def test_shrinking_a_large_photo_is_bounded_in_time_and_memory(large_photo, project_root):
+    """Measured in a process of its own, with large buffers mapped and returned rather than reused unseen:
+    the photo is decoded once (a JPEG at reduced scale where that is enough), never held as file bytes."""
+    code = SHRINK_PROBE.replace("PACKAGE", local_endpoint.__name__.rpartition(".")[0])
+    environment = {**os.environ, "PYTHONPATH": str(project_root / "src"), "MALLOC_MMAP_THRESHOLD_": "65536"}
+    completed = subprocess.run(
+        [sys.executable, "-c", code, str(large_photo)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    figures = json.loads(completed.stdout)
+    decoded_bytes = 4000 * 3000 * 3
+    assert figures["sent"] <= payload.REALTIME_BODY_LIMIT
+    assert figures["peak_bytes"] < 4 * decoded_bytes, figures
+    assert figures["cpu_s"] < 5, figures
+
+
+def predict_both_ways(endpoint, config, image: Path, dry_run_dir: Path) -> tuple[Any, Any, list[dict]]:
+    """`image` to the local endpoint and to a SageMaker endpoint in a dry run: each target's result or
+    error, and the InvokeEndpoint requests the dry run captured."""
+    session_module = project_module("session")
+    try:
+        [local] = local_endpoint.invoke_local(
+            endpoint.url, [image], top_k=1, body_limit=payload.body_limit(config)
+        )
+    except local_endpoint.LocalEndpointError as error:
+        local = error
+    with session_module.open_session(config, dry_run=True, folder=dry_run_dir) as session:
+        try:
+            [remote] = launcher.predict(config, session, [image], endpoint_name="demo", top_k=1)
+        except launcher.LaunchError as error:
+            remote = error
+        calls = session.offline.calls
+        invocations = [call["params"] for call in calls if call["operation"] == "InvokeEndpoint"]
+    return local, remote, invocations
+
+
+def test_a_photo_over_the_limit_is_shrunk_the_same_way_for_both_targets(
+    endpoint, project_config, large_photo, tmp_path
+):
+    local, remote, [invocation] = predict_both_ways(endpoint, project_config, large_photo, tmp_path)
+    limit = payload.body_limit(project_config)
+    assert len(local["top_k"]) == 1 and remote["status"] == "captured, not run"
+    match = re.fullmatch(
+        rf"22\.\d MB is over the endpoint's {limit / 2**20:.1f} MB request limit: "
+        r"sent as a (\d+)x(\d+) JPEG of ([\d.]+) MB \(shrunk on this machine\)",
+        local["note"],
+    )
+    assert match and remote["note"] == local["note"]
+    width, height = int(match[1]), int(match[2])
+    assert width / height == pytest.approx(4000 / 3000, rel=0.01)
+    assert min(width, height) >= payload.MIN_SHRUNK_SIDE
+    assert invocation["ContentType"] == "image/jpeg"
+    sent = int(re.fullmatch(r"<(\d+) bytes>", invocation["Body"])[1])
+    assert sent <= limit and f"{sent / 2**20:.1f} MB" == f"{match[3]} MB"
+
+
+def test_a_file_over_the_limit_that_is_no_image_is_the_same_one_line_error_for_both_targets(
+    endpoint, project_config, tmp_path
+):
+    noise = tmp_path / "noise.jpg"
+    noise.write_bytes(random.Random(0).randbytes(7 * 2**20))
+    local, remote, invocations = predict_both_ways(endpoint, project_config, noise, tmp_path / "dry")
+    assert isinstance(local, local_endpoint.LocalEndpointError) and isinstance(remote, launcher.LaunchError)
+    assert str(local) == str(remote) and "\n" not in str(local)
+    assert str(local).startswith(f"{noise} is 7.0 MB, over the endpoint's") and "not an image" in str(local)
+    assert invocations == []
 
 
 def test_predict_waits_for_a_server_still_starting(model_archive, project_root, images):

@@ -633,9 +633,9 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
 
 
 @main.command()
-@click.argument(
-    "images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+# Not click's exists/dir_okay checks: `payload` refuses every path that is not a regular file, or too
+# large to send, in one line naming it, for both targets.
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--endpoint", "endpoint_name", help="Endpoint name; default: the last one deployed.")
 @click.option("--local", is_flag=True, help="Ask the local endpoint started by `serve`.")
@@ -654,12 +654,22 @@ def predict(
     dry_run: bool,
     dry_run_dir: Path | None,
 ) -> None:
-    """Send IMAGES to the endpoint and print the top-k classes."""
+    """Send IMAGES to the endpoint and print the top-k classes.
+
+    A photo over the endpoint's request limit (6 MB; 4 MB serverless) is shrunk to a JPEG that fits, for
+    the SageMaker endpoint and `--local` alike."""
+    from . import payload
+
     config = _config(ctx)
+    limit = payload.body_limit(config)
+    try:  # before a server or an AWS session is asked anything
+        payload.check_image_files(images, limit)
+    except payload.ImageFileError as error:
+        raise click.ClickException(str(error)) from None
     if local:
         from .local_endpoint import invoke_local
 
-        _print_predictions(invoke_local(url, list(images), top_k=top_k))
+        _print_predictions(invoke_local(url, list(images), top_k=top_k, body_limit=limit))
         return
     from . import launcher
 
@@ -681,9 +691,12 @@ def predict(
 @click.pass_context
 def serve(ctx: click.Context, model_data: Path, host: str, port: int) -> None:
     """Serve a model.tar.gz locally with inference.py, like the endpoint (Ctrl-C stops)."""
+    from . import payload
     from .local_endpoint import serve as serve_locally
 
-    serve_locally(model_data, host=host, port=port, project_root=_config(ctx).root)
+    config = _config(ctx)
+    limit = payload.body_limit(config)  # the configured endpoint's request limit
+    serve_locally(model_data, host=host, port=port, project_root=config.root, max_request_bytes=limit)
 
 
 # --- cost, IAM, status, teardown ------------------------------------------------------------------

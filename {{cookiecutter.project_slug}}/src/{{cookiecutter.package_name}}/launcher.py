@@ -19,7 +19,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import costs, data, pricing, sagemaker_api, tagging
+from . import costs, data, payload, pricing, sagemaker_api, tagging
 from .config import ProjectConfig
 from .context import CAPTURED
 from .session import Session
@@ -28,9 +28,6 @@ from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB, TUNING_JOB, P
 BEST_HYPERPARAMETERS = "best_hyperparameters"
 # The endpoint's content types, by file name (inference.py decodes each format PIL reads).
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp")
-# InvokeEndpoint's request body limits: 6 MB for a real-time endpoint, 4 MB for a serverless one.
-REALTIME_BODY_LIMIT = 6 * 1024 * 1024
-SERVERLESS_BODY_LIMIT = 4 * 1024 * 1024
 # Lines of the endpoint's CloudWatch log shown when its first invocation fails.
 LOG_TAIL_LINES = 40
 
@@ -357,41 +354,6 @@ def image_content_type(path: Path) -> str:
     return guessed
 
 
-def body_limit(config: ProjectConfig) -> int:
-    """The largest request body the configured endpoint takes."""
-    return SERVERLESS_BODY_LIMIT if config.settings.endpoint.serverless else REALTIME_BODY_LIMIT
-
-
-def fit_body(payload: bytes, content_type: str, limit: int, min_side: int) -> tuple[bytes, str, str | None]:
-    """`payload` as it is when it fits in `limit` bytes; else the image shrunk to a JPEG that fits (never
-    below `min_side` pixels on its shorter side: the network sees image_size anyway), and a note saying so."""
-    if len(payload) <= limit:
-        return payload, content_type, None
-    from PIL import Image, ImageOps
-
-    image = ImageOps.exif_transpose(Image.open(io.BytesIO(payload))).convert("RGB")
-    original = image.size
-    scale = 1.0
-    while True:
-        size = (max(round(original[0] * scale), 1), max(round(original[1] * scale), 1))
-        buffer = io.BytesIO()
-        image.resize(size, Image.Resampling.LANCZOS).save(buffer, format="JPEG", quality=90)
-        body = buffer.getvalue()
-        if len(body) <= limit or min(size) <= min_side:
-            break
-        scale *= min(0.9, (limit / len(body)) ** 0.5)
-    if len(body) > limit:
-        raise LaunchError(
-            f"the image is {len(payload) / 2**20:.1f} MB and does not fit the endpoint's "
-            f"{limit / 2**20:.0f} MB limit even shrunk; send a smaller image"
-        )
-    note = (
-        f"{len(payload) / 2**20:.1f} MB is over the endpoint's {limit / 2**20:.0f} MB request limit: "
-        f"sent as a {size[0]}x{size[1]} JPEG of {len(body) / 2**20:.1f} MB (shrunk on this machine)"
-    )
-    return body, "image/jpeg", note
-
-
 def predict(
     config: ProjectConfig,
     session: Session,
@@ -400,13 +362,19 @@ def predict(
     endpoint_name: str | None = None,
     top_k: int = 5,
 ) -> list[dict[str, Any]]:
-    """Send each image's raw bytes to the endpoint.
+    """Send each image's bytes to the endpoint (a photo over the request limit shrunk to fit: `payload`).
 
     Returns one `{"image": path, "top_k": [{"label", "class_name", "index", "probability"}, ...]}` per
-    image. A dry run captures the requests; no model answers, so `top_k` is empty and `status` says so.
+    image, with a "note" when the image was shrunk. A dry run captures the requests; no model answers,
+    so `top_k` is empty and `status` says so. Every file is checked before any is read or sent.
     """
     if top_k < 1:
         raise LaunchError(f"top_k must be at least 1, got {top_k}")
+    limit = payload.body_limit(config)
+    try:
+        payload.check_image_files(images, limit)
+    except payload.ImageFileError as error:
+        raise LaunchError(str(error)) from None
     content_types = [image_content_type(image) for image in images]
     if endpoint_name is None:
         latest = session.state.latest(ENDPOINT)
@@ -414,11 +382,12 @@ def predict(
             raise LaunchError("no endpoint recorded for this project; run `deploy` or pass --endpoint")
         endpoint_name = latest["name"]
     invoke = sagemaker_api.endpoint_invoker(session.aws, endpoint_name)
-    limit = body_limit(config)
-    min_side = config.section("model")["image_size"]
     results = []
     for image, content_type in zip(images, content_types, strict=True):
-        body, sent_type, note = fit_body(Path(image).read_bytes(), content_type, limit, min_side)
+        try:
+            body, sent_type, note = payload.request_body(image, content_type, limit)
+        except payload.ImageFileError as error:
+            raise LaunchError(str(error)) from None
         answer = invoke(body, sent_type, f"application/json;top_k={top_k}")
         if session.dry_run:
             result: dict[str, Any] = {"image": str(image), "top_k": [], "status": CAPTURED}

@@ -10,12 +10,16 @@ copy. What works here works on the endpoint, before paying for one.
 
 HTTP is waitress's (a pure-Python WSGI server, no C extension, any OS): it reads each request
 whole before a worker thread sees it, so a slow or stalled sender holds no thread; a connection
-idle for `channel_timeout` seconds (a body that never arrives) is closed; and its parser refuses
-malformed headers (a Content-Length in non-ASCII digits) with a 400 instead of crashing a thread.
+idle for `channel_timeout` seconds is closed; and its parser refuses malformed headers (a
+Content-Length in non-ASCII digits) with a 400 instead of crashing a thread. Slow clients cost
+connections instead, which waitress bounds only by inactivity: `_ConnectionGuard` adds a deadline
+per request and makes room for new connections past the limit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import itertools
 import json
@@ -40,9 +44,11 @@ from typing import Any
 
 import waitress
 from waitress import wasyncore
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
 from waitress.trigger import trigger
 
-from . import sagemaker_api
+from . import payload, sagemaker_api
 from .config import ProjectConfig
 
 logger = logging.getLogger(__name__)
@@ -50,8 +56,9 @@ logger = logging.getLogger(__name__)
 HANDLER_FILENAME = "inference.py"
 CODE_DIRNAME = "code"
 JSON_TYPE = "application/json"
-# SageMaker real-time endpoints refuse larger payloads, so the local one does too.
-MAX_REQUEST_BYTES = 6 * 1024 * 1024
+# SageMaker real-time endpoints refuse larger payloads, so the local one does too (`serve` takes the
+# configured endpoint's limit: 4 MB for a serverless one).
+MAX_REQUEST_BYTES = payload.REALTIME_BODY_LIMIT
 # Bodies up to this size are read and then refused with the endpoint's JSON 413, so the client
 # gets its answer instead of a reset connection while it is still sending. Larger ones waitress
 # refuses from the Content-Length alone, and closes. Bodies past 512 KB wait in a temporary file,
@@ -61,9 +68,15 @@ READ_BEFORE_REFUSING_BYTES = 4 * MAX_REQUEST_BYTES
 # arrives among them); a request being answered is never cut. Checked every CLEANUP_INTERVAL_S.
 CHANNEL_TIMEOUT_S = 30
 CLEANUP_INTERVAL_S = 2
-# Requests answered at once; more wait in waitress's queue. Connections beyond the limit wait in
-# the listen backlog instead of costing a file descriptor each.
+# A request's headers and body must have arrived whole this long after its first byte (after the
+# connection opened, for its first request), however steadily they trickle in: else a 408 and the
+# connection is closed. 6 MB in 20 s is 2.4 Mbit/s. Checked at least once a second.
+REQUEST_DEADLINE_S = 20
+# Requests answered at once; more wait in waitress's queue.
 THREADS = 4
+# Open connections. A new one past the limit closes the connection that has waited longest on its
+# client (an idle keep-alive or a request still arriving), or is refused with a 503 when every one
+# has a request in progress; the listen backlog is never left to fill behind slow clients.
 CONNECTION_LIMIT = 64
 # What invoke_local sends as Content-Type, by file suffix; other files go as octet-stream, which
 # the handler sniffs.
@@ -76,6 +89,8 @@ IMAGE_TYPES_BY_SUFFIX = {
     ".bmp": "image/bmp",
 }
 ROUTES = {"/ping": "GET", "/invocations": "POST"}
+# The most of an answer the client reads: a JSON top-k of every class is a few KB per hundred classes.
+ANSWER_LIMIT = 1024 * 1024
 
 _handler_ids = itertools.count()
 
@@ -298,8 +313,9 @@ def _status_line(status: int) -> str:
 class EndpointApp:
     """The WSGI application: /ping and /invocations, everything else a JSON 404 or 405."""
 
-    def __init__(self, chain: HandlerChain) -> None:
+    def __init__(self, chain: HandlerChain, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
         self.chain = chain
+        self.max_request_bytes = max_request_bytes
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         answer, extra_headers = self._answer(environ)
@@ -322,12 +338,95 @@ class EndpointApp:
         if not raw_length:
             return _json_error(411, "send a Content-Length header"), []
         length = int(raw_length)
-        if length > MAX_REQUEST_BYTES:
+        if length > self.max_request_bytes:
             # waitress has read the body already, so the client is answered, not cut off.
-            return _json_error(413, f"{length} bytes; at most {MAX_REQUEST_BYTES}"), []
+            return _json_error(413, f"{length} bytes; at most {self.max_request_bytes}"), []
         body = environ["wsgi.input"].read(length)
         answer = self.chain.invoke(body, environ.get("CONTENT_TYPE"), environ.get("HTTP_ACCEPT"))
         return answer, []
+
+
+class _ConnectionGuard:
+    """The server's connections against slow clients, kept on waitress's loop thread.
+
+    waitress closes a connection only after `channel_timeout` seconds with nothing received or sent,
+    so a client trickling one byte every few seconds keeps it as long as it likes; and at its
+    `connection_limit` waitress stops accepting, which leaves /ping in the listen backlog behind such
+    clients (70 of them kept /ping unanswered for as long as they lasted). waitress has no setting for
+    either, so: each request must arrive whole by a deadline (`_GuardedChannel.readable`), and a
+    connection past `connection_limit` is admitted by closing the one that has waited longest on its
+    client, or refused with a 503 when every connection has a request in progress.
+    """
+
+    def __init__(self, request_deadline: float, connection_limit: int) -> None:
+        self.request_deadline = request_deadline
+        self.connection_limit = connection_limit
+        self.channels: set[_GuardedChannel] = set()
+
+    def admit(self, channel: _GuardedChannel) -> None:
+        self.channels.add(channel)
+        if len(self.channels) <= self.connection_limit:
+            return
+        waiting = [other for other in self.channels if other is not channel and not other.requests]
+        if waiting:
+            # An idle keep-alive is closed without an answer, as HTTP lets a server close one.
+            min(waiting, key=_GuardedChannel.waiting_since).handle_close()
+        else:
+            channel.answer_and_close(
+                503, f"all {self.connection_limit} connections have a request in progress"
+            )
+            channel.handle_close()
+
+
+class _GuardedChannel(HTTPChannel):
+    """waitress's connection, with a deadline for each request to arrive whole (see `_ConnectionGuard`)."""
+
+    def __init__(
+        self, server: Any, sock: Any, addr: Any, adj: Any, map: Any = None, *, guard: _ConnectionGuard
+    ) -> None:
+        self._guard = guard
+        # The first request's clock starts when the connection opens: a silent client is a slow one.
+        self._deadline: float | None = time.time() + guard.request_deadline
+        super().__init__(server, sock, addr, adj, map)
+        guard.admit(self)
+
+    def waiting_since(self) -> float:
+        """Since when this connection has waited on its client: its request's start, or its last activity."""
+        if self._deadline is not None:
+            return self._deadline - self._guard.request_deadline
+        return self.last_activity
+
+    def received(self, data: bytes) -> bool:
+        arriving = self.request
+        accepted = super().received(data)
+        if self.request is None:
+            self._deadline = None  # nothing partial: idle until the next request's first byte
+        elif self.request is not arriving and (arriving is not None or self._deadline is None):
+            self._deadline = time.time() + self._guard.request_deadline
+        return accepted
+
+    def readable(self) -> bool:
+        # waitress asks every connection this on each turn of its loop (at least once a second).
+        if self._deadline is not None and not self.requests and time.time() > self._deadline:
+            deadline = self._guard.request_deadline
+            self.answer_and_close(408, f"the request did not arrive whole within {deadline:g} s")
+            return False
+        return super().readable()
+
+    def answer_and_close(self, status: int, reason: str) -> None:
+        """A one-line JSON error if the socket takes it at once (it is never waited for), then close."""
+        body = json.dumps({"error": reason, "status": status}).encode("utf-8")
+        head = (
+            f"HTTP/1.1 {_status_line(status)}\r\nContent-Type: {JSON_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            self.socket.send(head.encode("ascii") + body)
+        self.will_close = True  # waitress closes it on its next turn
+
+    def del_channel(self, map: Any = None) -> None:
+        super().del_channel(map)
+        self._guard.channels.discard(self)
 
 
 class LocalEndpoint:
@@ -345,14 +444,18 @@ class LocalEndpoint:
         workdir: Path | None = None,
         channel_timeout: int = CHANNEL_TIMEOUT_S,
         threads: int = THREADS,
+        request_deadline: float = REQUEST_DEADLINE_S,
+        connection_limit: int = CONNECTION_LIMIT,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self.chain = chain
+        self.max_request_bytes = max_request_bytes
         self._workdir = workdir
         self._map: dict[int, Any] = {}
         self._stopped = threading.Event()
         self._stopped.set()  # until serve_forever runs
         self._server = waitress.create_server(
-            EndpointApp(chain),
+            EndpointApp(chain, max_request_bytes),
             map=self._map,
             host=host,
             port=port,
@@ -360,10 +463,19 @@ class LocalEndpoint:
             channel_timeout=channel_timeout,
             cleanup_interval=min(CLEANUP_INTERVAL_S, channel_timeout),
             max_request_body_size=READ_BEFORE_REFUSING_BYTES,
-            connection_limit=CONNECTION_LIMIT,
+            # waitress stops accepting at its own limit, which also counts its listening sockets and
+            # wake-up pipes (two or three per address); the guard keeps connections to
+            # `connection_limit` and decides who goes, so this is only a backstop.
+            connection_limit=connection_limit + 16,
             asyncore_use_poll=True,  # select() cannot watch descriptors numbered past 1023
             clear_untrusted_proxy_headers=True,
         )
+        guarded_channel = functools.partial(
+            _GuardedChannel, guard=_ConnectionGuard(request_deadline, connection_limit)
+        )
+        for listener in list(self._map.values()):
+            if isinstance(listener, BaseWSGIServer):  # create_server made one per listening address
+                listener.channel_class = guarded_channel
         # Runs thunks on the server's own loop thread: the only safe place to close its sockets.
         self._trigger = trigger(self._map)
 
@@ -412,6 +524,8 @@ def make_server(
     port: int = 8080,
     project_root: Path | None = None,
     channel_timeout: int = CHANNEL_TIMEOUT_S,
+    request_deadline: float = REQUEST_DEADLINE_S,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> LocalEndpoint:
     """Unpack, load the handler and the model, and listen (port 0: any free port; see `.url`).
 
@@ -422,7 +536,15 @@ def make_server(
         model_dir, code_dir = prepare_model_dir(Path(model_data), workdir, project_root)
         chain = HandlerChain(load_handler(code_dir), model_dir)
         try:
-            return LocalEndpoint(chain, host, port, workdir, channel_timeout=channel_timeout)
+            return LocalEndpoint(
+                chain,
+                host,
+                port,
+                workdir,
+                channel_timeout=channel_timeout,
+                request_deadline=request_deadline,
+                max_request_bytes=max_request_bytes,
+            )
         except OSError as error:  # port taken, address not on this machine, ...
             raise LocalEndpointError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     except BaseException:
@@ -431,13 +553,17 @@ def make_server(
 
 
 def serve(
-    model_data: Path, host: str = "127.0.0.1", port: int = 8080, project_root: Path | None = None
+    model_data: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    project_root: Path | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> None:
     """Serve `model_data` until Ctrl+C: GET /ping and POST /invocations, as the SageMaker container does.
 
     Prints one line once the model is loaded and the port listens: from then on requests are answered.
     """
-    server = make_server(model_data, host, port, project_root)
+    server = make_server(model_data, host, port, project_root, max_request_bytes=max_request_bytes)
     print(
         f"Ready: serving {model_data} at {server.url}/invocations (GET {server.url}/ping; Ctrl+C to stop)",
         flush=True,
@@ -460,10 +586,11 @@ class RunningEndpoint:
     """A local endpoint started by `running_endpoint`: its URL, and predictions from it."""
 
     url: str
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
     def predict(self, images: Sequence[Path], top_k: int = 5) -> list[dict]:
         # Listening before the `with` block starts: no need to wait for it.
-        return invoke_local(self.url, images, top_k=top_k, wait_ready=0)
+        return invoke_local(self.url, images, top_k=top_k, wait_ready=0, body_limit=self.max_request_bytes)
 
 
 @contextmanager
@@ -473,7 +600,7 @@ def running_endpoint(model_data: Path, project_root: Path | None = None) -> Iter
     thread = threading.Thread(target=server.serve_forever, name="local-endpoint", daemon=True)
     thread.start()
     try:
-        yield RunningEndpoint(server.url)
+        yield RunningEndpoint(server.url, server.max_request_bytes)
     finally:
         server.shutdown()
         server.server_close()
@@ -497,7 +624,7 @@ def image_content_type(path: Path) -> str:
 
 
 def _error_reason(error: urllib.error.HTTPError) -> str:
-    first_line = error.read().decode("utf-8", "replace").partition("\n")[0]
+    first_line = error.read(ANSWER_LIMIT).decode("utf-8", "replace").partition("\n")[0]
     try:
         return str(json.loads(first_line)["error"])
     except (ValueError, KeyError, TypeError):
@@ -506,7 +633,8 @@ def _error_reason(error: urllib.error.HTTPError) -> str:
 
 def wait_until_ready(url: str, opener: urllib.request.OpenerDirector, wait: float) -> None:
     """Poll `GET /ping` for up to `wait` seconds: `serve ... &` followed at once by `predict --local`
-    would otherwise meet a server still loading its model ("Connection refused")."""
+    would otherwise meet a server still loading its model ("Connection refused"). Raises
+    LocalEndpointError when nothing answers by then, before any image is read."""
     parts = urllib.parse.urlsplit(url)
     ping = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/ping", "", ""))
     deadline = time.monotonic() + wait
@@ -514,43 +642,70 @@ def wait_until_ready(url: str, opener: urllib.request.OpenerDirector, wait: floa
         try:
             with opener.open(ping, timeout=max(deadline - time.monotonic(), 0.1)):
                 return
-        except (urllib.error.URLError, OSError):
+        except urllib.error.HTTPError:
+            return  # something answers there; the request itself then says what is wrong
+        except (urllib.error.URLError, OSError) as error:
             if time.monotonic() >= deadline:
-                return  # the request itself then says what is wrong
+                reason = getattr(error, "reason", None) or error
+                raise LocalEndpointError(f"cannot reach {ping} ({reason}); is `serve` running?") from None
             time.sleep(0.25)
 
 
 def invoke_local(
-    url: str, images: Sequence[Path], top_k: int = 5, timeout: float = 60.0, wait_ready: float = 10.0
+    url: str,
+    images: Sequence[Path],
+    top_k: int = 5,
+    timeout: float = 60.0,
+    wait_ready: float = 10.0,
+    body_limit: int = MAX_REQUEST_BYTES,
 ) -> list[dict]:
-    """POST each image's raw bytes to the endpoint at `url`; one result per image, in order.
+    """POST each image's bytes to the endpoint at `url`; one result per image, in order.
 
-    Each result is `{"image": "<path>", "top_k": [{"label", "class_name", "index", "probability"}, ...]}`.
-    Waits up to `wait_ready` seconds for a server that is still starting. Raises LocalEndpointError
-    when the endpoint cannot be reached or refuses an image.
+    Each result is `{"image": "<path>", "top_k": [{"label", "class_name", "index", "probability"}, ...]}`,
+    with a "note" when the image was shrunk to fit `body_limit` (as `predict` does for the SageMaker
+    endpoint: `payload`). Every file is checked first, then the server (waiting up to `wait_ready`
+    seconds for one still starting), and only then is an image read. Raises LocalEndpointError when
+    an image cannot be sent, the endpoint cannot be reached or it refuses an image.
     """
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
+    images = [Path(image) for image in images]
+    try:
+        payload.check_image_files(images, body_limit)
+    except payload.ImageFileError as error:
+        raise LocalEndpointError(str(error)) from None
     endpoint = _invocations_url(url)
     # Never send localhost traffic through an HTTP proxy from the environment.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     if wait_ready > 0:
         wait_until_ready(endpoint, opener, wait_ready)
     results = []
-    for image in map(Path, images):
+    for image in images:
+        try:
+            body, content_type, note = payload.request_body(image, image_content_type(image), body_limit)
+        except payload.ImageFileError as error:
+            raise LocalEndpointError(str(error)) from None
         request = urllib.request.Request(
             endpoint,
-            data=image.read_bytes(),
+            data=body,
             method="POST",
-            headers={"Content-Type": image_content_type(image), "Accept": f"{JSON_TYPE};top_k={top_k}"},
+            headers={"Content-Type": content_type, "Accept": f"{JSON_TYPE};top_k={top_k}"},
         )
         try:
             with opener.open(request, timeout=timeout) as response:
-                document = json.loads(response.read())
+                answer = response.read(ANSWER_LIMIT + 1)
+            if len(answer) > ANSWER_LIMIT:
+                raise LocalEndpointError(
+                    f"{image}: the answer is over {ANSWER_LIMIT} bytes; is {url} `serve`?"
+                )
+            document = json.loads(answer)
         except urllib.error.HTTPError as error:
             raise LocalEndpointError(f"{image}: HTTP {error.code}: {_error_reason(error)}") from None
         except urllib.error.URLError as error:
             reason = f"cannot reach {endpoint} ({error.reason}); is `serve` running?"
             raise LocalEndpointError(reason) from None
-        results.append({"image": str(image), "top_k": document["predictions"][0]["top_k"]})
+        result = {"image": str(image), "top_k": document["predictions"][0]["top_k"]}
+        if note:
+            result["note"] = note
+        results.append(result)
     return results
