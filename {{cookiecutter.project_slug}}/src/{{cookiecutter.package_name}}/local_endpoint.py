@@ -38,11 +38,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import waitress
-from waitress import wasyncore
-from waitress.trigger import trigger
-
-from . import sagemaker_api
+from . import extras, sagemaker_api
 from .config import ProjectConfig
 
 logger = logging.getLogger(__name__)
@@ -346,6 +342,11 @@ class LocalEndpoint:
         channel_timeout: int = CHANNEL_TIMEOUT_S,
         threads: int = THREADS,
     ) -> None:
+        # waitress (the `local` extra) is imported by the server alone: `predict --local`, the client,
+        # works after `pip install -e .`.
+        import waitress
+        from waitress.trigger import trigger
+
         self.chain = chain
         self._workdir = workdir
         self._map: dict[int, Any] = {}
@@ -394,12 +395,16 @@ class LocalEndpoint:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Close every socket on the loop thread, then wait for `serve_forever` to return."""
+        from waitress import wasyncore
+
         if not self._map:
             return
         self._trigger.pull_trigger(lambda: wasyncore.close_all(self._map))
         self._stopped.wait(timeout)
 
     def server_close(self) -> None:
+        from waitress import wasyncore
+
         if self._map and self._stopped.is_set():  # never served: nothing else will close them
             wasyncore.close_all(self._map)
         if self._workdir is not None:
@@ -417,6 +422,7 @@ def make_server(
 
     The caller runs `serve_forever()` (on a thread, in tests) and `shutdown()` + `server_close()`.
     """
+    extras.require("local", "serve")
     workdir = Path(tempfile.mkdtemp(prefix="local-endpoint-"))
     try:
         model_dir, code_dir = prepare_model_dir(Path(model_data), workdir, project_root)

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import sagemaker_api
+from . import extras, sagemaker_api
 from .config import ProjectConfig
 
 CHANNEL = sagemaker_api.DATA_CHANNEL
@@ -161,6 +161,7 @@ def run_local_training(
     under `output_dir/opt_ml/output/tensors`, every `save_interval` steps when given.
     `quiet` prints only the last lines of the log (all of it is in `training.log`).
     """
+    extras.require("local", "train --local")
     output_dir = Path(output_dir).resolve()
     if not (config.training_dir / entry_point).is_file():
         raise LocalTrainingError(f"no entry point {entry_point} in {config.training_dir}")
