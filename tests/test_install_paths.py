@@ -8,19 +8,22 @@ into it with that pip, and the installed console script run on error paths: each
 
 - core, then `[debug]` on top of it (the Studio sequence: README, then the notebook's cell): nothing of
   the `local` extra is installed, so `serve` and `train --local` must name that extra, and `check`,
-  `report`, `predict --local` and a broken config.toml must work without it. Installed for real from the
-  package index (about 30 s, then 10 s for `[debug]`).
+  `predict --local`, `deploy --dry-run` and a broken config.toml must work without it; `report` names
+  `debug` for its pictures until `[debug]` is installed, then draws them. Installed for real from the
+  package index, with the stock pip (here 18 s of CPU for core, 8 s for `[debug]`; the whole test about
+  60 s of CPU, most of it the CLI importing the SDK).
 - `[dev]`: installed fresh it would pull torch and the toolkits again (gigabytes, minutes). Instead the
   fresh venv sees this environment's packages (which hold every dependency of a render,
   tests/test_requirements.py) through a .pth file, below its own site-packages: pip still resolves
   `.[dev]` and its self-referencing extras against what is installed, installs the project and its
   entry point into the new venv, and finds nothing missing (seconds). `--system-site-packages` cannot do
   this: a venv made from a venv's Python sees the base interpreter's site-packages, not the venv's. The
-  render's own tests that drive pip then run in it, with that old pip.
+  render's own tests that drive pip then run in it, with that old pip (the whole test about 30 s of CPU).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -117,6 +120,17 @@ def broken_project(tmp_path) -> Path:
 
 
 @pytest.fixture
+def run_with_history(tmp_path) -> Path:
+    """A local run folder whose outputs hold a history.json only: the report has one picture to draw."""
+    folder = tmp_path / "run-with-history"
+    (folder / "opt_ml" / "output" / "data").mkdir(parents=True)
+    (folder / "opt_ml" / "output" / "data" / "history.json").write_text(
+        json.dumps({"epochs": [{"loss": 1.2, "accuracy": 0.4}]}), encoding="utf-8"
+    )
+    return folder
+
+
+@pytest.fixture
 def image(tmp_path) -> Path:
     from PIL import Image
 
@@ -143,10 +157,6 @@ def common_cases(broken: Path, image: Path) -> dict[str, Case]:
             (str(port),),
         ),
         "report --local, no run": (("report", "--local", "--run-dir", str(broken)), (str(broken),)),
-        "deploy --dry-run, no such model": (
-            ("deploy", "--dry-run", "--model-data", str(broken / "model.tar.gz")),
-            ("model.tar.gz",),
-        ),
     }
 
 
@@ -160,13 +170,24 @@ def assert_one_line_errors(venv: Path, project: Path, cases: dict[str, Case]) ->
 
 
 @pytest.mark.slow
-def test_core_then_debug_install_answer_in_one_line(project, broken_project, image, tmp_path):
+def test_core_then_debug_install_answer_in_one_line(
+    project, broken_project, image, run_with_history, tmp_path
+):
     venv = tmp_path / "venv"
     python = make_venv(venv)
     pip_install(python, project, ".")
     unavailable = subprocess.run([str(python), "-c", "import torch"], capture_output=True, timeout=60)
     assert unavailable.returncode != 0, "the core install must not bring torch: this test would prove nothing"
 
+    # The launcher's path (the SDK, the offline AWS, preflight): what the core install is for.
+    launcher_case = {
+        "deploy --dry-run, no such model": (
+            ("deploy", "--dry-run", "--model-data", str(broken_project / "model.tar.gz")),
+            ("model.tar.gz",),
+        )
+    }
+    report = ("report", "--local", "--run-dir", str(run_with_history), "--out", str(tmp_path / "reports"))
+    without_debug = {"report's pictures without the debug extra": (report, ("pip install -e '.[debug]'",))}
     without_local = {
         "serve without the local extra": (
             ("serve", "--model-data", str(project / "README.md")),
@@ -177,17 +198,23 @@ def test_core_then_debug_install_answer_in_one_line(project, broken_project, ima
             (LOCAL_EXTRA, "pip install -e '.[local]'"),
         ),
     }
-    assert_one_line_errors(venv, project, common_cases(broken_project, image) | without_local)
+    assert_one_line_errors(
+        venv, project, common_cases(broken_project, image) | launcher_case | without_debug | without_local
+    )
     # `check` imports the local endpoint's module: it runs, and says which extra the scripts' imports need.
     checked = run_cli(venv, project, "check", "--only", "training/hpo.py", "--json")
     assert "Traceback" not in checked.stdout + checked.stderr, checked.stderr[-3000:]
     assert checked.returncode == 1 and "pip install -e '.[local]'" in checked.stdout, checked.stdout[-3000:]
 
     pip_install(python, project, ".[debug]")
-    # What [debug] changes: the report's imports (matplotlib), and still no local extra.
-    after_debug = ("invalid config.toml", "report --local, no run")
+    # What [debug] changes: the report draws; the local extra is still missing, and said so.
+    reported = run_cli(venv, project, *report)
+    assert reported.returncode == 0, (reported.stdout + reported.stderr)[-3000:]
+    assert (tmp_path / "reports" / run_with_history.name / "index.html").is_file()
     cases = common_cases(broken_project, image)
-    assert_one_line_errors(venv, project, {name: cases[name] for name in after_debug} | without_local)
+    assert_one_line_errors(
+        venv, project, {"invalid config.toml": cases["invalid config.toml"]} | without_local
+    )
 
 
 @pytest.mark.slow
