@@ -181,9 +181,9 @@ def test_core_then_debug_install_answer_in_one_line(
 
     # The launcher's path (the SDK, the offline AWS, preflight): what the core install is for.
     launcher_case = {
-        "deploy --dry-run, no such model": (
-            ("deploy", "--dry-run", "--model-data", str(broken_project / "model.tar.gz")),
-            ("model.tar.gz",),
+        "deploy --dry-run, no model trained": (
+            ("deploy", "--dry-run", "--dry-run-dir", str(tmp_path / "dry-run")),
+            ("--model-data",),
         )
     }
     report = ("report", "--local", "--run-dir", str(run_with_history), "--out", str(tmp_path / "reports"))
