@@ -10,12 +10,14 @@ for real; this is its fast guard, in the project's own suite.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 
-from conftest import PACKAGE, project_module
+from conftest import PACKAGE, project_module, tomllib
 
 # What only the extras bring (pyproject.toml's local, debug and dev), by top-level module.
 EXTRA_ONLY = (
@@ -102,3 +104,22 @@ def test_the_error_handler_imports_nothing_to_recognise_an_error():
     for qualified_name in cli._EXPECTED_ERRORS:  # each names a class that exists where it says
         module_name, _, class_name = qualified_name.rpartition(".")
         assert issubclass(getattr(importlib.import_module(module_name), class_name), Exception)
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_modules_a_command_checks_for_come_from_its_extra(project_root):
+    """extras.EXTRAS (import names) and pyproject.toml's extras (distribution names) say the same."""
+    extras = project_module("extras")
+    pyproject = tomllib.loads((project_root / "pyproject.toml").read_text(encoding="utf-8"))
+    distributions = importlib.metadata.packages_distributions()
+    for extra, modules in extras.EXTRAS.items():
+        requirements = pyproject["project"]["optional-dependencies"][extra]
+        named = {
+            _normalized(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]) for requirement in requirements
+        }
+        for module in modules:
+            providers = {_normalized(name) for name in distributions.get(module, [])}
+            assert providers & named, f"{module} (from {sorted(providers)}) is not in the {extra!r} extra"
