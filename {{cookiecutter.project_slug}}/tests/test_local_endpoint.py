@@ -31,6 +31,7 @@ from PIL import Image
 from classifier.artifact import readable_class_name
 
 local_endpoint = project_module("local_endpoint")
+local_server = project_module("local_server")
 launcher = project_module("launcher")
 payload = project_module("payload")
 make_image = project_module("synthetic").make_image
@@ -400,7 +401,7 @@ class BlockingChain:
 
 def test_past_the_connection_limit_an_idle_connection_makes_room_and_a_busy_one_is_kept():
     chain = BlockingChain()
-    with running(local_endpoint.LocalEndpoint(chain, "127.0.0.1", 0, connection_limit=1)) as server:
+    with running(local_server.LocalEndpoint(chain, "127.0.0.1", 0, connection_limit=1)) as server:
         host, port = server.server_address[:2]
         idle = http.client.HTTPConnection(host, port, timeout=10)
         busy = http.client.HTTPConnection(host, port, timeout=10)

@@ -74,6 +74,10 @@ def resolve_for_the_image(requirements: Path, tmp_path: Path) -> tuple[subproces
         "--only-binary=:all:",
         "--python-version",
         IMAGE_PYTHON,
+        # pip before 23.3 (23.2.1 comes with Python 3.11's venv) refuses --python-version without
+        # --target, even in a dry run; nothing is written there.
+        "--target",
+        str(tmp_path / "not-written"),
         "--report",
         str(report),
         "-r",

@@ -34,7 +34,7 @@ from typing import Any
 import botocore.session
 import botocore.validate
 
-from . import launcher
+from . import extras, launcher
 from .config import ConfigError, ProjectConfig
 from .local_endpoint import running_endpoint
 from .session import open_session
@@ -268,6 +268,10 @@ def script_check(folder: str, module: str, siblings: tuple[str, ...]) -> Callabl
         present = [name for name in siblings if (workspace.root / folder / f"{name}.py").is_file()]
         error = import_errors(workspace, folder, present, timeout).get(module, "")
         if error:
+            missing = extras.missing_modules("local")
+            if missing and error.startswith("ModuleNotFoundError"):
+                # The checking environment's fault, not the project's: say how to complete it.
+                error += f"; this environment lacks the 'local' extra: {extras.install_command('local')}"
             raise CheckFailed(f"import fails: {error}")
         return f"parses ({len(tree.body)} top-level statements) and imports"
 

@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .config import ConfigError, ProjectConfig
+from .config import ProjectConfig
 from .context import CAPTURED, AwsSetupError
 
 if TYPE_CHECKING:
@@ -34,25 +34,30 @@ if TYPE_CHECKING:
 console = Console(soft_wrap=True)
 
 
-def _expected_error_types() -> tuple[type[BaseException], ...]:
-    # Imported when an error happens, not at start-up: these modules pull in the SDK, PIL and torch.
-    import botocore.exceptions
+# The errors that end a command with their one-line message: "module.Class". An error can only have
+# been raised once its module was imported, so the handler finds each class in sys.modules instead of
+# importing anything: an import here could itself fail (a local part whose extra is not installed, as
+# after `pip install -e .`) and would replace the user's error with that traceback.
+_EXPECTED_ERRORS = (
+    f"{__package__}.config.ConfigError",
+    f"{__package__}.context.AwsSetupError",
+    f"{__package__}.extras.MissingExtraError",
+    f"{__package__}.data.DataError",
+    f"{__package__}.launcher.LaunchError",
+    f"{__package__}.local_endpoint.LocalEndpointError",
+    f"{__package__}.local_training.LocalTrainingError",
+    "botocore.exceptions.BotoCoreError",
+    "botocore.exceptions.ClientError",
+)
 
-    from .data import DataError
-    from .launcher import LaunchError
-    from .local_endpoint import LocalEndpointError
-    from .local_training import LocalTrainingError
 
-    return (
-        ConfigError,
-        AwsSetupError,
-        DataError,
-        LaunchError,
-        LocalEndpointError,
-        LocalTrainingError,
-        botocore.exceptions.BotoCoreError,
-        botocore.exceptions.ClientError,
-    )
+def _is_expected(error: BaseException) -> bool:
+    for qualified_name in _EXPECTED_ERRORS:
+        module_name, _, class_name = qualified_name.rpartition(".")
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(error, getattr(module, class_name)):
+            return True
+    return False
 
 
 class ProjectGroup(click.Group):
@@ -67,7 +72,7 @@ class ProjectGroup(click.Group):
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as error:
-            if isinstance(error, _expected_error_types()):
+            if _is_expected(error):
                 message = getattr(error, "summary", None) or " ".join(str(error).split())
                 raise click.ClickException(message) from None
             raise

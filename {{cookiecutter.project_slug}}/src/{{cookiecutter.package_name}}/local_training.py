@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import sagemaker_api
+from . import extras, sagemaker_api
 from .config import ProjectConfig
 
 CHANNEL = sagemaker_api.DATA_CHANNEL
@@ -190,6 +190,7 @@ def run_local_training(
     `resume` keeps the checkpoints of an interrupted run in `output_dir` (see `interrupted_run`).
     A full disk is one line (LocalTrainingError), with no half-written model.tar.gz.
     """
+    extras.require("local", "train --local")
     output_dir = Path(output_dir).resolve()
     if not (config.training_dir / entry_point).is_file():
         raise LocalTrainingError(f"no entry point {entry_point} in {config.training_dir}")

@@ -1,0 +1,47 @@
+"""The optional extras of pyproject.toml, and the one-line error of a command that needs one not installed.
+
+`pip install -e .` (SageMaker Studio, where the containers train and serve) installs the launcher only;
+the commands that train or serve on this machine need `local` (the report's pictures need `debug`, which
+report.py says itself). Their modules import those packages inside the functions that use them, so every
+other command, and every error message, works without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+# The top-level modules an extra brings (pyproject.toml's [project.optional-dependencies]) that a command
+# checks for before it starts.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "local": (
+        "torch",
+        "torchvision",
+        "sagemaker_training",
+        "sagemaker_inference",
+        "sagemaker_pytorch_serving_container",
+        "waitress",
+    ),
+}
+
+
+class MissingExtraError(Exception):
+    """A command needs an extra that is not installed."""
+
+
+def install_command(extra: str) -> str:
+    return f"pip install -e '.[{extra}]'"
+
+
+def missing_modules(extra: str) -> list[str]:
+    """The modules of `extra` that cannot be imported here (found without importing them)."""
+    return [name for name in EXTRAS[extra] if importlib.util.find_spec(name) is None]
+
+
+def require(extra: str, command: str) -> None:
+    """Raise `MissingExtraError` naming the extra and how to install it, unless all of it is installed."""
+    missing = missing_modules(extra)
+    if missing:
+        raise MissingExtraError(
+            f"{command} needs the '{extra}' extra ({', '.join(missing)} not installed): "
+            f"{install_command(extra)}"
+        )

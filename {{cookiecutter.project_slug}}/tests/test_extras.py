@@ -1,0 +1,125 @@
+"""The core install (`pip install -e .`, as in SageMaker Studio) without the optional extras.
+
+A child process blocks every module that only an extra brings (`sys.modules[name] = None`: importing
+it raises ModuleNotFoundError and `importlib.util.find_spec` finds nothing, as when it is not
+installed), then imports every module of the package and runs commands: each must work, or end in one
+line naming the extra it needs. The template's tests/test_install_paths.py installs a render each way
+for real; this is its fast guard, in the project's own suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import json
+import os
+import re
+import subprocess
+import sys
+
+from conftest import PACKAGE, project_module, tomllib
+
+# What only the extras bring (pyproject.toml's local, debug and dev), by top-level module.
+EXTRA_ONLY = (
+    "torch",
+    "torchvision",
+    "sagemaker_training",
+    "sagemaker_inference",
+    "sagemaker_pytorch_serving_container",
+    "waitress",
+    "smdebug",
+    "matplotlib",
+    "nbclient",
+    "nbformat",
+    "ipykernel",
+    "hypothesis",
+    "pytest",
+)
+
+_CHILD = """
+import importlib, json, pkgutil, sys
+package, blocked, commands = sys.argv[1], sys.argv[2].split(","), json.loads(sys.argv[3])
+for name in blocked:
+    sys.modules[name] = None
+imported = importlib.import_module(package)
+failed = {}
+for info in pkgutil.iter_modules(imported.__path__):
+    if info.name != "__main__":  # it runs the CLI
+        try:
+            importlib.import_module(package + "." + info.name)
+        except ImportError as error:
+            failed[info.name] = repr(error)
+from click.testing import CliRunner
+cli = importlib.import_module(package + ".cli")
+results = [CliRunner().invoke(cli.main, args) for args in commands]
+# A ClickException ends in SystemExit; anything else escaped the CLI's handler (a traceback outside tests).
+answers = [dict(exit_code=r.exit_code, output=r.output, ended_by=type(r.exception).__name__) for r in results]
+print(json.dumps({"failed": failed, "answers": answers}))
+"""
+
+
+def run_without_extras(project_root, commands: list[list[str]]) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_root / "src"), str(project_root)])}
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, PACKAGE, ",".join(EXTRA_ONLY), json.dumps(commands)],
+        cwd=project_root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_without_the_extras_every_module_imports_and_commands_name_the_extra(project_root, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.toml").write_text("[model\n", encoding="utf-8")
+    commands = [
+        ["serve", "--model-data", str(project_root / "README.md")],
+        ["train", "--local", "--run-dir", str(tmp_path / "run")],
+        ["--project", str(broken), "cost", "--offline"],
+    ]
+    outcome = run_without_extras(project_root, commands)
+    assert not outcome["failed"], f"modules that need an extra at import: {outcome['failed']}"
+    serve, train, config = outcome["answers"]
+    for answer in (serve, train, config):
+        assert (answer["exit_code"], answer["ended_by"]) == (1, "SystemExit"), answer
+    for answer in (serve, train):
+        last = answer["output"].splitlines()[-1]
+        assert "needs the 'local' extra" in last and "pip install -e '.[local]'" in last, answer
+    assert "not valid TOML" in config["output"], config
+
+
+def test_the_error_handler_imports_nothing_to_recognise_an_error():
+    """An error class whose module was never imported cannot have been raised: the handler looks in
+    sys.modules only, so recognising an error never imports a module (which could fail)."""
+    cli = project_module("cli")
+    config = project_module("config")
+    before = set(sys.modules)
+    assert cli._is_expected(config.ConfigError("bad"))
+    assert not cli._is_expected(ValueError("a bug"))
+    assert set(sys.modules) == before
+    for qualified_name in cli._EXPECTED_ERRORS:  # each names a class that exists where it says
+        module_name, _, class_name = qualified_name.rpartition(".")
+        assert issubclass(getattr(importlib.import_module(module_name), class_name), Exception)
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_modules_a_command_checks_for_come_from_its_extra(project_root):
+    """extras.EXTRAS (import names) and pyproject.toml's extras (distribution names) say the same."""
+    extras = project_module("extras")
+    pyproject = tomllib.loads((project_root / "pyproject.toml").read_text(encoding="utf-8"))
+    distributions = importlib.metadata.packages_distributions()
+    for extra, modules in extras.EXTRAS.items():
+        requirements = pyproject["project"]["optional-dependencies"][extra]
+        named = {
+            _normalized(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]) for requirement in requirements
+        }
+        for module in modules:
+            providers = {_normalized(name) for name in distributions.get(module, [])}
+            assert providers & named, f"{module} (from {sorted(providers)}) is not in the {extra!r} extra"
