@@ -23,6 +23,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The package's own modules that exist for one extra and import it at their top (the local server is
+# waitress); only a command that has called `require` for that extra imports them.
+EXTRA_MODULES: dict[str, str] = {"local_server": "local"}
+
 
 class MissingExtraError(Exception):
     """A command needs an extra that is not installed."""
