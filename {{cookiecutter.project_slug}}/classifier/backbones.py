@@ -81,6 +81,16 @@ def build_model(
     return model
 
 
+def has_batch_norm(backbone: str) -> bool:
+    """Whether torchvision's `backbone` has BatchNorm layers (which cannot train on a batch of one
+    image). Built on the meta device: no weights, no memory, well under a second."""
+    if backbone not in models.list_models(module=models):
+        return False
+    with torch.device("meta"):
+        model = models.get_model(backbone, weights=None)
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
 def head(model: nn.Module) -> nn.Linear:
     """The classification layer `build_model` put in."""
     return model.get_submodule(head_name(model))

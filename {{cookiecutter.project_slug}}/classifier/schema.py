@@ -32,6 +32,10 @@ from typing import Any, Union
 # Tested torchvision classification models (each ends in an nn.Linear the project replaces).
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
 FINETUNE_MODES = ("head", "full")
+# The backbones above with BatchNorm layers (convnext_tiny normalises with LayerNorm). BatchNorm in
+# training mode cannot normalise a batch of one image, and with finetune = "full" it trains: there,
+# batch_size must be at least 2. The render's tests check this list against the networks themselves.
+BATCH_NORM_BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large")
 # The rules the project judges, by the names of SageMaker's built-in rules: debugger rules as the SDK's
 # `rule_configs` functions, profiler rules as its classes. DataLoadingBottleneck is judged in the job only.
 SAGEMAKER_DEBUGGER_RULES = (
@@ -262,6 +266,24 @@ def serving_precision(
     if drop <= limit:
         return "int8", f"{source}=auto and int8 loses {drop:.2f} points, at most {limit} ({figures})"
     return "float", f"{source}=auto and int8 would lose {drop:.2f} points, more than {limit} ({figures})"
+
+
+def smallest_batch_size(finetune: str, backbone: str) -> int:
+    """The smallest batch size training `backbone` in `finetune` mode can take: 2 where BatchNorm
+    trains (it cannot normalise a batch of one image), else 1."""
+    return 2 if finetune == "full" and backbone in BATCH_NORM_BACKBONES else 1
+
+
+def batch_size_problem(batch_size: int, finetune: str, backbone: str) -> str | None:
+    """What is wrong with `batch_size` for training `backbone` in `finetune` mode, in one line naming
+    the keys (as `train --hp` takes them); None when it can train."""
+    smallest = smallest_batch_size(finetune, backbone)
+    if batch_size >= smallest:
+        return None
+    return (
+        f'batch_size = {batch_size}: must be at least {smallest} with finetune = "{finetune}" and '
+        f'backbone = "{backbone}" (BatchNorm cannot train on one image)'
+    )
 
 
 # --- problems ----------------------------------------------------------------------------------------
@@ -862,6 +884,7 @@ class Settings:
                 f'needs {REF0} = "head": with "{self.model.finetune}" the backbone changes every step',
                 refs=(("model", "finetune"),),
             )
+        yield from self._batch_size_problems()
         hyperparameters = {f.name: f for f in dataclasses.fields(Hyperparameters)}
         hints = typing.get_type_hints(Hyperparameters)
         for name, spec in self.tuning.ranges.items():
@@ -897,6 +920,29 @@ class Settings:
                     self.environment[name],
                     "is not an environment variable name (letters, digits, '_')",
                 )
+
+    def _batch_size_problems(self) -> Iterator[Problem]:
+        """batch_size, and the tuner's range of it, stay at or above what the network can train on
+        (training/engine.py's check_args stops the job otherwise, after the instance is billed)."""
+        smallest = smallest_batch_size(self.model.finetune, self.model.backbone)
+        if smallest == 1:
+            return
+        refs = (("model", "finetune"), ("model", "backbone"))
+        backbone = self.model.backbone
+        least = (
+            f'at least {smallest} with {REF0} = "full" and {REF1} = "{backbone}" (BatchNorm needs 2 images)'
+        )
+        if self.hyperparameters.batch_size < smallest:
+            value = self.hyperparameters.batch_size
+            yield Problem(("hyperparameters", "batch_size"), value, f"must be {least}", refs)
+        tuned = self.tuning.ranges.get("batch_size")
+        where = ("tuning", "ranges", "batch_size")
+        if tuned is not None and tuned.type == "categorical":
+            numbers = [v for v in tuned.values if isinstance(v, int | float) and not isinstance(v, bool)]
+            if any(v < smallest for v in numbers):
+                yield Problem(where + ("values",), list(tuned.values), f"must each be {least}", refs)
+        elif tuned is not None and tuned.min is not None and tuned.min < smallest:
+            yield Problem(where + ("min",), tuned.min, f"must be {least}", refs)
 
 
 # --- reading a document against the schema -----------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import tiny_args
 
 from classifier import schema
 
@@ -213,6 +214,9 @@ def edited_document(**tables: dict) -> dict:
     return document
 
 
+FULL_RESNET = {"finetune": "full", "backbone": "resnet50"}
+
+
 @pytest.mark.parametrize(
     ("tables", "words"),
     [
@@ -227,6 +231,25 @@ def edited_document(**tables: dict) -> dict:
         (
             {"hyperparameters": {"feature_cache": True}, "model": {"finetune": "full"}},
             '[hyperparameters] feature_cache = true: needs [model] finetune = "head"',
+        ),
+        (
+            {"hyperparameters": {"batch_size": 1}, "model": FULL_RESNET},
+            '[hyperparameters] batch_size = 1: must be at least 2 with [model] finetune = "full" and '
+            '[model] backbone = "resnet50"',
+        ),
+        (
+            {
+                "tuning": {"ranges": {"batch_size": {"type": "categorical", "values": [8, 1]}}},
+                "model": FULL_RESNET,
+            },
+            "[tuning.ranges.batch_size] values = [8, 1]: must each be at least 2 with [model] finetune",
+        ),
+        (
+            {
+                "tuning": {"ranges": {"batch_size": {"type": "integer", "min": 1, "max": 64}}},
+                "model": FULL_RESNET,
+            },
+            "[tuning.ranges.batch_size] min = 1: must be at least 2 with [model] finetune",
         ),
     ],
 )
@@ -267,3 +290,51 @@ def test_a_hyperparameter_override_is_held_to_the_schema(override: str, words: s
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert lines[-1].startswith("Error: Invalid value for --hp: ") and words in lines[-1], result.output
+
+
+# --- a batch of one image: BatchNorm cannot train on it ---------------------------------------------------
+
+
+def test_the_schemas_batch_norm_backbones_are_those_whose_networks_have_batch_norm() -> None:
+    """The schema (standard library only) names them; the networks themselves say which they are."""
+    from classifier import backbones
+
+    having = {name for name in schema.BACKBONES if backbones.has_batch_norm(name)}
+    assert having == set(schema.BATCH_NORM_BACKBONES)
+    assert "convnext_tiny" not in having and "resnet18" in having  # the check tells them apart
+
+
+@pytest.mark.parametrize("backbone", schema.BACKBONES)
+@pytest.mark.parametrize("finetune", schema.FINETUNE_MODES)
+def test_a_batch_of_one_is_refused_exactly_where_batch_norm_trains(backbone: str, finetune: str) -> None:
+    model = {"backbone": backbone, "finetune": finetune}
+    refused = finetune == "full" and backbone != "convnext_tiny"  # convnext normalises with LayerNorm
+    one = schema.validate(edited_document(hyperparameters={"batch_size": 1}, model=model))
+    assert [problem.path for problem in one] == ([("hyperparameters", "batch_size")] if refused else [])
+    assert schema.validate(edited_document(hyperparameters={"batch_size": 2}, model=model)) == []
+
+
+def test_train_hp_refuses_a_batch_of_one_for_full_finetuning_in_one_line() -> None:
+    overrides = ["--hp", "backbone=resnet50", "--hp", "finetune=full", "--hp", "batch_size=1"]
+    result = CliRunner().invoke(cli.main, ["--project", str(PROJECT_ROOT), "train", "--dry-run", *overrides])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    refusal = 'batch_size = 1: must be at least 2 with finetune = "full" and backbone = "resnet50"'
+    assert lines[-1].startswith(f"Error: Invalid value for --hp: {refusal}"), lines
+
+
+@pytest.mark.parametrize(("backbone", "refused"), [("mobilenet_v3_large", True), ("convnext_tiny", False)])
+def test_train_models_argument_check_refuses_a_batch_of_one_where_batch_norm_trains(
+    training, tmp_path: Path, backbone: str, refused: bool
+) -> None:
+    engine = training("engine")
+    arguments = ("--backbone", backbone, "--finetune", "full", "--batch_size", "1")
+    args = tiny_args(engine, tmp_path / "data", tmp_path / "run", *arguments)
+    if not refused:
+        engine.check_args(args)
+        return
+    with pytest.raises(SystemExit) as stopped:
+        engine.check_args(args)
+    message = str(stopped.value)
+    assert message.startswith(f"batch_size 1 cannot train {backbone} with finetune=full"), message
+    assert "\n" not in message

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import ast
 import errno
+import http.server
 import inspect
+import io
 import json
 import os
 import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import project_module
+from conftest import PACKAGE, project_module
 from launch_helpers import copy_project
 from PIL import Image
 
@@ -234,24 +239,6 @@ def test_an_error_that_stops_prepare_leaves_no_partial_dest(
     assert not out.exists() and list(out.parent.iterdir()) == []  # no staging folder left either
 
 
-def mount_tmpfs(folder: Path, size: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB file system (a tmpfs; the test is skipped where mounting needs a root this user is not)."""
-    folder = tmp_path / "small-disk"
-    mount_tmpfs(folder, "1m")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
-
-
 def test_a_full_disk_stops_prepare_in_one_line_and_leaves_nothing(small_disk, tmp_path):
     source = tmp_path / "source"
     for index in range(4):  # 12 images of ~190 KB of noise: more than the disk holds
@@ -426,3 +413,130 @@ def test_a_class_left_without_images_in_a_split_is_refused(tmp_path):
     with pytest.raises(data.DataError, match=r"no images left for valid/c, test/c"):
         data.prepare(tmp_path / "source", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def solid_jpeg(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 40), colour).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("set/train/001.Class_001/dup.jpg", "set/train/001.Class_001/dup.jpg"),  # zip allows one name twice
+        ("set/train/001.Class_001/dup.jpg", "set/train/001.Class_001/DUP.JPG"),  # one file on macOS, Windows
+        ("set/train/001.Class_001/dup.jpg", "set\\train\\001.Class_001\\dup.jpg"),  # one file on Windows
+    ],
+    ids=["twice", "case", "separator"],
+)
+def test_a_zip_with_two_members_extracted_to_one_file_is_refused_in_one_line_naming_them(
+    tiny_dataset, tmp_path, monkeypatch, first, second
+):
+    archive = tmp_path / "set.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(archive, "w") as zipped:
+        warnings.simplefilter("ignore")  # zipfile warns of a duplicate name, and writes it
+        for name, payload in dataset_members(tiny_dataset).items():
+            zipped.writestr(name, payload)
+        zipped.writestr(first, solid_jpeg((250, 0, 0)))
+        zipped.writestr(second, solid_jpeg((0, 0, 250)))
+    monkeypatch.setattr(zipfile.ZipFile, "extract", lambda *a, **k: pytest.fail("extracted"))
+    with pytest.raises(data.DataError) as failure:
+        data.prepare(archive, tmp_path / "out")
+    message = str(failure.value)
+    assert "\n" not in message and "not extracted" in message
+    assert repr(first) in message and repr(second) in message
+    assert not (tmp_path / "out").exists()
+
+
+class FailingServer(http.server.BaseHTTPRequestHandler):
+    """Each download fails its own way. /cut.zip and /stall.zip promise 100,000 bytes and send 1,000:
+    the first then closes the connection, the second goes silent for a second; anything else is a 404."""
+
+    def do_GET(self) -> None:
+        if self.path not in ("/cut.zip", "/stall.zip"):
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"PK" + bytes(998))
+        self.wfile.flush()
+        if self.path == "/stall.zip":
+            time.sleep(1)
+        self.close_connection = True
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def http_base():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailingServer)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("cut.zip", "the connection closed after 1,000 of 100,000 bytes"),
+        ("stall.zip", "timed out"),
+        ("missing.zip", "HTTP 404"),
+    ],
+)
+def test_a_failed_http_download_is_one_line_and_leaves_no_part_file(
+    http_base, tmp_path, monkeypatch, name, reason
+):
+    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_SECONDS", 0.2)
+    url = f"{http_base}/{name}"
+    with pytest.raises(data.DataError) as failure:
+        data.prepare(url, tmp_path / "out", download_dir=tmp_path / "downloads")
+    assert str(failure.value).startswith(f"cannot download {url}: {reason}")
+    assert "\n" not in str(failure.value)
+    # Neither a .part nor a truncated zip that the next prepare would take for the dataset.
+    assert list((tmp_path / "downloads").iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+# Runs `data.prepare(SOURCE, DEST)` in a process of its own that stops at the first image, as on a long
+# dataset, to be killed there.
+STALLED_PREPARE = f"""
+import sys, time
+from pathlib import Path
+from {PACKAGE} import data
+data.check_image = lambda path: time.sleep(600)
+data.prepare(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_a_killed_prepares_staging_folder_is_removed_by_the_next_in_one_line(
+    project_root, tiny_dataset, tmp_path, capsys
+):
+    out = tmp_path / "parent" / "out"
+    source_path = os.pathsep.join([str(project_root / "src"), str(project_root)])
+    environment = {**os.environ, "PYTHONPATH": source_path}
+    stalled = subprocess.Popen(
+        [sys.executable, "-c", STALLED_PREPARE, str(tiny_dataset), str(out)],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(".out.partial-*")):
+        assert stalled.poll() is None, stalled.communicate()[1].decode()
+        assert time.monotonic() < deadline, "the stalled prepare made no staging folder"
+        time.sleep(0.05)
+    stalled.kill()  # SIGKILL: no finally runs
+    stalled.communicate()
+    (killed,) = out.parent.glob(".out.partial-*")
+    running = Path(tempfile.mkdtemp(prefix=data.staging_prefix(out), dir=out.parent))  # this live process's
+    manifest = data.prepare(tiny_dataset, out)
+    assert manifest.total("train") == 18
+    assert not killed.exists() and running.is_dir()
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "removed" in line]  # not progress
+    assert line.startswith(f"removed what a killed earlier prepare of {out} left: {killed.name}")
+    assert sorted(out.parent.iterdir()) == sorted([out, running])

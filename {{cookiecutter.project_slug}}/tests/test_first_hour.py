@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import subprocess
 import urllib.error
 
 import pytest
@@ -194,20 +193,6 @@ def test_a_full_disk_on_the_launchers_side_is_one_line(project_config, tiny_data
     run_dir = tmp_path / "run"
     message = f"No space left on device writing into {run_dir}: free space there, or pass another --run-dir"
     assert failure.value.summary == message
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB file system (a tmpfs; skipped where mounting one needs a root this user is not)."""
-    folder = tmp_path / "small-disk"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", str(folder)], check=True)
 
 
 @pytest.mark.slow

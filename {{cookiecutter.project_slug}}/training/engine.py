@@ -57,7 +57,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from classifier.artifact import ModelMetadata, atomic_save, atomic_write_text, choose_precision, save_artifact
-from classifier.backbones import WeightsUnavailable, build_model, head, trainable_parameters
+from classifier.backbones import (
+    WeightsUnavailable,
+    build_model,
+    has_batch_norm,
+    head,
+    trainable_parameters,
+)
 from classifier.presets import EvalPreset, TrainPreset
 from classifier.schema import FINETUNE_MODES, OPTIMIZERS, QUANTIZE_SETTINGS, SCHEDULERS
 
@@ -214,6 +220,11 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("epochs", "batch_size", "test_batch_size", "train_save_interval", "eval_save_interval"):
         if getattr(args, name) < 1:
             raise SystemExit(f"{name} must be at least 1, got {getattr(args, name)}")
+    if args.finetune == "full" and args.batch_size < 2 and has_batch_norm(args.backbone):
+        raise SystemExit(
+            f"batch_size {args.batch_size} cannot train {args.backbone} with finetune=full: BatchNorm cannot "
+            "train on a batch of one image; use batch_size 2 or more, or finetune=head"
+        )
     if args.profiler_interval_millis < 10:
         raise SystemExit(f"profiler_interval_millis must be at least 10, got {args.profiler_interval_millis}")
     try:

@@ -154,6 +154,17 @@ def _parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
+def _check_batch_size(config: ProjectConfig, overrides: dict[str, Any]) -> None:
+    """The batch size `--hp` leaves (its own or config.toml's) must fit the network it leaves: a rule
+    between keys, so checked once they are merged."""
+    from .config import schema
+
+    merged = config.script_hyperparameters(overrides)
+    problem = schema.batch_size_problem(merged["batch_size"], merged["finetune"], merged["backbone"])
+    if problem:
+        raise click.BadParameter(problem, param_hint="--hp")
+
+
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """click's FloatRange lets nan through (every comparison with it is false)."""
     if value is not None and value != value:
@@ -457,6 +468,7 @@ def train(
 
     config = _config(ctx)
     overrides = _parse_hyperparameters(hp_pairs)
+    _check_batch_size(config, overrides)
     if local:
         from .local_training import run_local_training
         from .state import ProjectState

@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import http.client
 import itertools
 import json
+import os
 import random
+import re
 import shutil
+import socket
 import tempfile
+import unicodedata
+import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +50,8 @@ MAX_ZIP_TOTAL_BYTES = 200 * 2**30
 MAX_ZIP_RATIO = 100
 # Members this small may compress well (a blank BMP) whatever they hold: their ratio is not judged.
 ZIP_RATIO_EXEMPT_BYTES = 2**20
+# A server silent this long (connecting, or between two reads) ends the download.
+DOWNLOAD_TIMEOUT_SECONDS = 60
 # What a full disk or an exhausted quota raises while writing.
 DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 
@@ -77,25 +86,59 @@ def _is_url(source: str) -> bool:
 
 def download(url: str, destination: Path) -> Path:
     """Fetch `url` (http(s):// or s3://) into `destination` (a file), with a progress bar; kept if
-    already there."""
+    already there.
+
+    The bytes go to `destination` + `.part`, renamed at the end: whatever stops the download (an
+    HTTP or S3 error, a cut connection, a full disk, Ctrl-C) removes the `.part`, so no half file is
+    left to be mistaken for the dataset.
+    """
     if destination.is_file():
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_suffix(destination.suffix + ".part")
-    if url.startswith("s3://"):
-        download_s3(url, partial)
-        partial.replace(destination)
-        return destination
-    columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with urllib.request.urlopen(url) as response, partial.open("wb") as sink, Progress(*columns) as progress:
-        task = progress.add_task(
-            f"download {destination.name}", total=int(response.headers.get("Content-Length", 0)) or None
-        )
-        while chunk := response.read(1 << 20):
-            sink.write(chunk)
-            progress.advance(task, len(chunk))
+    fetch = download_s3 if url.startswith("s3://") else download_http
+    try:
+        fetch(url, partial)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(destination)
     return destination
+
+
+def _progress() -> Progress:
+    columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    return Progress(*columns)
+
+
+def download_http(url: str, destination: Path) -> None:
+    """Copy the file at an http(s) URL to `destination`. An HTTP error, a refused or cut connection
+    (fewer bytes than the Content-Length said) or a server silent for DOWNLOAD_TIMEOUT_SECONDS is a
+    DataError naming the URL (`download` removes what was written)."""
+    try:
+        with (
+            urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_SECONDS) as response,
+            destination.open("wb") as sink,
+            _progress() as progress,
+        ):
+            size = int(response.headers.get("Content-Length") or 0) or None
+            task = progress.add_task(f"download {destination.name.removesuffix('.part')}", total=size)
+            received = 0
+            while chunk := response.read(1 << 20):
+                sink.write(chunk)
+                received += len(chunk)
+                progress.advance(task, len(chunk))
+    except urllib.error.HTTPError as error:
+        raise DataError(f"cannot download {url}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as error:
+        reason = error.reason if isinstance(error, urllib.error.URLError) else error
+        text = " ".join(str(reason).split()) or type(reason).__name__
+        raise DataError(f"cannot download {url}: {text}") from None
+    # http.client ends a body cut short as if it were whole: only the count tells.
+    if size is not None and received != size:
+        raise DataError(
+            f"cannot download {url}: the connection closed after {received:,} of {size:,} bytes; try again"
+        )
 
 
 def download_s3(url: str, destination: Path) -> None:
@@ -103,7 +146,7 @@ def download_s3(url: str, destination: Path) -> None:
 
     The schema lets [data] url be an s3:// URL (a dataset kept in the course's or your own bucket):
     boto3 fetches it as the http(s) branch fetches a public URL. A missing object, a refused request
-    or no credentials is a DataError naming the URL, and `destination` is removed.
+    or no credentials is a DataError naming the URL (`download` removes what was written).
     """
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
@@ -111,22 +154,17 @@ def download_s3(url: str, destination: Path) -> None:
     bucket, _, key = url.removeprefix("s3://").partition("/")
     if not bucket or not key:
         raise DataError(f"{url} names no object; expected s3://bucket/path/dataset.zip")
-    columns = (*Progress.get_default_columns()[:2], BarColumn(), DownloadColumn(), TransferSpeedColumn())
     try:
         s3 = boto3.client("s3")
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-        with destination.open("wb") as sink, Progress(*columns) as progress:
+        with destination.open("wb") as sink, _progress() as progress:
             task = progress.add_task(f"download {Path(key).name}", total=size or None)
             s3.download_fileobj(bucket, key, sink, Callback=lambda sent: progress.advance(task, sent))
     except (BotoCoreError, ClientError) as error:
-        destination.unlink(missing_ok=True)
         code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
         why = {"404": "no such object", "NoSuchKey": "no such object", "NoSuchBucket": "no such bucket"}
         reason = why.get(code) or ("access denied" if code in ("403", "AccessDenied") else str(error))
         raise DataError(f"cannot download {url}: {reason}") from None
-    except BaseException:
-        destination.unlink(missing_ok=True)
-        raise
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -277,14 +315,19 @@ def prepare(
     are); None copies every image.
 
     Everything is written to a hidden staging folder beside `destination` and moved into place at
-    the end: an error (a DataError, a full disk) leaves no `destination` behind.
+    the end: an error (a DataError, a full disk) leaves no `destination` behind, and the staging
+    folders a killed prepare left (kill -9, a closed laptop) are removed by the next one.
     """
     destination = Path(destination)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise DataError(f"{destination} is not empty; remove it or choose another --dest")
     text = str(source)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    removed = remove_abandoned_staging(destination)
+    if removed:
+        shown = ", ".join(path.name for path in removed[:3]) + (" ..." if len(removed) > 3 else "")
+        print(f"removed what a killed earlier prepare of {destination} left: {shown}")
+    staging = Path(tempfile.mkdtemp(prefix=staging_prefix(destination), dir=destination.parent))
     try:
         with tempfile.TemporaryDirectory(prefix="prepare-") as scratch:
             root = _dataset_root(text, Path(download_dir or scratch), Path(scratch))
@@ -311,6 +354,48 @@ def prepare(
     return manifest
 
 
+def staging_prefix(destination: Path) -> str:
+    """The start of the name of this process's staging folder for `destination`: hidden, and naming its
+    owner (process id and machine), so a later prepare can tell one whose owner is gone."""
+    return f".{destination.name}.partial-{os.getpid()}-{_machine_tag()}-"
+
+
+def _machine_tag() -> str:
+    # A folder on a shared disk (EFS in SageMaker Studio) may belong to a process of another machine,
+    # whose process ids mean nothing here.
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: no folder is judged abandoned
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_abandoned_staging(destination: Path) -> list[Path]:
+    """Remove the staging folders of `destination` whose prepare was killed before it could clean up:
+    made on this machine by a process that is gone. A running prepare's folder is kept."""
+    owned = re.compile(re.escape(f".{destination.name}.partial-") + r"(\d+)-([0-9a-f]{8})-[a-z0-9_]+")
+    if not destination.parent.is_dir():
+        return []
+    removed = []
+    for path in sorted(destination.parent.iterdir()):
+        match = owned.fullmatch(path.name)
+        if not match or match[2] != _machine_tag() or path.is_symlink() or not path.is_dir():
+            continue
+        if not _process_alive(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+    return removed
+
+
 def _dataset_root(source: str, download_dir: Path, scratch: Path) -> Path:
     """The folder of images `source` names: itself, or a zip (downloaded first for a URL) extracted."""
     if _is_url(source):
@@ -327,6 +412,7 @@ def _dataset_root(source: str, download_dir: Path, scratch: Path) -> Path:
     with zipfile.ZipFile(source_path) as archive:
         members = archive.infolist()
         check_zip_bounds(source_path, members, shutil.disk_usage(scratch).free)
+        check_zip_names(source_path, members)
         for member in track(members, description=f"unzip {source_path.name}"):
             # ZipFile.extract drops absolute paths and `..` (zip slip); the sizes were checked above and
             # the reader stops at each member's recorded size, so what is written is what was checked.
@@ -358,6 +444,43 @@ def check_zip_bounds(archive: Path, members: list[zipfile.ZipInfo], free_bytes: 
             f"{archive} expands to {total:,} bytes, over {bound:,} (the free space of the scratch folder "
             f"{tempfile.gettempdir()}, or {MAX_ZIP_TOTAL_BYTES:,}): not extracted; set TMPDIR to a larger one"
         )
+
+
+def check_zip_names(archive: Path, members: list[zipfile.ZipInfo]) -> None:
+    """Refuse, in one line and before anything is extracted, a zip two of whose files would be
+    extracted to one file: the second would silently replace the first.
+
+    Refused rather than renamed: a zip may hold one name twice (an archive appended to), and which
+    copy was meant is not ours to guess; names that differ only in letter case, or in / and \\, are
+    one file on macOS or Windows, and refusing them everywhere keeps a zip's dataset the same
+    wherever it is prepared. The user renames one; nothing is dropped unseen.
+    """
+    seen: dict[str, str] = {}
+    for member in members:
+        if member.is_dir():
+            continue
+        key = _extracted_name(member.filename)
+        if key not in seen:
+            seen[key] = member.filename
+            continue
+        first = seen[key]
+        which = f"{first!r} twice" if first == member.filename else f"{first!r} and {member.filename!r}"
+        raise DataError(
+            f"{archive} holds {which}, which would be extracted to one file (names that differ only in "
+            "case, or in / and \\, are one file on macOS and Windows): not extracted; rename one and zip "
+            "it again"
+        )
+
+
+def _extracted_name(name: str) -> str:
+    """`name` as extraction writes it, in a form equal for names that land on one file on some system:
+    ZipFile.extract drops a drive, a root, `.` and `..` (zip slip); Windows reads \\ as /; macOS and
+    Windows ignore case, and macOS the Unicode normal form."""
+    parts = name.replace("\\", "/").split("/")
+    if parts and re.fullmatch(r"[A-Za-z]:", parts[0]):
+        parts = parts[1:]
+    kept = "/".join(part for part in parts if part not in ("", ".", ".."))
+    return unicodedata.normalize("NFC", kept).casefold()
 
 
 def _refuse_empty_class_folders(root: Path, has_splits: bool) -> None:
