@@ -88,6 +88,11 @@ def has_batch_norm(backbone: str) -> bool:
         return False
     with torch.device("meta"):
         model = models.get_model(backbone, weights=None)
+    return contains_batch_norm(model)
+
+
+def contains_batch_norm(model: nn.Module) -> bool:
+    """Whether `model` has a BatchNorm layer of any dimension."""
     return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
 
 

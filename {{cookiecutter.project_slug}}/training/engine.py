@@ -60,6 +60,7 @@ from classifier.artifact import ModelMetadata, atomic_save, atomic_write_text, c
 from classifier.backbones import (
     WeightsUnavailable,
     build_model,
+    contains_batch_norm,
     has_batch_norm,
     head,
     trainable_parameters,
@@ -637,9 +638,7 @@ def load_data(
     # BatchNorm in training mode cannot normalise a batch of one image ("Expected more than 1 value per
     # channel"): when the whole network trains and has BatchNorm, a last training batch of one is dropped
     # (a different image each epoch, as the order is shuffled).
-    single_image_batch_fails = args.finetune == "full" and any(
-        isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules()
-    )
+    single_image_batch_fails = args.finetune == "full" and contains_batch_norm(model)
 
     def images(split: str, shuffle: bool, batch_size: int, transform, cache=None, preset=None) -> object:
         return make_loader(
