@@ -60,11 +60,14 @@ def heredoc(script: str) -> str:
 def test_the_workflow_is_a_github_actions_workflow(workflow):
     assert workflow["name"] == "template-ci"
     assert {"push", "pull_request"} <= set(workflow["on"])
-    assert set(workflow["jobs"]) == {"template-tests", "matrix", "render", "cohort"}
+    assert set(workflow["jobs"]) == {"template-tests", "install-paths", "matrix", "render", "cohort"}
     for job, step in steps(workflow):
         assert ("uses" in step) != ("run" in step), f"{job}: a step either uses an action or runs a command"
         if "uses" in step:
             assert re.fullmatch(r"actions/[\w-]+@v\d+", step["uses"]), step["uses"]
+    # The fast tier leaves out the slow tests; the install paths get a job of their own.
+    installs = [step["run"] for step in workflow["jobs"]["install-paths"]["steps"] if "run" in step]
+    assert any("tests/test_install_paths.py" in command for command in installs), installs
     render = workflow["jobs"]["render"]
     assert render["needs"] == "matrix"
     assert render["strategy"]["matrix"]["case"] == "${{ fromJSON(needs.matrix.outputs.cases) }}"
