@@ -62,9 +62,16 @@ def cookiecutter(tmp_path: Path, *answers: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize(("key", "value"), INVALID, ids=[f"{k}={v[:20]!r}" for k, v in INVALID])
-def test_refused_cleanly(tmp_path: Path, key: str, value: str) -> None:
-    result = cookiecutter(tmp_path, f"{key}={value}")
+# Answers each valid alone and refused together: (the key the error names, the answers).
+INVALID_TOGETHER = [
+    # BatchNorm cannot train on one image when the whole network trains.
+    ("batch_size", ("finetune=full", "batch_size=1")),
+    ("batch_size_choices", ("finetune=full", "batch_size_choices=1,40")),
+]
+
+
+def assert_refused_cleanly(tmp_path: Path, key: str, *answers: str) -> None:
+    result = cookiecutter(tmp_path, *answers)
     assert result.returncode == 1
     output = result.stdout + result.stderr
     # cookiecutter adds its own "ERROR: Stopping generation because ..." line after a hook's.
@@ -73,6 +80,20 @@ def test_refused_cleanly(tmp_path: Path, key: str, value: str) -> None:
     assert "Traceback" not in output, "one line per problem, not a traceback"
     assert len(output.splitlines()) <= 5, output
     assert list(tmp_path.iterdir()) == [], "a refused render must leave nothing behind"
+
+
+@pytest.mark.parametrize(("key", "value"), INVALID, ids=[f"{k}={v[:20]!r}" for k, v in INVALID])
+def test_refused_cleanly(tmp_path: Path, key: str, value: str) -> None:
+    assert_refused_cleanly(tmp_path, key, f"{key}={value}")
+
+
+@pytest.mark.parametrize(("key", "answers"), INVALID_TOGETHER, ids=[" ".join(a) for _, a in INVALID_TOGETHER])
+def test_refused_together_cleanly(tmp_path: Path, key: str, answers: tuple[str, ...]) -> None:
+    assert_refused_cleanly(tmp_path, key, *answers)
+    # Each answer alone renders.
+    for answer in answers:
+        alone = cookiecutter(tmp_path / answer.partition("=")[0], answer)
+        assert alone.returncode == 0, alone.stderr
 
 
 def test_a_git_clone_of_the_template_validates_with_its_schema(tmp_path: Path) -> None:
