@@ -319,3 +319,32 @@ def test_a_project_rendered_without_the_notebook_is_not_failed_for_it(project):
     answers.unlink()
     item = handin.check_notebook(project)
     assert (item.status, item.detail) == ("fail", "missing")
+
+
+def test_with_an_account_the_endpoint_and_cost_come_from_status(project, monkeypatch):
+    """What `status` finds (here a stand-in for the account's answer) decides the two AWS items."""
+    import contextlib
+
+    launcher = project_module("launcher")
+    session = project_module("session")
+    asked = []
+
+    @contextlib.contextmanager
+    def account(config, **options):
+        asked.append(options)
+        yield "the session"
+
+    rows = [
+        {"kind": "endpoint", "name": "dogs-ep-1", "status": "InService", "usd": 0.75},
+        {"kind": "training-job", "name": "dogs-train-1", "status": "Completed", "usd": 1.5},
+    ]
+    monkeypatch.setattr(session, "open_session", account)
+    monkeypatch.setattr(launcher, "status", lambda config, opened: rows if opened == "the session" else [])
+    endpoint, cost = handin.aws_items(project, offline=False)
+    assert asked == [{}], "a real session: no dry run"
+    slug = ProjectConfig.load(project).section("project")["slug"]
+    assert (endpoint.status, endpoint.detail) == (
+        "fail",
+        f"still up, billed every hour: dogs-ep-1 (InService); run `{slug} teardown`",
+    )
+    assert (cost.status, cost.detail) == ("pass", "2.25 USD for 2 resources (from start and end times)")
