@@ -57,6 +57,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from slugify import slugify
@@ -87,7 +88,14 @@ MAX_CELL_CHARS = 1000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The cohort sets these per student; a roster column of the same name overrides it.
 OWNER = "owner"
-SUMMARY_FIELDS = ("row", "student", "folder", "status", "reason")
+SUMMARY_FIELDS = ("row", "student", "name", "folder", "status", "reason")
+# The class table's columns, with one column per check between the two.
+CLASS_FIELDS = ("row", "student", "name", "folder", "status", "reason", "check result")
+CLASS_TAIL = ("failed checks", "handin", "handin missing")
+COMPLETE, INCOMPLETE, NOT_CHECKED, NO_PROJECT = "complete", "incomplete", "not checked", "no project"
+# `handin --offline` reads files only: seconds. A detail's first clause, cut to this, goes in the class table.
+HANDIN_TIMEOUT_S = 120
+HANDIN_DETAIL_CHARS = 120
 CREATED, EXISTS, UPDATED, UP_TO_DATE, CONFLICT, FAILED = (
     "created",
     "exists",
@@ -129,6 +137,9 @@ class RowResult:
     status: str
     reason: str = ""
     checks: list[dict[str, Any]] | None = None
+    name: str = ""
+    # The project's `handin --json --offline` records, once --check ran it.
+    handin: list[dict[str, Any]] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in SUMMARY_FIELDS}
@@ -218,13 +229,20 @@ def read_roster(path: Path, questions: Iterable[str]) -> tuple[list[Student], li
         cells = {name: value.strip() for name, value in zip(header, record, strict=False) if name}
         if len(record) > len(header):
             failures.append(
-                RowResult(row, cells.get(ID_COLUMN, ""), "", FAILED, "more cells than the header")
+                RowResult(
+                    row,
+                    cells.get(ID_COLUMN, ""),
+                    "",
+                    FAILED,
+                    "more cells than the header",
+                    name=cells.get(NAME_COLUMN, ""),
+                )
             )
             continue
         student_id = cells.pop(ID_COLUMN, "")
         name, email = cells.pop(NAME_COLUMN, ""), cells.pop(EMAIL_COLUMN, "")
         if not student_id:
-            failures.append(RowResult(row, name, "", FAILED, f"missing {ID_COLUMN}"))
+            failures.append(RowResult(row, "", "", FAILED, f"missing {ID_COLUMN}", name=name))
             continue
         overrides = {key: value for key, value in cells.items() if value}
         students.append(Student(row, student_id, name, email, overrides))
@@ -272,7 +290,7 @@ def plan(students: list[Student], course: str, prefix: str, questions: dict[str,
                 "keep: use a shorter --prefix or a project_slug column"
             )
         if reason:
-            failures.append(RowResult(student.row, student.student_id, "", FAILED, reason))
+            failures.append(RowResult(student.row, student.student_id, "", FAILED, reason, name=student.name))
             continue
         by_id[student.student_id.casefold()] = by_slug[slug] = by_job_prefix[job_prefix] = student.row
         student.slug = slug
@@ -487,7 +505,7 @@ def render_student(job: RenderJob) -> RowResult:
 
     student, final = job.student, job.out / job.student.slug
     staging = Path(tempfile.mkdtemp(prefix=f"{student.slug}-", dir=job.out / STAGING))
-    result = RowResult(student.row, student.student_id, str(final), CREATED)
+    result = RowResult(student.row, student.student_id, str(final), CREATED, name=student.name)
     try:
         output = io.StringIO()
         try:
@@ -531,6 +549,7 @@ def render_student(job: RenderJob) -> RowResult:
 class UpdateJob:
     row: int
     student: str
+    name: str
     folder: Path
     git: bool
     identity: tuple[str, ...]
@@ -551,7 +570,7 @@ def update_student(job: UpdateJob) -> RowResult:
     """`cruft update` of one existing project; its conflicts are this project's result, nothing more."""
     import cruft
 
-    result = RowResult(job.row, job.student, str(job.folder), UP_TO_DATE)
+    result = RowResult(job.row, job.student, str(job.folder), UP_TO_DATE, name=job.name)
     state_file = job.folder / CRUFT_FILE
     if not state_file.is_file():
         result.status, result.reason = (
@@ -607,33 +626,40 @@ class CheckJob:
     timeout_s: float
 
 
-def check_student(job: CheckJob) -> RowResult:
-    """The project's own `check --json`, in the project, with its sources on the path."""
-    result, project = job.result, Path(job.result.folder)
+def project_records(project: Path, arguments: list[str], timeout: float, name: str) -> list[dict[str, Any]]:
+    """`python -m <package> <arguments>` in the project, with its sources on the path: the JSON records it
+    prints, one per line; a single failed record named `name` when it prints none or runs out of time."""
     env = dict(os.environ, SAGEMAKER_SUPPRESS_V2_WARNING="1")
     env.pop("IMAGE_CLASSIFIER_PROJECT_DIR", None)
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(project / "src"), str(project), env.get("PYTHONPATH")])
     )
-    command = [
-        sys.executable,
-        "-m",
-        package_of(project),
-        "check",
-        "--json",
-        *(["--fast"] if job.fast else []),
-    ]
+    command = [sys.executable, "-m", package_of(project), *arguments]
     try:
-        ran = subprocess.run(
-            command, cwd=project, env=env, capture_output=True, text=True, timeout=job.timeout_s
-        )
-        records = [json.loads(line) for line in ran.stdout.splitlines() if line.startswith("{")]
-        if not records:
-            tail = " | ".join((ran.stderr or ran.stdout).strip().splitlines()[-2:])
-            records = [{"name": "check", "status": "fail", "seconds": 0, "detail": f"did not run: {tail}"}]
+        ran = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        records = [{"name": "check", "status": "fail", "seconds": job.timeout_s, "detail": "timed out"}]
-    result.checks = records
+        return [{"name": name, "status": "fail", "seconds": timeout, "detail": "timed out"}]
+    records = []
+    for line in ran.stdout.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    if not records:
+        tail = " | ".join((ran.stderr or ran.stdout).strip().splitlines()[-2:])
+        records = [{"name": name, "status": "fail", "seconds": 0, "detail": f"did not run: {tail}"}]
+    return records
+
+
+def check_student(job: CheckJob) -> RowResult:
+    """The project's own `check --json`, then its `handin --json --offline` (what the student handed in;
+    the cohort asks no AWS account about it), each in the project with its sources on the path."""
+    result, project = job.result, Path(job.result.folder)
+    result.checks = project_records(
+        project, ["check", "--json", *(["--fast"] if job.fast else [])], job.timeout_s, "check"
+    )
+    result.handin = project_records(
+        project, ["handin", "--json", "--offline"], min(job.timeout_s, HANDIN_TIMEOUT_S), "handin"
+    )
     return result
 
 
@@ -641,6 +667,16 @@ def check_outcome(result: RowResult) -> tuple[str, str]:
     """pass/fail of a project's check, and its failed checks with their details."""
     failed = [record for record in result.checks or [] if record["status"] == "fail"]
     return ("fail" if failed else "pass"), "; ".join(f"{r['name']}: {r['detail']}" for r in failed)
+
+
+def handin_outcome(result: RowResult) -> tuple[str, str]:
+    """complete/incomplete of a project's hand-in, and its failed items, each with its detail's first clause
+    (what is wrong; the rest tells the student what to do)."""
+    failed = [record for record in result.handin or [] if record.get("status") == "fail"]
+    problems = "; ".join(
+        f"{r['name']}: {str(r.get('detail', '')).split('; ')[0][:HANDIN_DETAIL_CHARS]}" for r in failed
+    )
+    return (INCOMPLETE if failed else COMPLETE), problems
 
 
 def spreadsheet_cell(value: object) -> object:
@@ -651,26 +687,36 @@ def spreadsheet_cell(value: object) -> object:
 
 
 def write_class_table(path: Path, results: list[RowResult]) -> None:
-    """One row per student, one column per check (its status), and what failed."""
+    """The class in one table: every roster row (those without a project too, with the reason), the
+    student's name, the project's state, its check (one column per check, and what failed) and its
+    hand-in (complete or not, and what is missing)."""
     names: list[str] = []
     for result in results:
         names += [record["name"] for record in result.checks or [] if record["name"] not in names]
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
-        writer.writerow(
-            [spreadsheet_cell(name) for name in ["row", "student", "folder", "result", *names, "failed"]]
-        )
-        for result in results:
+        header = [*CLASS_FIELDS, *names, *CLASS_TAIL]
+        writer.writerow([spreadsheet_cell(name) for name in header])
+        for result in sorted(results, key=lambda r: r.row):
             statuses = {record["name"]: record["status"] for record in result.checks or []}
-            outcome, failed = check_outcome(result)
+            outcome, failed = check_outcome(result) if result.checks is not None else (NOT_CHECKED, "")
+            handed_in, missing = handin_outcome(result) if result.handin is not None else (NOT_CHECKED, "")
+            if not result.folder:
+                outcome = handed_in = NO_PROJECT
             cells = [
                 result.row,
                 result.student,
+                result.name,
                 result.folder,
+                result.status,
+                result.reason,
                 outcome,
                 *(statuses.get(n, "") for n in names),
+                failed,
+                handed_in,
+                missing,
             ]
-            writer.writerow([spreadsheet_cell(cell) for cell in [*cells, failed]])
+            writer.writerow([spreadsheet_cell(cell) for cell in cells])
 
 
 # --- running it all ---------------------------------------------------------------------------------
@@ -721,18 +767,34 @@ def write_summary(path: Path, results: list[RowResult]) -> None:
 def print_report(results: list[RowResult], checked: bool) -> None:
     counts = Counter(result.status for result in results)
     console.print(", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no students")
-    for result in sorted(results, key=lambda r: r.row):
-        if result.status in BAD_STATUSES:
-            console.print(f"row {result.row} ({result.student or 'no id'}): {result.status}: {result.reason}")
     if not checked:
+        for result in sorted(results, key=lambda r: r.row):
+            if result.status in BAD_STATUSES:
+                console.print(
+                    f"row {result.row} ({result.student or 'no id'}): {result.status}: {result.reason}",
+                    markup=False,
+                )
         return
-    table = Table(title="check, per student")
-    for column in ("row", "student", "result", "failed checks"):
+    table = Table(title="the class: project, check and hand-in, per roster row")
+    for column in ("row", "student", "name", "project", "check", "hand-in", "what failed"):
         table.add_column(column)
-    for result in sorted((r for r in results if r.checks is not None), key=lambda r: r.row):
-        outcome, failed = check_outcome(result)
+    styles = {"pass": "green", "fail": "red", COMPLETE: "green", INCOMPLETE: "yellow"}
+    for result in sorted(results, key=lambda r: r.row):
+        outcome, failed = check_outcome(result) if result.checks is not None else ("", "")
+        handed_in, missing = handin_outcome(result) if result.handin is not None else ("", "")
+        if result.status in BAD_STATUSES:
+            failed = result.reason
+        elif missing:
+            names = ", ".join(r["name"] for r in result.handin or [] if r.get("status") == "fail")
+            failed = "; ".join(filter(None, [failed, f"hand-in: {names}"]))
         table.add_row(
-            str(result.row), result.student, "[green]pass[/]" if outcome == "pass" else "[red]fail[/]", failed
+            str(result.row),
+            escape(result.student or "no id"),
+            escape(result.name),
+            escape(result.status),
+            f"[{styles[outcome]}]{outcome}[/]" if outcome else "",
+            f"[{styles[handed_in]}]{handed_in}[/]" if handed_in else "",
+            escape(failed),
         )
     console.print(table)
 
@@ -842,11 +904,14 @@ def main(
     results += run_pool(render_student, render_jobs, jobs, "render", not isolated_hooks)
     render_seconds = time.monotonic() - render_started
     if update:
-        update_jobs = [UpdateJob(s.row, s.student_id, out / s.slug, use_git, identity) for s in existing]
+        update_jobs = [
+            UpdateJob(s.row, s.student_id, s.name, out / s.slug, use_git, identity) for s in existing
+        ]
         results += run_pool(update_student, update_jobs, jobs, "update", not isolated_hooks)
     else:
         results += [
-            RowResult(s.row, s.student_id, str(out / s.slug), EXISTS, "left as it is") for s in existing
+            RowResult(s.row, s.student_id, str(out / s.slug), EXISTS, "left as it is", name=s.name)
+            for s in existing
         ]
     shutil.rmtree(out / STAGING, ignore_errors=True)
 
@@ -857,7 +922,7 @@ def main(
         )
         by_row = {r.row: r for r in checked}
         results = [by_row.get(r.row, r) for r in results]
-        write_class_table(out / "class-checks.csv", [r for r in results if r.checks is not None])
+        write_class_table(out / "class-checks.csv", results)
 
     summary = summary or out / "cohort-summary.csv"
     write_summary(summary, results)

@@ -111,6 +111,7 @@ def test_good_rows_are_rendered_and_bad_ones_reported_with_the_templates_message
     assert rows[8]["reason"].startswith("backbone: 'resnet9' is not one of ['resnet18'")
     assert rows[9]["reason"].startswith("training_instance_type: 'm5.large'")
     assert rows[11]["reason"].startswith("student_id '=1+2' starts with '=', which a spreadsheet runs")
+    assert (rows[2]["name"], rows[6]["name"], rows[7]["name"]) == ("Ada Lovelace", "No Id", "Bad Classes")
     for row in (4, 5, 6, 7, 8, 9, 11, 12):
         assert rows[row]["folder"] == ""
         assert f"row {row} (" in result.stderr
@@ -137,8 +138,9 @@ def test_the_summary_shows_formulas_as_text(cohort_run):
 @pytest.mark.parametrize("start", ["=", "+", "-", "@", "\t", "\r"])
 def test_every_csv_the_cohort_writes_escapes_formula_starts(tmp_path, start):
     text = start + "cmd|' /C calc'!A0"
-    results = [cohort.RowResult(2, text, "dogs-x", cohort.FAILED, text, checks=[])]
+    results = [cohort.RowResult(2, text, "dogs-x", cohort.FAILED, text, checks=[], name=text)]
     results[0].checks = [{"name": text, "status": "fail", "detail": "x"}]
+    results[0].handin = [{"name": text, "status": "fail", "detail": text}]
     cohort.write_summary(tmp_path / "summary.csv", results)
     cohort.write_class_table(tmp_path / "checks.csv", results)
     for name in ("summary.csv", "checks.csv"):
@@ -147,6 +149,47 @@ def test_every_csv_the_cohort_writes_escapes_formula_starts(tmp_path, start):
         assert "'" + text in cells, (name, cells)
         assert not any(cell.startswith(cohort.FORMULA_STARTS) for cell in cells), (name, cells)
     assert cohort.spreadsheet_cell("a=1") == "a=1" and cohort.spreadsheet_cell(2) == 2
+
+
+def test_the_class_table_has_every_roster_row_its_name_check_and_hand_in(tmp_path):
+    """One row per roster row, in roster order: a row that never rendered keeps its reason; a checked
+    project has its check (per check and what failed) and its hand-in (complete, or what is missing)."""
+    passed = [{"name": "config", "status": "pass", "detail": "valid"}]
+    failed = [{"name": "config", "status": "fail", "detail": "[model] num_classes must be > 1"}]
+    done = [{"name": "WRITEUP.md", "status": "warn", "detail": "still the generated write-up"}]
+    missing = [
+        {"name": "train_and_deploy.ipynb", "status": "fail", "detail": "not executed: " + "x" * 300},
+        {"name": "WRITEUP.md", "status": "pass", "detail": "filled"},
+        {"name": "screenshots/endpoint.png", "status": "fail", "detail": "missing; take it at SageMaker"},
+    ]
+    results = [
+        cohort.RowResult(4, "b2", "/s/dogs-b2", cohort.EXISTS, "", passed, "Bo", missing),
+        cohort.RowResult(3, "", "", cohort.FAILED, "missing student_id", name="No Id"),
+        cohort.RowResult(2, "a1", "/s/dogs-a1", cohort.CREATED, "", failed, "Ada", done),
+        cohort.RowResult(5, "c3", "/s/dogs-c3", cohort.CREATED, name="Cy"),  # not checked (yet)
+    ]
+    cohort.write_class_table(tmp_path / "class.csv", results)
+    with (tmp_path / "class.csv").open(newline="", encoding="utf-8") as file:
+        reader = csv.DictReader(file)
+        table = list(reader)
+    assert reader.fieldnames == [*cohort.CLASS_FIELDS, "config", *cohort.CLASS_TAIL]
+    assert [(row["row"], row["student"], row["name"]) for row in table] == [
+        ("2", "a1", "Ada"),
+        ("3", "", "No Id"),
+        ("4", "b2", "Bo"),
+        ("5", "c3", "Cy"),
+    ]
+    ada, no_id, bo, cy = table
+    assert (ada["check result"], ada["config"], ada["handin"]) == ("fail", "fail", "complete")
+    assert ada["failed checks"] == "config: [model] num_classes must be > 1" and ada["handin missing"] == ""
+    assert (no_id["status"], no_id["reason"]) == ("failed", "missing student_id")
+    assert no_id["check result"] == no_id["handin"] == "no project"
+    assert (bo["check result"], bo["handin"]) == ("pass", "incomplete")
+    cut = cohort.HANDIN_DETAIL_CHARS - len("not executed: ")
+    assert bo["handin missing"] == (
+        "train_and_deploy.ipynb: not executed: " + "x" * cut + "; screenshots/endpoint.png: missing"
+    )
+    assert cy["check result"] == cy["handin"] == "not checked"
 
 
 @pytest.mark.parametrize("student_id", ["=1+2", "+1", "-1", "@SUM(A1)", "\tx1", '=HYPERLINK("u","t")'])
@@ -379,17 +422,36 @@ def test_update_brings_a_template_change_keeps_edits_and_reports_a_conflict(tmp_
 
 @pytest.mark.slow
 def test_check_runs_every_projects_check_into_one_class_table(tmp_path):
-    rows = [["c1", "Cai", "c@example.edu", "", "", "", ""], ["c2", "Cleo", "d@example.edu", "", "", "", ""]]
+    """--check: one class table of every roster row (the one that never rendered too), with each
+    project's check and hand-in, the projects checked side by side."""
+    rows = [
+        ["c1", "Cai", "c@example.edu", "", "", "", ""],
+        ["c2", "Cleo", "d@example.edu", "", "", "", ""],
+        ["c3", "Cy", "e@example.edu", "", "", "ten", ""],  # refused by the template: no project
+    ]
     roster = write_roster(tmp_path / "roster.csv", rows, HEADER)
     out = tmp_path / "students"
-    assert run_cohort(roster, out).returncode == 0
+    assert run_cohort(roster, out).returncode == 1  # row 4 failed
     (out / "dogs-c2" / "inference" / "inference.py").write_text("def model_fn(:\n")
+    (out / "dogs-c1" / "WRITEUP.md").write_text("# Write-up\n\nInsights: TODO\n")
     result = run_cohort(roster, out, "--check", "--fast")
     assert result.returncode == 1, result.stderr
     with (out / "class-checks.csv").open(newline="") as file:
-        table = {row["student"]: row for row in csv.DictReader(file)}
-    assert table["c1"]["result"] == "pass" and table["c1"]["config"] == "pass"
-    assert table["c2"]["result"] == "fail"
-    assert table["c2"]["inference/inference.py"] == "fail"
-    assert table["c2"]["failed"].startswith("inference/inference.py: SyntaxError")
-    assert table["c2"]["train --local"] == "skip"
+        table = {row["row"]: row for row in csv.DictReader(file)}
+    cai, cleo, cy = table["2"], table["3"], table["4"]
+    assert list(table) == ["2", "3", "4"]
+    assert (cai["name"], cleo["name"], cy["name"]) == ("Cai", "Cleo", "Cy")
+    assert cai["check result"] == "pass" and cai["config"] == "pass"
+    assert cleo["check result"] == "fail"
+    assert cleo["inference/inference.py"] == "fail"
+    assert cleo["failed checks"].startswith("inference/inference.py: SyntaxError")
+    assert cleo["train --local"] == "skip"
+    assert (cy["status"], cy["check result"], cy["handin"]) == ("failed", "no project", "no project")
+    assert cy["reason"].startswith("num_classes: 'ten' must be")
+    # The hand-in, from each project's own `handin`: an untouched render is incomplete, and says why.
+    assert cai["handin"] == cleo["handin"] == "incomplete"
+    assert "train_and_deploy.ipynb: not executed" in cleo["handin missing"]
+    assert "WRITEUP.md: missing" in cleo["handin missing"]
+    assert "WRITEUP.md: placeholders left: 'TODO'" in cai["handin missing"]
+    assert "screenshots/endpoint.png: missing" in cai["handin missing"]
+    assert "Cy" in result.stderr and "no id" not in result.stderr

@@ -967,3 +967,34 @@ def check(ctx: click.Context, fast: bool, as_json: bool, only: tuple[str, ...]) 
 
 
 _CHECK_STYLES = {"pass": "green", "fail": "bold red", "skip": "dim"}
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line: name, status, detail.")
+@click.option("--offline", is_flag=True, help="Ask AWS nothing: the endpoint and the cost are not checked.")
+@click.pass_context
+def handin(ctx: click.Context, as_json: bool, offline: bool) -> None:
+    """Check the hand-in is complete: the notebook ran without errors, WRITEUP.md is filled in, the
+    screenshots and scripts are there, no endpoint is left running; and the cost so far.
+
+    Exits with status 1 when an item fails (a warning does not). Nothing is written into the project.
+    """
+    from . import handin as handin_module
+    from .config import find_project_root
+
+    # Not _config(ctx): a config that does not load still leaves the files to check.
+    given = ctx.find_root().obj
+    root = given.root if isinstance(given, ProjectConfig) else Path(given) if given else find_project_root()
+    items = handin_module.run_handin(root, offline=offline)
+    if as_json:
+        for item in items:
+            click.echo(json.dumps(item.record()))
+    else:
+        console.print(_preflight_table(items, f"hand-in: {root}"))
+    failed = handin_module.failed(items)
+    if not as_json:
+        if failed:
+            console.print(f"[red]incomplete:[/] {escape(', '.join(item.name for item in failed))}")
+        else:
+            console.print("[green]complete[/]: every item is there (warnings are worth a look)")
+    ctx.exit(1 if failed else 0)
