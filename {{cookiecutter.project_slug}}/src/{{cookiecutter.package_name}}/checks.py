@@ -36,13 +36,12 @@ import botocore.validate
 
 from . import extras, launcher
 from .config import ConfigError, ProjectConfig
+from .handin import NOTEBOOK, rendered_without_notebook
 from .local_endpoint import running_endpoint
 from .session import open_session
 from .synthetic import make_dataset
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
-NOTEBOOK = "train_and_deploy.ipynb"
-ANSWERS_FILE = ".cookiecutter.json"
 # One line per result: a traceback's worth of detail belongs in the log it came from.
 DETAIL_CHARS = 400
 # What the tiny local run trains on: seconds on a CPU, no download (as the project's tests train).
@@ -341,20 +340,12 @@ def missing_imports(tree: ast.Module, package: str, src: Path) -> list[str]:
     return missing
 
 
-def _rendered_without_notebook(root: Path) -> bool:
-    try:
-        answers = json.loads((root / ANSWERS_FILE).read_text(encoding="utf-8"))["cookiecutter"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False  # no record of the answers: the notebook is expected
-    return str(answers.get("include_notebook", "yes")).strip().lower() in {"no", "n", "false", "0", "off"}
-
-
 def check_notebook(workspace: Workspace, timeout: float) -> str:
     """Present (unless rendered without it), valid nbformat 4 JSON, every code cell parses, and each
     module of the package it imports exists."""
     path = workspace.root / NOTEBOOK
     if not path.is_file():
-        if _rendered_without_notebook(workspace.root):
+        if rendered_without_notebook(workspace.root):
             return "not part of this project (rendered with include_notebook=no)"
         raise CheckFailed(f"{NOTEBOOK} is missing")
     try:

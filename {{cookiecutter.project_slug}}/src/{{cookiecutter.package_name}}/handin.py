@@ -100,7 +100,8 @@ def _too_large(path: Path, limit: int) -> str:
 # --- the notebook -----------------------------------------------------------------------------------
 
 
-def _rendered_without_notebook(root: Path) -> bool:
+def rendered_without_notebook(root: Path) -> bool:
+    """Whether the project was rendered with include_notebook=no (its answers say so)."""
     try:
         answers = json.loads((root / ANSWERS_FILE).read_text(encoding="utf-8"))["cookiecutter"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -154,7 +155,7 @@ def notebook_problems(notebook: dict[str, Any]) -> tuple[str, str]:
 def check_notebook(root: Path) -> HandinItem:
     path = root / NOTEBOOK
     if not path.is_file():
-        if _rendered_without_notebook(root):
+        if rendered_without_notebook(root):
             return HandinItem(NOTEBOOK, SKIP, "not part of this project (rendered with include_notebook=no)")
         return HandinItem(NOTEBOOK, FAIL, "missing")
     too_large = _too_large(path, MAX_NOTEBOOK_BYTES)
