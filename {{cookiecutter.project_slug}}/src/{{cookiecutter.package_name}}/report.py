@@ -966,7 +966,7 @@ def utilisation_figure(profile: dict[str, Any] | None) -> Figure | None:
         _plot(axes, times, values, label=f"GPU {index}")
     axes.set_ylim(0, 105)
     axes.set_xlabel("seconds since the start of training")
-    axes.set_ylabel("%")
+    axes.set_ylabel("% in use")
     axes.set_title("Utilisation over time")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
