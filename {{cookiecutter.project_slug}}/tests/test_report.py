@@ -418,6 +418,9 @@ def test_a_short_run_draws_its_saved_steps_where_they_lie_and_names_the_setting_
     # Two validation points across five epochs are not joined into a curve nobody measured.
     assert all(line.get_linestyle() == "None" for line in steps.get_lines())
     assert "eval_save_interval = 10" in figure.get_supxlabel().replace("\n", " ")
+    # Where every step is saved, no smaller setting is offered.
+    recording["save_intervals"] = {"TRAIN": 1, "EVAL": 1}
+    assert report.saving_note(recording).endswith(": every step is drawn.")
 
 
 def test_insights_say_what_each_finding_means_and_what_to_change():

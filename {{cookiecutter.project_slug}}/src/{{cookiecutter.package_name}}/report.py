@@ -861,7 +861,7 @@ def saving_note(recording: dict[str, Any] | None, modes: Sequence[str] = MODES) 
     """One sentence under a picture of saved steps: how many were saved of how many, and the
     config.toml setting that gives more points (`[debugger] train_save_interval = 100`)."""
     recording = recording or {}
-    parts = []
+    parts, sparse = [], []
     for mode in modes:
         every = (recording.get("save_intervals") or {}).get(mode)
         seen = (recording.get("steps_seen") or {}).get(mode)
@@ -872,10 +872,13 @@ def saving_note(recording: dict[str, Any] | None, modes: Sequence[str] = MODES) 
         parts.append(
             f"{saved}{of} {MODE_TITLES[mode]} steps saved ([debugger] {SAVE_INTERVAL_KEYS[mode]} = {every})"
         )
+        if every > 1:
+            sparse.append(SAVE_INTERVAL_KEYS[mode])
     if not parts:
         return ""
-    keys = " / ".join(SAVE_INTERVAL_KEYS[mode] for mode in modes)
-    return f"{'; '.join(parts)}. A smaller {keys} in config.toml gives more points."
+    if not sparse:
+        return f"{'; '.join(parts)}: every step is drawn."
+    return f"{'; '.join(parts)}. A smaller {' / '.join(sparse)} in config.toml gives more points."
 
 
 def _caption(figure: Figure, text: str) -> None:
