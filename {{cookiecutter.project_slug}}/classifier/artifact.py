@@ -22,6 +22,7 @@ from torch import nn
 from classifier.backbones import build_model
 from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, resize_size_for
 from classifier.schema import QUANTIZE_ENV as QUANTIZE_ENV  # serving and the benchmarks import it from here
+from classifier.schema import readable_class_name as readable_class_name  # the report imports it from schema
 from classifier.schema import serving_precision
 
 WEIGHTS_FILENAME = "model.pth"
@@ -64,13 +65,6 @@ class ModelMetadata:
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
         return cls(**json.loads(text))
-
-
-def readable_class_name(folder_name: str) -> str:
-    """`001.Affenpinscher` -> `Affenpinscher`, `017.Bull_terrier` -> `Bull terrier`."""
-    prefix, dot, rest = folder_name.partition(".")
-    name = rest if dot and prefix.isdigit() else folder_name
-    return name.replace("_", " ")
 
 
 def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:

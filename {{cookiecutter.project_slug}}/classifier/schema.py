@@ -172,6 +172,14 @@ MINIMUM_PYTORCH_REASON = {
 AWS_PYTORCH_IMAGE_RE = re.compile(r"/pytorch-(training|inference)[a-z-]*:([0-9]+\.[0-9]+(\.[0-9]+)?)-")
 
 
+# A class's name as people read it (serving, the report): the dataset's folder name without its number.
+def readable_class_name(folder_name: str) -> str:
+    """`001.Affenpinscher` -> `Affenpinscher`, `017.Bull_terrier` -> `Bull terrier`."""
+    prefix, dot, rest = folder_name.partition(".")
+    name = rest if dot and prefix.isdigit() else folder_name
+    return name.replace("_", " ")
+
+
 def resize_size_for(image_size: int) -> int:
     """The shorter side the eval preset resizes to before its centre crop (256 for 224, as in ImageNet);
     here, not in presets.py, because `data prepare` (no torch on the launcher's side) writes images at it."""

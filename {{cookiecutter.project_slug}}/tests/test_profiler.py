@@ -55,6 +55,19 @@ def test_cpu_run_samples_the_system_without_gpu_fields(training, monkeypatch, da
     images = re.findall(r"src='data:image/png;base64,([^']+)'", report)
     assert images and all(base64.b64decode(data).startswith(b"\x89PNG") for data in images)
     assert "http" not in report  # readable offline: nothing fetched
+    # Its figures agree: the steps it says it timed are the steps in profiler.json, and the training
+    # steps the rules judged are the number DataLoadingBottleneck's reason gives.
+    steps = profile["steps"]
+    train = [s for s in steps if s["mode"] == "TRAIN"]
+    judged_steps = [s for s in train if not s["first_of_epoch"]]
+    counts = re.search(r"(\d+) timed steps: (\d+) training, .* the other (\d+)\.", report)
+    assert counts and [int(n) for n in counts.groups()] == [len(steps), len(train), len(judged_steps)]
+    assert f"{len(judged_steps)} steps; threshold" in judged["DataLoadingBottleneck"]["reason"]
+    assert f"({len(judged_steps)} judged steps)" in report  # the summary's step rows
+    # It ends with what to do: here, that the GPU rules need a GPU to judge anything.
+    advice = report.split("<h2>Recommendations</h2>", 1)[1]
+    assert "LowGPUUtilization, CPUBottleneck could not judge this run" in advice
+    assert "train on a GPU instance" in advice
 
 
 def test_a_slow_loader_is_a_data_loading_bottleneck(training, monkeypatch, dataset, tmp_path):
@@ -69,8 +82,11 @@ def test_a_slow_loader_is_a_data_loading_bottleneck(training, monkeypatch, datas
             return super().__getitem__(item)
 
     monkeypatch.setattr(training("engine"), "ImageFiles", SlowImages)
-    judged = rule_verdicts(run(training, monkeypatch, tmp_path, dataset, "--rules", "ProfilerReport"))
+    output = run(training, monkeypatch, tmp_path, dataset, "--rules", "ProfilerReport")
+    judged = rule_verdicts(output)
     assert judged["DataLoadingBottleneck"]["verdict"] == "IssuesFound", judged["DataLoadingBottleneck"]
+    advice = (output / "profiler-report.html").read_text().split("<h2>Recommendations</h2>", 1)[1]
+    assert "DataLoadingBottleneck: steps waited for images: raise num_workers" in advice
 
 
 def test_a_slow_network_is_not_a_data_loading_bottleneck(training, monkeypatch, dataset, tmp_path):

@@ -274,7 +274,7 @@ def test_local_report_writes_pictures_and_an_index_whose_links_resolve(project_c
     assert len(text) < 50_000
     for rule in ("loss_not_decreasing", "overfit", "overtraining", "DataLoadingBottleneck"):
         assert rule in text
-    assert "002.Afghan_hound" in text  # the worst class, named
+    assert "Afghan hound" in text and "002." not in text  # the worst class, named as the endpoint names it
     # Titles a person reads: no absolute path in the page.
     assert str(tmp_path) not in text
 
@@ -291,7 +291,7 @@ def test_summary_names_each_verdict_with_its_step_and_the_headline_facts(project
     # The profiler's main finding is the rule that found an issue.
     assert "Profiler**: DataLoadingBottleneck: 72% of training step time waiting for data" in summary
     assert "Best tuned hyperparameters**: none recorded" in summary
-    assert "Worst classes**: 002.Afghan_hound (50.0% of 2)" in summary
+    assert "Worst classes**: Afghan hound (50.0% of 2)" in summary
 
 
 def test_summary_has_the_best_tuned_hyperparameters_of_the_session(project_config, tmp_path):
@@ -376,8 +376,8 @@ def test_confusion_matrix_and_class_accuracy_come_from_the_test_pass():
     assert sum(map(sum, matrix)) == 12
     classes = report.class_accuracies(recording)
     best, worst = report.best_and_worst(classes)
-    assert [c.name for c in best] == ["003.Airedale_terrier"]
-    assert [c.name for c in worst] == ["002.Afghan_hound"]
+    assert [c.name for c in best] == ["Airedale terrier"]
+    assert [c.name for c in worst] == ["Afghan hound"]
     figure = report.confusion_figure(matrix, report.class_names(recording, 3))
     assert figure.axes[0].get_xlabel() == "predicted class"
     assert "12 images" in figure.axes[0].get_title()
@@ -388,6 +388,54 @@ def test_classes_all_alike_are_not_called_best_and_worst(tmp_path):
     summary = report.write_report(output, tmp_path / "out", run="run", source="test").summary_markdown
     assert "Per-class accuracy**: 100.0% for every class" in summary
     assert "Worst classes" not in summary
+    assert report.class_insight(report.class_accuracies(output.recording)) == (
+        "every class scored 100.0% on the 6 test images: none stands out"
+    )
+
+
+def test_a_short_run_draws_its_saved_steps_where_they_lie_and_names_the_setting_for_more(project_config):
+    """One saved training step of 15: the gradient axes span the run's steps (not -0.04 .. 0.04) with
+    labelled y axes, few points are markers not a line, and the caption names config.toml's key."""
+    recording = recording_document(epochs=5, steps_per_epoch=3)
+    recording["save_intervals"] = {"TRAIN": 100, "EVAL": 10}
+    recording["losses"] = {"TRAIN": [[0, 1.9]], "EVAL": [[0, 1.0], [4, 0.6]]}
+    recording["gradients"] = recording["gradients"][:1]
+    figure = report.gradient_figure(recording)
+    magnitude, spread = figure.axes
+    for axes in (magnitude, spread):
+        low, high = axes.get_xlim()
+        assert low < 0 < 14 < high < 16  # the 15 steps the run took, whole numbers
+        assert axes.get_ylabel() and axes.get_xlabel() == "training step"
+    caption = figure.get_supxlabel()
+    assert "1 of 15 training steps saved ([debugger] train_save_interval = 100)" in caption.replace("\n", " ")
+    # The key named is config.toml's own: setting it there is what changes the interval.
+    for key in report.SAVE_INTERVAL_KEYS.values():
+        assert key in vars(project_config.settings.debugger)
+    figure = report.loss_figure(report.epoch_points(recording, None), recording)
+    steps = figure.axes[1]
+    assert steps.get_ylabel() == "cross-entropy loss"
+    assert steps.get_xlim()[1] >= 5  # the whole run, not the two points' span
+    # Two validation points across five epochs are not joined into a curve nobody measured.
+    assert all(line.get_linestyle() == "None" for line in steps.get_lines())
+    assert "eval_save_interval = 10" in figure.get_supxlabel().replace("\n", " ")
+    # Where every step is saved, no smaller setting is offered.
+    recording["save_intervals"] = {"TRAIN": 1, "EVAL": 1}
+    assert report.saving_note(recording).endswith(": every step is drawn.")
+
+
+def test_insights_say_what_each_finding_means_and_what_to_change():
+    verdicts = [report.Verdict(**{k: r[k] for k in ("rule", "verdict", "reason", "kind", "step", "mode")})
+                for r in verdicts_document()["rules"]]  # fmt: skip
+    lines = report.rule_insights(verdicts)
+    issue = next(line for line in lines if line.startswith("**loss_not_decreasing**"))
+    assert "at step 40 (loss rose by 3%)" in issue and "`lr` in [hyperparameters]" in issue
+    assert any(line.startswith("**DataLoadingBottleneck**") and "`num_workers`" in line for line in lines)
+    assert any(line.startswith("**overfit**: NoIssuesFound") for line in lines)
+    unjudged = next(line for line in lines if line.startswith("**overtraining**: NotEnoughData"))
+    assert "`eval_save_interval`" in unjudged
+    assert "SageMaker's built-in rules end with NoIssuesFound when they cannot judge" in lines[-1]
+    # Every rule the project offers has its own advice.
+    assert set(report.RULE_ADVICE) == set(report.schema.KNOWN_RULES)
 
 
 def test_an_oversized_file_is_left_out_with_a_note(tmp_path, monkeypatch):
@@ -678,8 +726,13 @@ def test_write_up_fills_in_what_a_reviewer_asks_for(project_config, local_run, t
     for verdict in result.verdicts:
         assert f"| {verdict.rule} | {verdict.verdict} |" in text
     assert result.pictures
-    for picture in result.pictures.values():
-        assert f"`{picture}`" in text  # outside the project: the path as it is
+    for key, picture in result.pictures.items():
+        assert f"![{report.FIGURE_TITLES[key]}]({picture})" in text  # outside the project: the path as it is
+    assert "Try: " in text and "worst: Afghan hound (50.0% of 2)" in text
+    # Inside the project, each picture's path is relative to WRITEUP.md, so the Markdown shows it.
+    inside = report.build_local_report(config, local_run, reports_dir=project / "reports")
+    text = writeup.render(config, state, inside)
+    assert "![Loss and accuracy](reports/local/loss.png)" in text
     assert 'EndpointName="my-endpoint", ContentType="image/jpeg", Body=image.read()' in text
     assert "Hyperparameter tuning jobs" in text and "InService" in text
     # Regenerated in place while it is still the generated one; the student's own edits are kept.

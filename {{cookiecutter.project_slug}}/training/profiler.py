@@ -7,7 +7,8 @@
 - `Profiler` (an `Observer`): the sampler plus, per step, the time spent waiting for the loader and
   the time spent computing (the loop syncs on `loss.item()` each step, so host time includes the GPU's).
 - `write_report`: `profiler-report.html`, one self-contained file (plots inline as base64 PNG when
-  matplotlib imports, tables otherwise), readable offline.
+  matplotlib imports, tables otherwise), readable offline: the steps it timed and which of them the
+  rules judged, the verdicts, a summary, the plots, and recommendations drawn from the verdicts.
 - `TorchTrace`: a `torch.profiler` trace of a few training steps for TensorBoard (off by default).
 """
 
@@ -210,6 +211,79 @@ class TorchTrace(Observer):
 # --------------------------------------------------------------------------- the report
 
 
+def step_counts(profile: dict) -> dict[str, int]:
+    """How many steps of each kind were timed. The rules and the summary judge the training steps that
+    are not the first of an epoch (that one includes the loader's start-up), so every figure in the
+    report names which of these sets it shows."""
+    steps = profile.get("steps") or []
+    train = [s for s in steps if s["mode"] == "TRAIN"]
+    return {
+        "all": len(steps),
+        "train": len(train),
+        "first_of_epoch": sum(1 for s in train if s.get("first_of_epoch")),
+        "judged": sum(1 for s in train if not s.get("first_of_epoch")),
+        "eval": sum(1 for s in steps if s["mode"] == "EVAL"),
+        "predict": sum(1 for s in steps if s["mode"] == "PREDICT"),
+    }
+
+
+def _counts_sentence(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['all']} timed steps: {counts['train']} training, {counts['eval']} validation, "
+        f"{counts['predict']} test. Of the {counts['train']} training steps, {counts['first_of_epoch']} "
+        f"are the first of an epoch (they include the loader's start-up); the rules and the summary judge "
+        f"the other {counts['judged']}."
+    )
+
+
+# What to change when a profiler rule finds an issue, in the scripts' hyperparameters (config.toml's
+# [hyperparameters] passes each key to train_model.py as `--key value`).
+REMEDIES = {
+    "LowGPUUtilization": "the GPU waited: raise batch_size, or train on a smaller (cheaper) GPU instance",
+    "CPUBottleneck": (
+        "the CPU held the GPU back: set feature_cache=true (with finetune=head) so the frozen backbone runs "
+        "once, or choose an instance with more vCPUs"
+    ),
+    "DataLoadingBottleneck": (
+        "steps waited for images: raise num_workers, or set pixel_cache_gb so decoded images stay in "
+        "memory after the first epoch"
+    ),
+}
+
+
+def recommendations(profile: dict, verdicts: list[Verdict]) -> list[str]:
+    """What to do next, from the verdicts and the numbers above them: one sentence each."""
+    advice = []
+    for verdict in verdicts:
+        if verdict.verdict == "IssuesFound" and verdict.rule in REMEDIES:
+            advice.append(f"{verdict.rule}: {REMEDIES[verdict.rule]}.")
+    unjudged = [v.rule for v in verdicts if v.verdict == "NotEnoughData"]
+    if unjudged:
+        advice.append(
+            f"{', '.join(unjudged)} could not judge this run (NotEnoughData, this project's own verdict; "
+            "SageMaker's built-in rules say NoIssuesFound when they cannot judge): "
+            + (
+                "it had no GPU; train on a GPU instance (ml.g4dn.xlarge or larger) to have them judged."
+                if not profile.get("gpu_count")
+                else "run more epochs for more samples and steps."
+            )
+        )
+    train = [s for s in profile.get("steps") or [] if s["mode"] == "TRAIN" and not s.get("first_of_epoch")]
+    data = sum(s["data_seconds"] for s in train)
+    compute = sum(s["compute_seconds"] for s in train)
+    if not any(a.startswith("DataLoadingBottleneck") for a in advice) and data + compute > 0:
+        share = 100 * data / (data + compute)
+        advice.append(
+            f"Waiting for data took {share:.0f}% of the {len(train)} judged training steps' time: "
+            + ("the loader keeps up." if share < 10 else "raising num_workers may still shorten the steps.")
+        )
+    if not any(v.verdict == "IssuesFound" for v in verdicts):
+        advice.insert(
+            0, "No profiler rule found an issue" + (": nothing needs changing." if not unjudged else ".")
+        )
+    return advice
+
+
 def _summary_rows(profile: dict) -> list[tuple[str, str, str, str, str]]:
     rows = []
 
@@ -231,8 +305,9 @@ def _summary_rows(profile: dict) -> list[tuple[str, str, str, str, str]]:
         add(f"GPU {index} utilisation", [g["utilization_percent"] for g in gpus], "%")
         add(f"GPU {index} memory", [g["memory_used_mb"] for g in gpus], " MB")
     train = [s for s in profile["steps"] if s["mode"] == "TRAIN" and not s["first_of_epoch"]]
-    add("training step: waiting for data", [1000 * s["data_seconds"] for s in train], " ms")
-    add("training step: computing", [1000 * s["compute_seconds"] for s in train], " ms")
+    judged = f" ({len(train)} judged steps)"
+    add(f"training step: waiting for data{judged}", [1000 * s["data_seconds"] for s in train], " ms")
+    add(f"training step: computing{judged}", [1000 * s["compute_seconds"] for s in train], " ms")
     return rows
 
 
@@ -265,18 +340,40 @@ def _plots(profile: dict) -> list[tuple[str, str]]:
                 for s in samples
             ]
             ax.plot(times, [float("nan") if v is None else v for v in values], label=f"GPU {index}")
-        ax.set(xlabel="seconds", ylabel="%", ylim=(0, 105), title="utilisation")
+        ax.set(
+            xlabel="seconds since the start of training", ylabel="% used", ylim=(0, 105), title="utilisation"
+        )
+        if len(samples) < 30:  # few samples: markers, so a single one still shows
+            for line in ax.get_lines():
+                line.set_marker("o")
+                line.set_markersize(3)
         ax.legend(loc="upper right")
         figures.append(("Utilisation over time", png(fig)))
     train = [s for s in profile["steps"] if s["mode"] == "TRAIN"]
     if train:
+        # Every timed training step is a bar; the first of each epoch (left out of the rules) is hatched.
+        counts = step_counts(profile)
         fig, ax = plt.subplots(figsize=(8, 3))
-        index = range(len(train))
+        index = [s["step"] for s in train]
         data = [1000 * s["data_seconds"] for s in train]
-        ax.bar(index, data, label="waiting for data", width=1.0)
-        ax.bar(index, [1000 * s["compute_seconds"] for s in train], bottom=data, label="computing", width=1.0)
-        ax.set(xlabel="training step", ylabel="ms", title="time per training step")
-        ax.legend(loc="upper right")
+        compute = [1000 * s["compute_seconds"] for s in train]
+        ax.bar(index, data, label="waiting for data", width=0.9, color="C0")
+        ax.bar(index, compute, bottom=data, label="computing", width=0.9, color="C1")
+        first = [
+            (x, d + c) for x, d, c, s in zip(index, data, compute, train, strict=True) if s["first_of_epoch"]
+        ]
+        if first:
+            ax.bar(
+                [x for x, _ in first], [h for _, h in first], width=0.9, fill=False, hatch="//",
+                edgecolor="black", linewidth=0, label="first of an epoch (not judged)",
+            )  # fmt: skip
+        ax.set(
+            xlabel="training step",
+            ylabel="milliseconds",
+            title=f"time per training step ({counts['train']} steps; {counts['judged']} judged)",
+        )
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(loc="upper right", fontsize=8)
         figures.append(("Data loading versus computing", png(fig)))
     return figures
 
@@ -307,6 +404,9 @@ def write_report(path: Path, profile: dict, verdicts: list[Verdict]) -> Path:
         )
         or "<p>(matplotlib is not installed here: tables only)</p>"
     )
+    advice = (
+        "<ul>" + "".join(f"<li>{html.escape(a)}</li>" for a in recommendations(profile, verdicts)) + "</ul>"
+    )
     gpu = (
         f"{profile['gpu_count']} GPU(s)"
         if profile.get("gpu_count")
@@ -316,11 +416,12 @@ def write_report(path: Path, profile: dict, verdicts: list[Verdict]) -> Path:
 <html><head><meta charset="utf-8"><title>Profiler report</title>
 <style>{STYLE}</style></head><body>
 <h1>Profiler report</h1>
-<p>{len(profile["samples"])} system samples every {profile["interval_millis"]} ms,
-{len(profile["steps"])} timed steps; {gpu}.</p>
+<p>{len(profile["samples"])} system samples every {profile["interval_millis"]} ms; {gpu}.</p>
+<p>{html.escape(_counts_sentence(step_counts(profile)))}</p>
 <h2>Rules</h2>{_table(("rule", "verdict", "reason"), verdict_rows)}
 <h2>Summary</h2>{_table(("metric", "p5", "median", "p95", "max"), _summary_rows(profile))}
 {figures}
+<h2>Recommendations</h2>{advice}
 </body></html>
 """
     path.write_text(text, encoding="utf-8")

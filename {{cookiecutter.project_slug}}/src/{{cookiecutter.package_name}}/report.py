@@ -42,6 +42,7 @@ import shutil
 import statistics
 import tarfile
 import tempfile
+import textwrap
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
 
 MODES = ("TRAIN", "EVAL")
 MODE_TITLES = {"TRAIN": "training", "EVAL": "validation"}
+# config.toml's [debugger] key that sets how often each mode's losses (and gradients) are saved.
+SAVE_INTERVAL_KEYS = {"TRAIN": "train_save_interval", "EVAL": "eval_save_interval"}
 NOT_EVALUATED_OFFLINE = "not evaluated offline"
 NOT_EVALUATED_YET = "not evaluated yet"
 PROFILER_REPORT_RULE = "ProfilerReport"
@@ -535,8 +538,11 @@ def confusion_matrix(recording: dict[str, Any] | None) -> list[list[int]] | None
 
 
 def class_names(recording: dict[str, Any] | None, count: int) -> list[str]:
+    """The classes as people read them (`001.Affenpinscher` -> `Affenpinscher`), as the endpoint does."""
     names = list((recording or {}).get("class_names") or [])
-    return names if len(names) == count else [str(index) for index in range(count)]
+    if len(names) != count:
+        return [str(index) for index in range(count)]
+    return [schema.readable_class_name(str(name)) for name in names]
 
 
 def class_accuracies(recording: dict[str, Any] | None) -> list[ClassAccuracy]:
@@ -618,6 +624,122 @@ def profiler_finding(output: JobOutput) -> str:
     return f"{lead}: {', '.join(parts)}"
 
 
+# --- what a verdict means and what to try ---------------------------------------------------------
+
+# Per rule: what an issue means, and what to change (config.toml's key or the script's hyperparameter;
+# a key added under [hyperparameters] reaches train_model.py as `--key value`).
+RULE_ADVICE: dict[str, tuple[str, str]] = {
+    "vanishing_gradient": (
+        "some layer's gradients shrank towards zero, so that layer stops learning",
+        "raise `lr` in [hyperparameters] (or the range [tuning.ranges.lr]), or start from ImageNet weights "
+        "(`pretrained = true` in [model])",
+    ),
+    "exploding_tensor": (
+        "a tensor became NaN or infinite: the training diverged",
+        "lower `lr` in [hyperparameters] (and the top of [tuning.ranges.lr])",
+    ),
+    "overfit": (
+        "the validation loss rose while the training loss fell: the network learns the training images "
+        "by heart instead of what tells the classes apart",
+        'train fewer `epochs` ([hyperparameters]), train only the head (`finetune = "head"` in [model]), or '
+        "add `weight_decay = 0.001` under [hyperparameters]",
+    ),
+    "overtraining": (
+        "the validation loss stopped improving: the last epochs add nothing",
+        "lower `epochs` in [hyperparameters] to where the validation loss stopped falling",
+    ),
+    "poor_weight_initialization": (
+        "the layers' activations start with very different spreads: the network starts badly",
+        "start from ImageNet weights (`pretrained = true` in [model])",
+    ),
+    "loss_not_decreasing": (
+        "the training loss stayed flat: the network is not learning",
+        "change `lr` in [hyperparameters] (too low learns slowly, too high bounces), and check that each "
+        "class folder holds that class's images",
+    ),
+    "dead_relu": (
+        "many ReLU units output zero for every image: they no longer learn",
+        "lower `lr` in [hyperparameters]",
+    ),
+    "class_imbalance": (
+        "some classes have far more training images than others, or are mispredicted far more often",
+        "add `class_weights = true` under [hyperparameters] (the loss weighs classes by inverse frequency), "
+        "or add images of the small classes",
+    ),
+    "LowGPUUtilization": (
+        "the GPU sat idle for much of the run: you pay for a GPU that waits",
+        "raise `batch_size` in [hyperparameters], or choose a smaller instance in [instances.training] "
+        "`type`",
+    ),
+    "CPUBottleneck": (
+        "the CPU was busy while the GPU waited for it",
+        'add `feature_cache = true` under [hyperparameters] (with `finetune = "head"`), or choose an '
+        "instance with more vCPUs in [instances.training] `type`",
+    ),
+    "DataLoadingBottleneck": (
+        "the steps waited for images longer than they computed",
+        "raise `num_workers` under [hyperparameters], or add `pixel_cache_gb = 4` there (decoded images "
+        "kept in memory after the first epoch)",
+    ),
+    PROFILER_REPORT_RULE: (
+        "one of the profiler rules found an issue",
+        "see that rule's line and the profiler report's recommendations",
+    ),
+}
+NO_ISSUES_MEANING = "judged the run and found nothing to change"
+# `NotEnoughData` is this project's own verdict: SageMaker's built-in rules end with NoIssuesFound when
+# they cannot judge, which reads as a pass. What gives a rule enough data depends on what it reads.
+NOT_ENOUGH_DATA_MEANING = {
+    "debugger": (
+        "could not judge: the run saved too few steps (its reason says how many it needs); save more "
+        "with a smaller [debugger] `train_save_interval` / `eval_save_interval`, or train more `epochs`"
+    ),
+    "profiler": (
+        "could not judge: the run had no GPU or too few timed steps (its reason says which); run on a GPU "
+        "instance ([instances.training] `type`) for long enough"
+    ),
+}
+NOT_ENOUGH_DATA_NOTE = (
+    "`NotEnoughData` is this project's own verdict: SageMaker's built-in rules end with NoIssuesFound "
+    "when they cannot judge."
+)
+
+
+def rule_insights(verdicts: Sequence[Verdict]) -> list[str]:
+    """Markdown sentences: per issue, what it means and what to try; then one per other verdict kind."""
+    lines = []
+    for v in verdicts:
+        if v.verdict != "IssuesFound":
+            continue
+        at = f" at step {v.step}" if v.step is not None else ""
+        meaning, remedy = RULE_ADVICE.get(v.rule, ("the rule's condition held", "see the rule's reason"))
+        reason = " ".join(v.reason.split()).rstrip(".")
+        lines.append(f"**{v.rule}** found an issue{at} ({reason}): {meaning}. Try: {remedy}.")
+    fine = [v.rule for v in verdicts if v.verdict == "NoIssuesFound"]
+    if fine:
+        lines.append(
+            f"**{', '.join(fine)}**: NoIssuesFound, {'it' if len(fine) == 1 else 'each'} {NO_ISSUES_MEANING}."
+        )
+    for kind, meaning in NOT_ENOUGH_DATA_MEANING.items():
+        unjudged = [v.rule for v in verdicts if v.verdict == "NotEnoughData" and v.kind == kind]
+        if unjudged:
+            lines.append(f"**{', '.join(unjudged)}**: NotEnoughData, {meaning}.")
+    if any(v.verdict == "NotEnoughData" for v in verdicts):
+        lines.append(NOT_ENOUGH_DATA_NOTE)
+    return lines
+
+
+def class_insight(classes: Sequence[ClassAccuracy]) -> str | None:
+    """The best and worst classes on the test set, or that every class scored the same; None: not recorded."""
+    best, worst = best_and_worst(classes)
+    if not best:
+        return None
+    if best[0].accuracy == worst[0].accuracy:
+        images = sum(c.images for c in classes)
+        return f"every class scored {_percent(best[0].accuracy)} on the {images} test images: none stands out"
+    return f"best recognised classes: {_class_list(best)}; worst: {_class_list(worst)}"
+
+
 # --- pictures -------------------------------------------------------------------------------------
 
 
@@ -648,15 +770,20 @@ def _epoch_ticks(axes: Axes, epochs: Sequence[float]) -> None:
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _plot(axes: Axes, xs: Sequence[float], ys: Sequence[float | None], **style: Any) -> None:
-    """A line with markers where points are few (a single point still shows)."""
+def _plot(
+    axes: Axes, xs: Sequence[float], ys: Sequence[float | None], *, join: bool = True, **style: Any
+) -> None:
+    """A line with markers where points are few (a single point still shows); `join=False`: markers only."""
     points = downsample([(x, y) for x, y in zip(xs, ys, strict=True) if y is not None])
     if not points:
         return
     few = len(points) <= 30
+    if not join:
+        style["linestyle"] = "none"
     axes.plot(
-        [x for x, _ in points], [y for _, y in points], marker="o" if few else None, markersize=4, **style
-    )
+        [x for x, _ in points], [y for _, y in points], marker="o" if few or not join else None,
+        markersize=4, **style,
+    )  # fmt: skip
 
 
 def loss_figure(points: Sequence[EpochPoint], recording: dict[str, Any] | None = None) -> Figure:
@@ -669,7 +796,7 @@ def loss_figure(points: Sequence[EpochPoint], recording: dict[str, Any] | None =
         _plot(left, epochs, [p.training_loss for p in points], label="training loss", color="C0")
         _plot(left, epochs, [p.validation_loss for p in points], label="validation loss", color="C1")
         left.set_xlabel("epoch")
-        left.set_ylabel("loss")
+        left.set_ylabel("cross-entropy loss")
         left.grid(alpha=0.3)
         lines, labels = left.get_legend_handles_labels()
         if any(p.training_accuracy is not None or p.validation_accuracy is not None for p in points):
@@ -690,7 +817,7 @@ def loss_figure(points: Sequence[EpochPoint], recording: dict[str, Any] | None =
                 color="C1",
                 linestyle="--",
             )
-            accuracy.set_ylabel("accuracy")
+            accuracy.set_ylabel("accuracy (fraction right)")
             accuracy.set_ylim(0, 1.02)
             more_lines, more_labels = accuracy.get_legend_handles_labels()
             lines, labels = lines + more_lines, labels + more_labels
@@ -704,19 +831,22 @@ def loss_figure(points: Sequence[EpochPoint], recording: dict[str, Any] | None =
     if series:
         in_epochs = all(flag for _, _, flag in series.values())
         for mode, (xs, ys, _) in series.items():
-            _plot(right, xs, ys, label=f"{MODE_TITLES[mode]} ({_interval(recording, mode)})")
+            # Fewer saved points than epochs: a line between them would draw a curve nobody measured.
+            join = len(xs) >= max(len(epochs), 2)
+            _plot(right, xs, ys, join=join, label=f"{MODE_TITLES[mode]} ({_interval(recording, mode)})")
         if in_epochs:
             from matplotlib.ticker import MaxNLocator
 
             right.set_xlabel("epoch (each epoch's steps spread over it)")
-            right.set_xlim(left=0)
+            right.set_xlim(0, max([*epochs, *(max(xs) for xs, _, _ in series.values())]) + 0.1)
             right.xaxis.set_major_locator(MaxNLocator(integer=True))
         else:
             right.set_xlabel("step (counted per mode)")
-        right.set_ylabel("loss")
+        right.set_ylabel("cross-entropy loss")
         right.grid(alpha=0.3)
         right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
         right.set_title("Loss at the saved steps")
+        _caption(figure, saving_note(recording, tuple(m for m in MODES if m in series)))
     else:
         _empty(right, "no step losses were recorded (no debugger rule ran)")
     return figure
@@ -725,6 +855,50 @@ def loss_figure(points: Sequence[EpochPoint], recording: dict[str, Any] | None =
 def _interval(recording: dict[str, Any] | None, mode: str) -> str:
     every = ((recording or {}).get("save_intervals") or {}).get(mode)
     return "every step" if every == 1 else f"every {every} steps" if every else "saved steps"
+
+
+def saving_note(recording: dict[str, Any] | None, modes: Sequence[str] = MODES) -> str:
+    """One sentence under a picture of saved steps: how many were saved of how many, and the
+    config.toml setting that gives more points (`[debugger] train_save_interval = 100`)."""
+    recording = recording or {}
+    parts, sparse = [], []
+    for mode in modes:
+        every = (recording.get("save_intervals") or {}).get(mode)
+        seen = (recording.get("steps_seen") or {}).get(mode)
+        saved = len((recording.get("losses") or {}).get(mode) or [])
+        if not every:
+            continue
+        of = f" of {seen}" if seen else ""
+        parts.append(
+            f"{saved}{of} {MODE_TITLES[mode]} steps saved ([debugger] {SAVE_INTERVAL_KEYS[mode]} = {every})"
+        )
+        if every > 1:
+            sparse.append(SAVE_INTERVAL_KEYS[mode])
+    if not parts:
+        return ""
+    if not sparse:
+        return f"{'; '.join(parts)}: every step is drawn."
+    return f"{'; '.join(parts)}. A smaller {' / '.join(sparse)} in config.toml gives more points."
+
+
+def _caption(figure: Figure, text: str) -> None:
+    """A sentence under the whole figure, wrapped to its width (about 15 characters per inch at 8 pt)."""
+    if text:
+        width = int(figure.get_figwidth() * 15)
+        figure.supxlabel(textwrap.fill(text, width), fontsize=8, color="#444")
+
+
+def _step_axis(axes: Axes, steps: Sequence[float], seen: int | None) -> None:
+    """Training steps from 0 to the last one the run took, whole numbers: one saved step sits at its place
+    in the run rather than in the middle of an axis from -0.04 to 0.04."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not steps:
+        return
+    high = max(max(steps), (seen or 0) - 1)
+    pad = max(0.5, 0.03 * high)
+    axes.set_xlim(min(0.0, min(steps)) - pad, high + pad)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def gradient_figure(recording: dict[str, Any] | None) -> Figure | None:
@@ -741,27 +915,35 @@ def gradient_figure(recording: dict[str, Any] | None) -> Figure | None:
     kept = [(x, values) for x, values in zip(steps, per_step, strict=True) if values]
     if kept:
         xs = [x for x, _ in kept]
-        left.fill_between(
-            xs, [min(v) for _, v in kept], [max(v) for _, v in kept], alpha=0.2, label="range over layers"
-        )
+        low, high = [min(v) for _, v in kept], [max(v) for _, v in kept]
+        if len(kept) > 1:
+            left.fill_between(xs, low, high, alpha=0.2, label="range over layers")
+        else:  # one step: a band of no width would not show
+            left.vlines(xs, low, high, linewidth=8, alpha=0.2, label="range over layers")
         _plot(left, xs, [statistics.median(v) for _, v in kept], label="median layer")
         last = list(entries[-1].get("layers", {}))[-1:] or []
         if last:
             values = [_number(e.get("layers", {}).get(last[0], {}).get("mean_abs")) for e in entries]
             _plot(left, steps, [v if v and v > 0 else None for v in values], label=f"{last[0]} (last layer)")
         left.set_yscale("log")
+        left.set_ylabel("mean |gradient| (log scale)")
         left.legend(loc="best", fontsize=8)
     else:
         _empty(left, "every recorded gradient was zero or not finite")
+    seen = ((recording or {}).get("steps_seen") or {}).get("TRAIN")
     left.set_title("Mean |gradient| per layer")
     left.set_xlabel("training step")
     left.grid(alpha=0.3)
+    _step_axis(left, steps, seen)
     _plot(right, steps, [_number((e.get("all") or {}).get("p95")) for e in entries], label="95th percentile")
     _plot(right, steps, [_number((e.get("all") or {}).get("p5")) for e in entries], label="5th percentile")
     right.set_title("Spread of gradient values")
     right.set_xlabel("training step")
+    right.set_ylabel("gradient value")
     right.grid(alpha=0.3)
     right.legend(loc="best", fontsize=8)
+    _step_axis(right, steps, seen)
+    _caption(figure, saving_note(recording, ("TRAIN",)))
     return figure
 
 
@@ -787,7 +969,7 @@ def utilisation_figure(profile: dict[str, Any] | None) -> Figure | None:
         _plot(axes, times, values, label=f"GPU {index}")
     axes.set_ylim(0, 105)
     axes.set_xlabel("seconds since the start of training")
-    axes.set_ylabel("%")
+    axes.set_ylabel("% in use")
     axes.set_title("Utilisation over time")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize=8)
@@ -1037,6 +1219,8 @@ class Report:
     profiler_finding: str = ""
     figures: dict[str, Figure] = field(default_factory=dict)
     pictures: dict[str, Path] = field(default_factory=dict)
+    # Per picture of saved steps, how many were saved and the setting that gives more (`saving_note`).
+    picture_notes: dict[str, str] = field(default_factory=dict)
     profiler_report: Path | None = None
     index_html: Path | None = None
     summary_path: Path | None = None
@@ -1098,6 +1282,7 @@ _FIGURES: tuple[tuple[str, str], ...] = (
     ("class_accuracy", "Accuracy per class (test set)"),
     ("utilisation", "Utilisation"),
 )
+FIGURE_TITLES = dict(_FIGURES)
 
 
 def _clear(folder: Path) -> None:
@@ -1155,6 +1340,10 @@ def write_report(
         path = folder / f"{key}.png"
         figure.savefig(path, dpi=FIGURE_DPI)
         report.figures[key], report.pictures[key] = figure, path
+    notes_by_picture = {"loss": saving_note(recording), "gradients": saving_note(recording, ("TRAIN",))}
+    report.picture_notes = {
+        key: note for key, note in notes_by_picture.items() if note and key in report.pictures
+    }
     if output.profiler_report is not None:
         report.profiler_report = output.profiler_report
         if not output.profiler_report.resolve().is_relative_to(folder.resolve()):

@@ -1,11 +1,12 @@
 """The project write-up a reviewer reads, filled in from what the project recorded and its report.
 
 `write_up(config, state, report)` writes `WRITEUP.md` in the project: the best tuned hyperparameters and
-the search, the final job and its test accuracy, each rule's verdict with its step, the profiler's main
-finding, the pictures to attach (paths), the int8 model's figures and what the endpoint serves (int8 or
-float, and why), the endpoint and how to query it, and where in the AWS console to
-take each screenshot (those cannot be made offline). A WRITEUP.md the student has edited is never
-overwritten: the new one goes to WRITEUP.generated.md and the caller is told.
+the search, the final job and its test accuracy, each rule's verdict with its step, what each finding
+means and what to change, the profiler's main finding, the pictures (embedded, with paths relative to
+the write-up), the int8 model's figures and what the endpoint serves (int8 or float, and why), the
+endpoint and how to query it, and where in the AWS console to take each screenshot (those cannot be
+made offline). A WRITEUP.md the student has edited is never overwritten: the new one goes to
+WRITEUP.generated.md and the caller is told.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from .handin import (  # the words `handin` looks for, defined where importing t
     WRITEUP_FILENAME,
 )
 from .launcher import BEST_HYPERPARAMETERS
-from .report import Report, int8_facts, sagemaker_rows, verdict_rows
+from .report import (
+    FIGURE_TITLES,
+    Report,
+    class_insight,
+    int8_facts,
+    rule_insights,
+    sagemaker_rows,
+    verdict_rows,
+)
 from .state import ENDPOINT, TRAINING_JOB, TUNING_JOB, ProjectState
 from .tables import ranges_rows
 
@@ -85,31 +94,36 @@ def _training(report: Report, state: ProjectState) -> list[str]:
     ]
     if report.sagemaker_verdicts:
         lines += ["SageMaker's built-in rule jobs:", "", *_table(sagemaker_rows(report)), ""]
-    issues = [verdict for verdict in report.verdicts if verdict.verdict == "IssuesFound"]
-    lines += ["Insights:", ""]
-    lines += [f"- **{v.rule}** found an issue at step {v.step}: {v.reason}" for v in issues] or [
-        "- No rule found an issue; each `NotEnoughData` above says what it would need to judge."
-    ]
+    lines += ["Insights (what each finding means, and what to change):", ""]
+    lines += [f"- {line}" for line in rule_insights(report.verdicts)] or ["- The run judged no rules."]
     if report.profiler_finding:
-        lines.append(f"- Profiler: {report.profiler_finding}")
-    if report.best_classes and report.worst_classes:
-        best = ", ".join(c.name for c in report.best_classes)
-        worst = ", ".join(c.name for c in report.worst_classes)
-        lines.append(f"- Best recognised classes: {best}; worst: {worst}.")
+        lines.append(f"- Profiler: {report.profiler_finding}.")
+    classes = class_insight(report.classes)
+    if classes:
+        lines.append(f"- Test set: {classes}.")
     lines.append("")
     return lines
 
 
 def _pictures(report: Report, root: Path) -> list[str]:
-    lines = ["## Pictures to attach", ""]
-    for name, path in sorted(report.pictures.items()):
-        lines.append(f"- {name}: `{_relative(path, root)}`")
+    """Each picture embedded (a path relative to WRITEUP.md, so the Markdown shows it where it lies),
+    in the report page's order, with the sentence that says how to get more points where it has one."""
+    lines = ["## Pictures", ""]
+    for key, title in FIGURE_TITLES.items():
+        if key not in report.pictures:
+            continue
+        lines += [f"![{title}]({_relative(report.pictures[key], root)})", ""]
+        if key in report.picture_notes:
+            lines += [f"*{report.picture_notes[key]}*", ""]
     if report.profiler_report:
         lines.append(
-            f"- the profiler report: `{_relative(report.profiler_report, root)}` (open it in a browser)"
+            f"- The profiler report: [{report.profiler_report.name}]"
+            f"({_relative(report.profiler_report, root)}) (open it in a browser)"
         )
     if report.index_html:
-        lines.append(f"- everything on one page: `{_relative(report.index_html, root)}`")
+        lines.append(
+            f"- Everything on one page: [{report.index_html.name}]({_relative(report.index_html, root)})"
+        )
     return [*lines, ""]
 
 
@@ -158,8 +172,9 @@ SCREENSHOTS = [
 
 
 def _relative(path: Path, root: Path) -> str:
+    """`path` from WRITEUP.md's folder, with forward slashes (Markdown links); as it is when outside it."""
     try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
+        return Path(path).resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
         return str(path)
 
