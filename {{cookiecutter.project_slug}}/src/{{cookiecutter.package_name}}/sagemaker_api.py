@@ -501,7 +501,9 @@ def tuner(config: ProjectConfig, estimator: PyTorch) -> HyperparameterTuner:
         max_jobs=tuning["max_jobs"],
         max_parallel_jobs=tuning["max_parallel_jobs"],
         early_stopping_type=tuning.get("early_stopping_type", "Off"),
-        tags=tagging.project_tags(config),
+        # The estimator's own tags (the SDK adds them anyway): tags made a second later would give the
+        # tuning job a second `created` tag.
+        tags=estimator.tags,
     )
 
 
