@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rules import wants_profiler
 from torch import nn
 
 CONFIG_PATH_ENV = "SMDEBUG_CONFIG_FILE_PATH"
@@ -24,6 +25,8 @@ DEFAULT_CONFIG_PATH = "/opt/ml/input/config/debughookconfig.json"
 # patience_train=5 and patience_validation=10 saved steps after a first one; the
 # others (LossNotDecreasing, Overfit) need fewer.
 MIN_SAVED_STEPS = {"TRAIN": 6, "EVAL": 11}
+# Judged in the job whenever its profiler runs (rules.evaluate_profiler_rules).
+IN_JOB_PROFILER_RULE = "DataLoadingBottleneck"
 
 
 def import_failure(error: BaseException) -> str:
@@ -58,29 +61,53 @@ def saving_advice(mode: str, saved: int, needed: int, steps: int) -> str:
     return f"{problem}, and this run has only {steps} {mode} steps: train longer (more epochs or images)."
 
 
+def rules_in_this_job() -> str:
+    """The rules train_model.py judges itself: its `rules` hyperparameter, which the training toolkit
+    exports as $SM_HP_RULES (empty for [debugger] evaluation = "sagemaker"), and the one its profiler adds."""
+    names = [name.strip() for name in os.environ.get("SM_HP_RULES", "").strip('"').split(",") if name.strip()]
+    if not names:
+        return 'none ([debugger] evaluation = "sagemaker")'
+    if wants_profiler(names) and IN_JOB_PROFILER_RULE not in names:
+        names.append(IN_JOB_PROFILER_RULE)
+    return ", ".join(names)
+
+
 class DebuggerHook:
     """The smdebug hook, or a stand-in that does nothing when there is none."""
 
     def __init__(self, hook: object | None = None) -> None:
         self.hook = hook
+        self._modules: list[nn.Module] = []
 
     @classmethod
     def from_sagemaker_config(cls, enabled: bool = True) -> DebuggerHook:
+        """The hook SageMaker configured, or none; either way one line says where the rules are judged."""
         if not enabled:
             return cls()
         path = hook_config_path()
+        in_job = f"rules judged in this job by rules.py: {rules_in_this_job()}"
         try:
             import smdebug.pytorch as smd
         except Exception as error:  # not only ImportError: smdebug breaks on numpy >= 2.3, protobuf >= 4
-            print(f"debugger: {import_failure(error)}; training without the debugger hook", flush=True)
+            print(
+                f"debugger: no smdebug hook ({import_failure(error)}), so SageMaker's debugger rule "
+                f"containers get no tensors from this job; {in_job}",
+                flush=True,
+            )
             return cls()
         if not path.is_file():
             print(
-                f"debugger: no hook configuration at {path}; training without the debugger hook", flush=True
+                f"debugger: no smdebug hook (no hook configuration at {path}: SageMaker judges no debugger "
+                f"rule for this job); {in_job}",
+                flush=True,
             )
             return cls()
         hook = smd.Hook.create_from_json_file(str(path))
-        print(f"debugger: hook created from {path}, writing to {hook.out_dir}", flush=True)
+        print(
+            f"debugger: hook created from {path}, saving tensors to {hook.out_dir} (what SageMaker's "
+            f"debugger rules read); {in_job}",
+            flush=True,
+        )
         return cls(hook)
 
     @property
@@ -92,6 +119,7 @@ class DebuggerHook:
         if self.hook is not None:
             self.hook.register_module(module)
             self.hook.register_loss(loss)
+            self._modules = [module, loss]
 
     def set_mode(self, mode: str) -> None:
         """`mode` is "TRAIN", "EVAL" or "PREDICT"."""
@@ -142,5 +170,26 @@ class DebuggerHook:
         }
 
     def close(self) -> None:
+        """Flush the hook and take it off the modules it watched."""
         if self.hook is not None:
             self.hook.close()
+            self._detach()
+
+    def _detach(self) -> None:
+        """Remove the module hooks smdebug registered (it keeps no handles to them).
+
+        Left on, they ride along when the model is deep-copied (the int8 export copies it): the copy's
+        hooks are bound to a copy of smdebug's Hook, which its `__getstate__` leaves empty, so the copy's
+        first forward prints `AttributeError: 'Hook' object has no attribute 'parent_forward_event'`."""
+        for module in self._modules:
+            for submodule in module.modules():
+                for hooks in (
+                    submodule._forward_pre_hooks,
+                    submodule._forward_hooks,
+                    submodule._backward_hooks,
+                ):
+                    for key in [
+                        key for key, hook in hooks.items() if getattr(hook, "__self__", None) is self.hook
+                    ]:
+                        del hooks[key]
+        self._modules = []

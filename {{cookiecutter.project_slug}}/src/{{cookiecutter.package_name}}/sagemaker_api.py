@@ -1,4 +1,7 @@
-"""Every use of the SageMaker Python SDK, in one module.
+"""Every use of the SageMaker Python SDK by the package, in one module.
+
+The notebook writes the same constructions out in its cells for its reader (with this module's helpers for
+what is not an SDK call); tests/test_notebook_requests.py keeps both sending the same requests.
 
 The SDK is pinned to v2 (`>=2.257,<3`): v3 removed the estimator, tuner and
 debugger APIs used here, so a move to v3 rewrites this file and nothing else.
@@ -255,6 +258,51 @@ def rule_notes(config: ProjectConfig) -> tuple[str, ...]:
     )
 
 
+# The rule train_model.py adds by itself whenever its profiler runs (training/rules.py).
+IN_JOB_PROFILER_RULE = "DataLoadingBottleneck"
+
+
+def where_judged(config: ProjectConfig) -> list[str]:
+    """One line for each rule judged for the training job: where, on this image and account, and why.
+
+    The notebook prints these lines; train_model.py's log names the rules it judges itself (debugger.py)."""
+    debugger = config.section("debugger")
+    evaluation = debugger["evaluation"]
+    selected = rule_set(config)
+    version = config.section("images")["training"]["framework_version"]
+    account = "on accounts with SageMaker Debugger (closed to new customers since 2026-07-30)"
+    names = list(debugger["rules"])
+    profiled = any(name in (*schema.SAGEMAKER_PROFILER_RULES, *schema.IN_JOB_ONLY_RULES) for name in names)
+    if evaluation != "sagemaker" and profiled and IN_JOB_PROFILER_RULE not in names:
+        names.append(IN_JOB_PROFILER_RULE)
+    lines = []
+    for name in names:
+        places = (
+            ["in the job by train_model.py's own rules (every account)"] if evaluation != "sagemaker" else []
+        )
+        if name in selected.debugger:
+            places.append(f"by SageMaker's rule container from smdebug's tensors, {account}")
+        elif name in selected.profiler:
+            places.append(
+                f"by SageMaker's rule container from its system metrics (no smdebug needed), {account}"
+            )
+        if name in selected.debugger or name in selected.profiler:
+            why = ""
+        elif name in schema.IN_JOB_ONLY_RULES:
+            added = "" if name in debugger["rules"] else "added whenever the in-job profiler runs; "
+            why = f"{added}SageMaker has no built-in rule of that name"
+        elif evaluation == "in_job":
+            why = 'not by SageMaker: [debugger] evaluation = "in_job"'
+        else:
+            why = (
+                f"not by SageMaker: its rule reads smdebug's tensors, which the PyTorch {version} training "
+                "image cannot install (training/requirements.txt)"
+            )
+        where = " and ".join(places) if places else 'by nobody (set [debugger] evaluation = "both")'
+        lines.append(f"{name}: judged {where}" + (f"; {why}" if why else ""))
+    return lines
+
+
 def watch_hyperparameters(config: ProjectConfig) -> dict[str, Any]:
     """What train_model.py needs to judge the rules in the job: the rules, save intervals, profiler rate."""
     debugger = config.section("debugger")
@@ -303,11 +351,14 @@ def debugger_rules(selected: RuleSet, debugger: dict[str, Any]) -> list[Any]:
     return rules
 
 
-def _image_arguments(config: ProjectConfig, role: str) -> dict[str, str]:
+def _image_arguments(config: ProjectConfig, role: str) -> dict[str, str | None]:
+    """[images.<role>] as the SDK takes it: a custom image_uri, when set, wins over the versions."""
     images = config.section("images")[role]
-    if images.get("image_uri"):
-        return {"image_uri": images["image_uri"]}
-    return {"framework_version": images["framework_version"], "py_version": images["py_version"]}
+    return {
+        "framework_version": images["framework_version"],
+        "py_version": images["py_version"],
+        "image_uri": images.get("image_uri") or None,
+    }
 
 
 def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, region: str) -> str:
@@ -450,7 +501,9 @@ def tuner(config: ProjectConfig, estimator: PyTorch) -> HyperparameterTuner:
         max_jobs=tuning["max_jobs"],
         max_parallel_jobs=tuning["max_parallel_jobs"],
         early_stopping_type=tuning.get("early_stopping_type", "Off"),
-        tags=tagging.project_tags(config),
+        # The estimator's own tags (the SDK adds them anyway): tags made a second later would give the
+        # tuning job a second `created` tag.
+        tags=estimator.tags,
     )
 
 
