@@ -5,6 +5,7 @@ The modules are imported from the staged training source directory, exactly what
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import random
@@ -48,6 +49,46 @@ def test_paths_default_to_the_sagemaker_environment(training, monkeypatch, tmp_p
     assert args.checkpoint_dir == "/opt/ml/checkpoints"
     assert (args.num_gpus, args.hosts, args.current_host) == (4, ["algo-1", "algo-2"], "algo-2")
     assert args.pretrained is False  # "false", as the toolkit passes a boolean
+
+
+def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def _hook_calls(function: ast.FunctionDef) -> list[str]:
+    """The methods called on `hook` inside `function`, in order."""
+    return [
+        node.func.attr
+        for node in ast.walk(function)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "hook"
+    ]
+
+
+def test_train_model_shows_the_course_pieces_and_hpo_imports_its_loop(training_source):
+    """A reviewer finds the network, train(), test() with the hook's modes, the hook's creation and
+    registration, main() and the parser in train_model.py itself; hpo.py runs that loop, no copy."""
+    script = ast.parse((training_source / "train_model.py").read_text())
+    functions = _functions(script)
+    assert {"net", "train", "test", "create_hook", "main", "get_args_parser"} <= set(functions)
+    assert _hook_calls(functions["train"])[:1] == ["set_mode"]
+    assert _hook_calls(functions["test"])[:1] == ["set_mode"]
+    main_calls = {
+        node.func.id
+        for node in ast.walk(functions["main"])
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    assert {"net", "create_hook", "test"} <= main_calls
+    assert "register" in _hook_calls(functions["main"])
+
+    hpo = ast.parse((training_source / "hpo.py").read_text())
+    assert not _functions(hpo), "hpo.py defines its own functions: the loop belongs to train_model.py"
+    imported = [node for node in hpo.body if isinstance(node, ast.ImportFrom)]
+    assert [(node.module, sorted(a.name for a in node.names)) for node in imported] == [
+        ("train_model", ["get_args_parser", "main"])
+    ]
 
 
 def test_objective_line_is_read_by_the_configured_regex(training, project_config):

@@ -68,7 +68,7 @@ def net(args: argparse.Namespace, cluster: Cluster, num_classes: int) -> nn.Modu
         model = build_model(args.backbone, num_classes, pretrained=args.pretrained, finetune=args.finetune)
     except WeightsUnavailable as error:
         raise SystemExit(str(error)) from None  # one line in the job's log, not a torch.hub traceback
-    # Moved once. On a GPU channels-last, the layout `image_preparer` gives the batches there.
+    # Moved once. On a GPU channels-last, the layout `image_preparer` (loaders.py) gives the batches there.
     on_gpu = cluster.device.type == "cuda"
     return model.to(cluster.device, memory_format=torch.channels_last if on_gpu else torch.preserve_format)
 
