@@ -7,7 +7,7 @@ model_fn serves float, and as it serves the int8 copy. All run the same network 
 images, one request per image, sequentially, on the CPU.
 
 The network is the configured backbone (random weights: nothing is downloaded) with a head trained
-by train_model.py's own engine on generated hues (cached features, seconds), which also quantizes
+by train_model.py's own main() on generated hues (cached features, seconds), which also quantizes
 it as a training job does. A held-out generated labelled set then gives each handler's accuracy
 and the int8 handler's top-1 agreement with the float one.
 
@@ -108,16 +108,16 @@ def our_handler(code_dir: Path, model_dir: Path, precision: str) -> tuple[Handle
 
 
 def train_artifact(workdir: Path, backbone: str, image_size: int, classes: int) -> Path:
-    """SM_MODEL_DIR of train_model.py's engine on generated hues: float head on a random backbone + int8."""
+    """SM_MODEL_DIR of train_model.py's main() on generated hues: float head on a random backbone + int8."""
     sys.path.insert(0, str(PROJECT_ROOT / "training"))
-    engine = importlib.import_module("engine")
+    train_model = importlib.import_module("train_model")
     data = make_dataset(
         workdir / "hues",
         num_classes=classes,
         images_per_class={"train": 12, "valid": 6, "test": 1},
         size=(160, 120),
     )
-    args = engine.get_args_parser("bench").parse_args(
+    args = train_model.get_args_parser("bench").parse_args(
         [
             *("--epochs", "6", "--batch_size", "16", "--test_batch_size", "32", "--lr", "0.05"),
             *("--backbone", backbone, "--image_size", str(image_size), "--finetune", "head"),
@@ -126,7 +126,7 @@ def train_artifact(workdir: Path, backbone: str, image_size: int, classes: int) 
             *("--output_data_dir", str(workdir / "output"), "--checkpoint_dir", str(workdir / "checkpoints")),
         ]
     )
-    engine.main(args, evaluate_test=True)
+    train_model.main(args, evaluate_test=True)
     return workdir / "model"
 
 

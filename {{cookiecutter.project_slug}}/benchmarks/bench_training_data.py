@@ -52,8 +52,8 @@ prepare_dataset = importlib.import_module(f"{PACKAGE}.data").prepare
 make_dataset = importlib.import_module(f"{PACKAGE}.synthetic").make_dataset
 
 from data import ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
-from engine import feature_preparer, image_preparer, pixel_cache  # noqa: E402
 from feature_cache import extract_features  # noqa: E402
+from loaders import feature_preparer, image_preparer, pixel_cache  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets  # noqa: E402
 from torchvision import transforms as v1  # noqa: E402

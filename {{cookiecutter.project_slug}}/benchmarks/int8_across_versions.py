@@ -3,7 +3,7 @@
 Builds two virtual environments (once; several GB each, CPU is enough) with the versions of
 config.toml's [images] (default: torch 2.8.0 + torchvision 0.23.0 for training, 2.6.0 + 0.21.0
 for serving), then, for every backbone the template offers:
-  1. in the training environment: train_model.py's engine trains one epoch on a generated dataset
+  1. in the training environment: train_model.py's main() trains one epoch on a generated dataset
      and writes the artifact (model.pth, model_int8.pt, metadata.json); inference.py's model_fn /
      predict_fn there give the int8 and float logits of a few generated images;
   2. in the serving environment: the same model_fn (from a code/ folder laid out as the SDK repacks
@@ -29,7 +29,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Each image's torch and the torchvision released with it; Python 3.12, as both images have.
 VERSIONS = {"training": ("2.8.0", "0.23.0"), "inference": ("2.6.0", "0.21.0")}
-# What the images bring besides torch (psutil: the training engine's profiler; sagemaker-inference:
+# What the images bring besides torch (psutil: training's profiler; sagemaker-inference:
 # inference.py's error class).
 EXTRA_PACKAGES = ["pillow", "numpy", "psutil", "sagemaker-inference"]
 BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
@@ -105,7 +105,7 @@ def step_write(work: Path, backbone: str) -> None:
     import torch
 
     sys.path[:0] = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT), str(PROJECT_ROOT / "src")]
-    import engine
+    import train_model
     from PIL import Image
 
     from classifier.backbones import build_model
@@ -129,7 +129,7 @@ def step_write(work: Path, backbone: str) -> None:
             shutil.copy(path, work / "images" / f"{n}.jpg")
     build_model(backbone, 3)  # fails early for a name torchvision lacks
     out = work / backbone
-    args = engine.get_args_parser("write").parse_args(
+    args = train_model.get_args_parser("write").parse_args(
         [
             *("--epochs", "1", "--batch_size", "8", "--test_batch_size", "8", "--lr", "0.001"),
             *("--backbone", backbone, "--image_size", str(IMAGE_SIZE), "--finetune", "full"),
@@ -138,7 +138,7 @@ def step_write(work: Path, backbone: str) -> None:
             *("--output_data_dir", str(out / "output"), "--checkpoint_dir", str(out / "checkpoints")),
         ]
     )
-    engine.main(args, evaluate_test=True)
+    train_model.main(args, evaluate_test=True)
     served = {p: _serve(code_dir(work), out / "model", work / "images", p) for p in ("int8", "float")}
     (out / "written.json").write_text(json.dumps({"torch": torch.__version__, **served}))
 

@@ -158,13 +158,13 @@ PYTORCH_IMAGES: dict[str, dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 # The oldest PyTorch each image must bring, set by the newest API its code calls (the images above
 # that are older would start, bill, and fail on that line):
-# - training: torch.amp.GradScaler(device_type, ...) (training/engine.py), new in PyTorch 2.3;
+# - training: torch.amp.GradScaler(device_type, ...) (training/optimisation.py), new in PyTorch 2.3;
 #   before it the class was torch.cuda.amp.GradScaler only;
 # - inference: torchvision.transforms.v2 (classifier/presets.py), new in torchvision 0.15, the one
 #   released with PyTorch 2.0 (the oldest image the SDK serves).
 MINIMUM_PYTORCH = {"training": "2.3.0", "inference": "2.0.0"}
 MINIMUM_PYTORCH_REASON = {
-    "training": "training/engine.py calls torch.amp.GradScaler(device), new in PyTorch 2.3",
+    "training": "training/optimisation.py calls torch.amp.GradScaler(device), new in PyTorch 2.3",
     "inference": "classifier/presets.py uses torchvision.transforms.v2, new with PyTorch 2.0",
 }
 # AWS's own PyTorch images (<account>.dkr.ecr.<region>.amazonaws.com/pytorch-training:2.8.0-gpu-py312):
@@ -885,7 +885,7 @@ class Settings:
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
         if self.hyperparameters.feature_cache and self.model.finetune != "head":
-            # training/engine.py's check_args stops the job on it (after the instance is billed).
+            # training/train_model.py's check_args stops the job on it (after the instance is billed).
             yield Problem(
                 ("hyperparameters", "feature_cache"),
                 True,
@@ -931,7 +931,7 @@ class Settings:
 
     def _batch_size_problems(self) -> Iterator[Problem]:
         """batch_size, and the tuner's range of it, stay at or above what the network can train on
-        (training/engine.py's check_args stops the job otherwise, after the instance is billed)."""
+        (training/train_model.py's check_args stops the job otherwise, after the instance is billed)."""
         smallest = smallest_batch_size(self.model.finetune, self.model.backbone)
         if smallest == 1:
             return

@@ -55,10 +55,10 @@ REQUIRED_SCRIPT_ARGS = [
 ]
 
 
-def tiny_args(engine: ModuleType, data_dir: Path, run_dir: Path, *extra: str) -> argparse.Namespace:
-    """engine's parsed arguments for a tiny CPU run on `data_dir`, writing model/, output/ and
+def tiny_args(train_model: ModuleType, data_dir: Path, run_dir: Path, *extra: str) -> argparse.Namespace:
+    """train_model.py's parsed arguments for a tiny CPU run on `data_dir`, writing model/, output/ and
     checkpoints/ under `run_dir`: REQUIRED_SCRIPT_ARGS, no loader workers, then `extra`, which wins."""
-    return engine.get_args_parser("test").parse_args(
+    return train_model.get_args_parser("test").parse_args(
         [
             *REQUIRED_SCRIPT_ARGS,
             *("--data_dir", str(data_dir), "--model_dir", str(run_dir / "model")),
@@ -104,7 +104,7 @@ def training_source(tmp_path_factory, project_config) -> Path:
 
 @pytest.fixture(scope="module")
 def training(training_source) -> Iterator[Callable[[str], ModuleType]]:
-    """Import a module of the staged training sources, what SageMaker runs: `training("engine")`."""
+    """Import a module of the staged training sources, what SageMaker runs: `training("train_model")`."""
     sys.path.insert(0, str(training_source))
     try:
         yield importlib.import_module

@@ -327,14 +327,14 @@ def test_train_hp_refuses_a_batch_of_one_for_full_finetuning_in_one_line() -> No
 def test_train_models_argument_check_refuses_a_batch_of_one_where_batch_norm_trains(
     training, tmp_path: Path, backbone: str, refused: bool
 ) -> None:
-    engine = training("engine")
+    train_model = training("train_model")
     arguments = ("--backbone", backbone, "--finetune", "full", "--batch_size", "1")
-    args = tiny_args(engine, tmp_path / "data", tmp_path / "run", *arguments)
+    args = tiny_args(train_model, tmp_path / "data", tmp_path / "run", *arguments)
     if not refused:
-        engine.check_args(args)
+        train_model.check_args(args)
         return
     with pytest.raises(SystemExit) as stopped:
-        engine.check_args(args)
+        train_model.check_args(args)
     message = str(stopped.value)
     assert message.startswith(f"batch_size 1 cannot train {backbone} with finetune=full"), message
     assert "\n" not in message

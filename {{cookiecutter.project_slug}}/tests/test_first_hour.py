@@ -41,9 +41,11 @@ def test_unreachable_weights_are_one_line_with_both_ways_out(no_internet, tmp_pa
 def test_the_training_script_says_it_in_one_line_not_a_traceback(
     no_internet, training, tiny_dataset, tmp_path, capsys
 ):
-    engine = training("engine")
+    train_model = training("train_model")
     with pytest.raises(SystemExit) as stopped:
-        engine.main(tiny_args(engine, tiny_dataset, tmp_path, "--pretrained", "true", "--checkpoint_dir", ""))
+        train_model.main(
+            tiny_args(train_model, tiny_dataset, tmp_path, "--pretrained", "true", "--checkpoint_dir", "")
+        )
     assert str(stopped.value).startswith("cannot download the pretrained resnet18 weights")
 
 

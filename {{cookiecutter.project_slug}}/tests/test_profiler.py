@@ -81,7 +81,7 @@ def test_a_slow_loader_is_a_data_loading_bottleneck(training, monkeypatch, datas
                 time.sleep(0.12)
             return super().__getitem__(item)
 
-    monkeypatch.setattr(training("engine"), "ImageFiles", SlowImages)
+    monkeypatch.setattr(training("loaders"), "ImageFiles", SlowImages)
     output = run(training, monkeypatch, tmp_path, dataset, "--rules", "ProfilerReport")
     judged = rule_verdicts(output)
     assert judged["DataLoadingBottleneck"]["verdict"] == "IssuesFound", judged["DataLoadingBottleneck"]

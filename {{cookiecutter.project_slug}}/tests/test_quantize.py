@@ -41,10 +41,10 @@ def trained(training, tmp_path_factory) -> Path:
     data = make_dataset(
         root / "data", num_classes=3, images_per_class={"train": 8, "valid": 4, "test": 1}, size=(48, 40)
     )
-    engine = training("engine")
+    train_model = training("train_model")
     # The head on cached features of a random backbone: learns the hues in seconds.
     hyperparameters = ("--feature_cache", "true", "--epochs", "8", "--lr", "0.05", "--test_batch_size", "12")
-    engine.main(tiny_args(engine, data, root, *hyperparameters), evaluate_test=True)
+    train_model.main(tiny_args(train_model, data, root, *hyperparameters), evaluate_test=True)
     return root / "model"
 
 
@@ -185,8 +185,9 @@ def test_an_unknown_endpoint_setting_is_refused_by_name():
 
 
 def test_quantize_float_makes_no_int8_copy(training, capsys):
-    engine = training("engine")
-    quantized = engine.quantize_for_cpu(argparse.Namespace(quantize="float"), None, None, None, print)
+    quantized = training("export").quantize_for_cpu(
+        argparse.Namespace(quantize="float"), None, None, None, print
+    )
     assert quantized.module is None and quantized.figures["available"] is False
     assert "quantize=float" in capsys.readouterr().out
 

@@ -1,6 +1,6 @@
 """The report: reports/<run>/index.html, its pictures and summary.md, from a local run or a job's S3 output.
 
-Most tests use small synthetic output folders shaped like what training/engine.py writes (fast); one
+Most tests use small synthetic output folders shaped like what training/train_model.py writes (fast); one
 tiny real `train --local` run checks the recorder's confusion matrix end to end.
 """
 
@@ -747,7 +747,7 @@ def test_write_up_fills_in_what_a_reviewer_asks_for(project_config, local_run, t
 
 @pytest.fixture(scope="module")
 def training(training_source):
-    """training/'s modules, imported as the job imports them (engine, quantize)."""
+    """training/'s modules, imported as the job imports them (train_model, export, quantize)."""
     sys.path.insert(0, str(training_source))
     try:
         yield importlib.import_module
@@ -791,18 +791,20 @@ def measured(int8_correct: int, images: int = 200, float_correct: int = 170) -> 
 
 
 def save_model(training, model_dir: Path, quantize: str, figures: dict) -> Path:
-    """SM_MODEL_DIR as engine.save leaves it at the end of train_model.py, metadata.json and all
+    """SM_MODEL_DIR as export.save leaves it at the end of train_model.py, metadata.json and all
     (a stand-in network: the report reads only the metadata)."""
     import torch
 
-    engine = training("engine")
-    args = engine.get_args_parser("test").parse_args(
+    train_model = training("train_model")
+    args = train_model.get_args_parser("test").parse_args(
         [*REQUIRED_SCRIPT_ARGS, "--quantize", quantize, "--model_dir", str(model_dir)]
         + ["--output_data_dir", str(model_dir.parent / "saved-output")]
     )
     state = SimpleNamespace(model=torch.nn.Linear(2, len(CLASSES)))
     data = SimpleNamespace(class_names=CLASSES)
-    engine.save(args, state, data, {"best_epoch": 1}, [], engine.Quantized(None, figures))
+    training("export").save(
+        args, state, data, {"best_epoch": 1}, [], training("quantize").Quantized(None, figures)
+    )
     return model_dir
 
 
@@ -871,7 +873,7 @@ def test_an_int8_model_that_could_not_be_made_says_why(project_config, run, trai
 
 
 def test_quantize_float_in_the_config_serves_float(project_config, run, training, tmp_path):
-    float_only = training("engine").quantize_for_cpu(
+    float_only = training("export").quantize_for_cpu(
         SimpleNamespace(quantize="float"), None, None, None, quiet
     )
     save_model(training, run / "opt_ml" / "model", "float", float_only.figures)

@@ -196,13 +196,13 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 def mlp_run(training, monkeypatch, tmp_path: Path, data: Path, *extra: str, model=None) -> Path:
     """train_model.py's main in-process with the debugger, `model` (the MLP) for the backbone and no
     checkpoints; returns the output data directory."""
-    engine = training("engine")
-    monkeypatch.setattr(engine, "build_model", model or mlp_builder(1.0))
+    train_model = training("train_model")
+    monkeypatch.setattr(train_model, "build_model", model or mlp_builder(1.0))
     args = tiny_args(
-        engine, data, tmp_path,
+        train_model, data, tmp_path,
         "--checkpoint_dir", "", "--finetune", "full", "--augment", "false", *extra,
     )  # fmt: skip
-    engine.main(args, use_debugger=True, evaluate_test=True)
+    train_model.main(args, use_debugger=True, evaluate_test=True)
     return tmp_path / "output"
 
 
@@ -289,10 +289,10 @@ def test_a_save_interval_too_large_to_judge_gives_not_enough_data(training, monk
 
 
 def test_unknown_rules_are_refused_before_training(training, datasets, tmp_path):
-    engine = training("engine")
-    args = engine.get_args_parser("test").parse_args(
+    train_model = training("train_model")
+    args = train_model.get_args_parser("test").parse_args(
         [*REQUIRED_SCRIPT_ARGS, "--data_dir", str(datasets["noisy"]), "--rules", "overfit,dead_relus"]
     )
     with pytest.raises(SystemExit, match="unknown rule 'dead_relus'; choose from .*dead_relu"):
-        engine.main(args, use_debugger=True)
+        train_model.main(args, use_debugger=True)
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -5,6 +5,7 @@ The modules are imported from the staged training source directory, exactly what
 
 from __future__ import annotations
 
+import ast
 import errno
 import io
 import random
@@ -23,12 +24,12 @@ from torchvision.transforms import v2
     [("true", True), ("True", True), ("1", True), ("false", False), ("False", False), ("0", False)],
 )
 def test_str2bool_accepts_what_sagemaker_passes(training, text, expected):
-    assert training("engine").str2bool(text) is expected
+    assert training("train_model").str2bool(text) is expected
 
 
 def test_str2bool_refuses_anything_else(training):
     with pytest.raises(Exception, match="expected true, false, 1 or 0, got 'yes'"):
-        training("engine").str2bool("yes")
+        training("train_model").str2bool("yes")
 
 
 def test_paths_default_to_the_sagemaker_environment(training, monkeypatch, tmp_path):
@@ -39,7 +40,7 @@ def test_paths_default_to_the_sagemaker_environment(training, monkeypatch, tmp_p
     monkeypatch.setenv("SM_HOSTS", '["algo-1","algo-2"]')
     monkeypatch.setenv("SM_CURRENT_HOST", "algo-2")
     monkeypatch.delenv("SAGEMAKER_BASE_DIR", raising=False)
-    args = training("engine").get_args_parser("test").parse_args(REQUIRED_SCRIPT_ARGS)
+    args = training("train_model").get_args_parser("test").parse_args(REQUIRED_SCRIPT_ARGS)
     assert (args.data_dir, args.model_dir, args.output_data_dir) == (
         "/data/training",
         "/ml/model",
@@ -50,9 +51,49 @@ def test_paths_default_to_the_sagemaker_environment(training, monkeypatch, tmp_p
     assert args.pretrained is False  # "false", as the toolkit passes a boolean
 
 
+def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
+    return {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def _hook_calls(function: ast.FunctionDef) -> list[str]:
+    """The methods called on `hook` inside `function`, in order."""
+    return [
+        node.func.attr
+        for node in ast.walk(function)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "hook"
+    ]
+
+
+def test_train_model_shows_the_course_pieces_and_hpo_imports_its_loop(training_source):
+    """A reviewer finds the network, train(), test() with the hook's modes, the hook's creation and
+    registration, main() and the parser in train_model.py itself; hpo.py runs that loop, no copy."""
+    script = ast.parse((training_source / "train_model.py").read_text())
+    functions = _functions(script)
+    assert {"net", "train", "test", "create_hook", "main", "get_args_parser"} <= set(functions)
+    assert _hook_calls(functions["train"])[:1] == ["set_mode"]
+    assert _hook_calls(functions["test"])[:1] == ["set_mode"]
+    main_calls = {
+        node.func.id
+        for node in ast.walk(functions["main"])
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+    assert {"net", "create_hook", "test"} <= main_calls
+    assert "register" in _hook_calls(functions["main"])
+
+    hpo = ast.parse((training_source / "hpo.py").read_text())
+    assert not _functions(hpo), "hpo.py defines its own functions: the loop belongs to train_model.py"
+    imported = [node for node in hpo.body if isinstance(node, ast.ImportFrom)]
+    assert [(node.module, sorted(a.name for a in node.names)) for node in imported] == [
+        ("train_model", ["get_args_parser", "main"])
+    ]
+
+
 def test_objective_line_is_read_by_the_configured_regex(training, project_config):
     regex = project_config.section("tuning")["objective_metric_regex"]
-    line = training("engine").objective_line(0.1234567, 0.5)
+    line = training("epoch").objective_line(0.1234567, 0.5)
     assert line == "validation:loss=0.123457 validation:accuracy=0.500000"
     assert float(re.search(regex, line).group(1)) == pytest.approx(0.123457)
 
@@ -166,8 +207,8 @@ def test_corrupt_and_truncated_images_are_skipped_counted_and_reported(training,
     (data_dir / "train" / "001.Class_001" / "garbage.jpg").write_bytes(b"not an image at all")
     good = (data_dir / "valid" / "002.Class_002").iterdir().__next__().read_bytes()
     (data_dir / "valid" / "002.Class_002" / "truncated.jpg").write_bytes(good[: len(good) // 2])
-    engine = training("engine")
-    result = engine.main(tiny_args(engine, data_dir, tmp_path))
+    train_model = training("train_model")
+    result = train_model.main(tiny_args(train_model, data_dir, tmp_path))
     assert result["skipped_images"] == 2
     out = capsys.readouterr().out
     assert "skipped images: 2 could not be decoded" in out
@@ -176,27 +217,27 @@ def test_corrupt_and_truncated_images_are_skipped_counted_and_reported(training,
 
 
 def test_bad_settings_are_refused_before_training(training, tiny_dataset, tmp_path):
-    engine = training("engine")
+    train_model = training("train_model")
     with pytest.raises(SystemExit, match="unknown optimizer 'adm'; choose adamw, sgd"):
-        engine.main(tiny_args(engine, tiny_dataset, tmp_path, "--optimizer", "adm"))
+        train_model.main(tiny_args(train_model, tiny_dataset, tmp_path, "--optimizer", "adm"))
     with pytest.raises(SystemExit, match="feature_cache=true needs finetune=head"):
-        engine.main(
-            tiny_args(engine, tiny_dataset, tmp_path, "--feature_cache", "true", "--finetune", "full")
+        train_model.main(
+            tiny_args(train_model, tiny_dataset, tmp_path, "--feature_cache", "true", "--finetune", "full")
         )
 
 
 def test_feature_cache_trains_the_same_head_as_decoding_every_epoch(training, tiny_dataset, tmp_path):
     """Head mode without augmentation: cached features must give the same model, not an approximation."""
-    engine, artifact = training("engine"), training("classifier.artifact")
+    train_model, artifact = training("train_model"), training("classifier.artifact")
     models = {}
     for cached in ("false", "true"):
         out = tmp_path / cached
         args = tiny_args(
-            engine, tiny_dataset, out,
+            train_model, tiny_dataset, out,
             "--finetune", "head", "--augment", "false", "--feature_cache", cached,
             "--epochs", "2", "--lr", "0.01",
         )  # fmt: skip
-        engine.main(args)
+        train_model.main(args)
         models[cached], _ = artifact.load_artifact(out / "model")
     uncached, cached = models["false"].state_dict(), models["true"].state_dict()
     assert not torch.equal(
@@ -211,11 +252,13 @@ def test_feature_cache_trains_the_same_head_as_decoding_every_epoch(training, ti
 
 def test_the_pixel_cache_trains_the_model_of_decoding_every_epoch(training, tiny_dataset, tmp_path, capsys):
     """Augmented full finetuning: epochs after the first crop from kept pixels, drawing the same numbers."""
-    engine, artifact = training("engine"), training("classifier.artifact")
+    train_model, artifact = training("train_model"), training("classifier.artifact")
     models = {}
     for budget in ("0", "1"):
         out = tmp_path / budget
-        engine.main(tiny_args(engine, tiny_dataset, out, "--pixel_cache_gb", budget, "--epochs", "3"))
+        train_model.main(
+            tiny_args(train_model, tiny_dataset, out, "--pixel_cache_gb", budget, "--epochs", "3")
+        )
         models[budget], _ = artifact.load_artifact(out / "model")
     log = capsys.readouterr().out
     assert "pixel cache: off (pixel_cache_gb=0)" in log
@@ -237,12 +280,12 @@ def test_debugger_log_names_the_real_reason_smdebug_did_not_import(training):
 
 def test_full_finetuning_drops_a_last_training_batch_of_one_image(training, tmp_path):
     """BatchNorm in training mode cannot normalise one image: 9 = 2 x 4 + 1 images train in two batches."""
-    engine = training("engine")
+    train_model = training("train_model")
     data_dir = make_dataset(
         tmp_path / "data", num_classes=3, images_per_class={"train": 3, "valid": 1, "test": 1}
     )
-    args = tiny_args(engine, data_dir, tmp_path / "run", "--finetune", "full", "--batch_size", "4")
-    result = engine.main(args)  # raised "Expected more than 1 value per channel when training" before
+    args = tiny_args(train_model, data_dir, tmp_path / "run", "--finetune", "full", "--batch_size", "4")
+    result = train_model.main(args)  # raised "Expected more than 1 value per channel when training" before
     assert result["epochs_run"] == 1
     history = (tmp_path / "run" / "output" / "history.json").read_text()
     assert '"validation_loss"' in history
@@ -290,7 +333,7 @@ def test_atomic_save_removes_its_partial_file_and_keeps_the_old_one(tmp_path, mo
 def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_file(
     training, tiny_dataset, tmp_path, monkeypatch, failing
 ):
-    engine = training("engine")
+    train_model = training("train_model")
     save = torch.save
 
     def disk_fills_up(obj, stream, *args, **kwargs):
@@ -301,7 +344,7 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_partial_file(
 
     monkeypatch.setattr(torch, "save", disk_fills_up)
     with pytest.raises(SystemExit) as stopped:
-        engine.main(tiny_args(engine, tiny_dataset, tmp_path))
+        train_model.main(tiny_args(train_model, tiny_dataset, tmp_path))
     message = str(stopped.value)
     assert message.startswith(f"cannot save {tmp_path}/") and "\n" not in message
     assert "No space left on device; free space in" in message

@@ -213,7 +213,7 @@ class Batch:
     def release(self) -> None:
         """Hand `inputs`' memory back to the worker that filled it; `inputs` must not be read after this.
 
-        Call it once the pixels are copied or converted (`engine.image_preparer` does). A batch never
+        Call it once the pixels are copied or converted (`loaders.image_preparer` does). A batch never
         released only costs its worker a fresh buffer for a later batch, as without reuse.
         """
         if self.slot is not None:

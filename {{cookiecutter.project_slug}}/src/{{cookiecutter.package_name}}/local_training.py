@@ -46,7 +46,7 @@ LOG_TAIL_LINES = 40
 QUIET_TAIL_LINES = 6
 # The training toolkit's line just before the entry point's own output starts.
 TOOLKIT_INVOKES_SCRIPT = "Invoking script with the following command"
-# Where the entry point keeps its checkpoint under output_dir: engine.py's default
+# Where the entry point keeps its checkpoint under output_dir: train_model.py's default
 # (SAGEMAKER_BASE_DIR/checkpoints) and its CHECKPOINT_FILENAME.
 CHECKPOINT = Path("opt_ml") / "checkpoints" / "checkpoint.pth"
 # What a full disk or an exhausted quota raises while writing.
