@@ -34,6 +34,19 @@ def project_module(name: str) -> ModuleType:
 
 
 # Hyperparameters of the tiny CPU training runs: one size fits the tests' 32 px images and seconds.
+# An environment with no AWS account anywhere (no keys, profile, role, files or instance metadata): what a
+# student's laptop has before `aws configure`.
+NO_ACCOUNT = {
+    "AWS_ACCESS_KEY_ID": None,
+    "AWS_SECRET_ACCESS_KEY": None,
+    "AWS_SESSION_TOKEN": None,
+    "AWS_PROFILE": None,
+    "SAGEMAKER_ROLE_ARN": None,
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
 TINY_TRAINING = {
     "epochs": 2,
     "batch_size": 6,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import PACKAGE, project_module
+from conftest import NO_ACCOUNT, PACKAGE, project_module
 from launch_helpers import copy_project
 
 cli = project_module("cli")
@@ -25,16 +25,6 @@ costs = project_module("costs")
 ProjectConfig = project_module("config").ProjectConfig
 ProjectState = project_module("state").ProjectState
 
-NO_ACCOUNT = {
-    "AWS_ACCESS_KEY_ID": None,
-    "AWS_SECRET_ACCESS_KEY": None,
-    "AWS_SESSION_TOKEN": None,
-    "AWS_PROFILE": None,
-    "SAGEMAKER_ROLE_ARN": None,
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-    "AWS_CONFIG_FILE": "/nonexistent/config",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 # Rich fits tables to the terminal: wide enough that names and sources stay whole on one line.
 WIDE = {"COLUMNS": "250"}

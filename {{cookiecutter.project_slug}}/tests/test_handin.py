@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, project_module
+from conftest import NO_ACCOUNT, PROJECT_ROOT, project_module
 from PIL import Image
 
 handin = project_module("handin")
@@ -20,15 +20,6 @@ cli = project_module("cli")
 ProjectConfig = project_module("config").ProjectConfig
 ProjectState = project_module("state").ProjectState
 
-NO_ACCOUNT = {
-    "AWS_ACCESS_KEY_ID": None,
-    "AWS_SECRET_ACCESS_KEY": None,
-    "AWS_SESSION_TOKEN": None,
-    "AWS_PROFILE": None,
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-    "AWS_CONFIG_FILE": "/nonexistent/config",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 # What a copy leaves out: records of earlier runs and caches, and whatever a hand-in adds.
 NOT_COPIED = shutil.ignore_patterns(
     "dry-run", ".state", "runs", "data", "reports", "__pycache__", ".venv", ".pytest_cache", ".ruff_cache",

@@ -17,7 +17,7 @@ import nbclient
 import nbformat
 import pytest
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, project_module
+from conftest import NO_ACCOUNT, PROJECT_ROOT, project_module
 from launch_helpers import copy_project
 
 NOTEBOOK = PROJECT_ROOT / "train_and_deploy.ipynb"
@@ -40,16 +40,6 @@ GENERATED_NAMES = {
 }
 # The tag that records when a resource was made (tagging.py): the time, not a choice.
 TIME_TAG = project_module("tagging").CREATED_TAG
-NO_ACCOUNT = {
-    "AWS_ACCESS_KEY_ID": None,
-    "AWS_SECRET_ACCESS_KEY": None,
-    "AWS_SESSION_TOKEN": None,
-    "AWS_PROFILE": None,
-    "SAGEMAKER_ROLE_ARN": None,
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
-    "AWS_CONFIG_FILE": "/nonexistent/config",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 
 pytestmark = [
     pytest.mark.skipif(not NOTEBOOK.exists(), reason="rendered without the notebook"),
