@@ -81,7 +81,7 @@ def test_train_model_shows_the_course_pieces_and_hpo_imports_its_loop(training_s
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
     assert {"net", "create_hook", "test"} <= main_calls
-    assert "register" in _hook_calls(functions["main"])
+    assert {"register_module", "register_loss"} <= set(_hook_calls(functions["main"]))
 
     hpo = ast.parse((training_source / "hpo.py").read_text())
     assert not _functions(hpo), "hpo.py defines its own functions: the loop belongs to train_model.py"

@@ -114,12 +114,17 @@ class DebuggerHook:
     def active(self) -> bool:
         return self.hook is not None
 
-    def register(self, module: nn.Module, loss: nn.Module) -> None:
-        """Register the network and the loss once; every forward of `module` is one step."""
+    def register_module(self, module: nn.Module) -> None:
+        """smdebug's `register_module`: every forward of `module` is one step; its tensors are saved."""
         if self.hook is not None:
             self.hook.register_module(module)
+            self._modules.append(module)
+
+    def register_loss(self, loss: nn.Module) -> None:
+        """smdebug's `register_loss`: the loss module's output is the `losses` collection the rules read."""
+        if self.hook is not None:
             self.hook.register_loss(loss)
-            self._modules = [module, loss]
+            self._modules.append(loss)
 
     def set_mode(self, mode: str) -> None:
         """`mode` is "TRAIN", "EVAL" or "PREDICT"."""

@@ -8,7 +8,8 @@ to /opt/ml/checkpoints. `train --local` runs this same file on this machine, wit
 
 Top to bottom: `net()` builds the network; `train()` and `test()` each run one pass, the hook's
 `set_mode(TRAIN / EVAL / PREDICT)` first; `create_hook()` makes the hook from the JSON SageMaker writes
-and `main()` registers it on the model and the loss; `main()` and `get_args_parser()` end the file.
+and `main()` registers it on the model and the loss (`register_module`, `register_loss`); `main()` and
+`get_args_parser()` end the file.
 hpo.py runs this same `main()` with the hook off and no test pass.
 
 Without smdebug (the training image cannot install it: requirements.txt says why) or without SageMaker's
@@ -260,7 +261,8 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
 
     # Rank 0 only: one hook and one recording per job. Every forward of the model is one hook step.
     hook = create_hook(use_debugger and cluster.is_main)
-    hook.register(training.trained, training.stage.criterion)  # hook.register_module(model); register_loss
+    hook.register_module(training.trained)
+    hook.register_loss(training.stage.criterion)
     planned = {
         TRAIN: len(data.train) * args.epochs,
         EVAL: len(data.valid) * args.epochs,
