@@ -205,7 +205,7 @@ def test_preflight_command_json_in_a_dry_run(project, tmp_path):
 
 def test_a_failed_preflight_stops_the_launch_in_one_line(project, tmp_path, monkeypatch):
     def failing(config, session, command=None, **_):
-        return [preflight.Check("quota: ml.x for training job usage", "fail", "the account's quota is 0")]
+        return [preflight.Finding("quota: ml.x for training job usage", "fail", "the account's quota is 0")]
 
     monkeypatch.setattr(preflight, "run", failing)
     result = CliRunner().invoke(

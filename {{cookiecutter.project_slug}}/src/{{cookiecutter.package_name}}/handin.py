@@ -2,7 +2,7 @@
 
 A reviewer grades what the student hands in: the notebook run top to bottom with its outputs, the write-up
 with no placeholder left, the console screenshots the write-up asks for, the three scripts, and no endpoint
-left running. Each item is a plain function of the project folder that returns `HandinItem`s (pass, warn,
+left running. Each item is a plain function of the project folder that returns `Finding`s (pass, warn,
 fail or skip); only the endpoint and cost items ask AWS, as `status` does, and with no account (or
 `offline`) they say "not checked" rather than failing. Everything read is bounded: a notebook over
 MAX_NOTEBOOK_BYTES or a write-up over MAX_WRITEUP_BYTES is a fail, not a read.
@@ -17,11 +17,11 @@ import ast
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
+from .findings import FAIL, PASS, SKIP, WARN, Finding
+
 NOTEBOOK = "train_and_deploy.ipynb"
 ANSWERS_FILE = ".cookiecutter.json"
 SCRIPTS = ("training/hpo.py", "training/train_model.py", "inference/inference.py")
@@ -69,17 +69,6 @@ DETAIL_CHARS = 300
 BILLED = ("InService", "Creating", "Updating", "SystemUpdating", "RollingBack")
 # Where the write-up points at a picture: a Markdown link or image target, or a `quoted/path.png`.
 PICTURE_REFERENCE = re.compile(r"\]\(([^)\s]+)\)|`([^`\s]+\.(?:png|jpe?g|gif|svg|html))`", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class HandinItem:
-    name: str
-    status: str
-    detail: str
-
-    def record(self) -> dict[str, Any]:
-        """What `handin --json` prints for it, one JSON object per line."""
-        return asdict(self)
 
 
 def _one_line(text: str) -> str:
@@ -152,23 +141,23 @@ def notebook_problems(notebook: dict[str, Any]) -> tuple[str, str]:
     return PASS, f"{len(code)} code cells ran in order, {outputs} outputs, no error"
 
 
-def check_notebook(root: Path) -> HandinItem:
+def check_notebook(root: Path) -> Finding:
     path = root / NOTEBOOK
     if not path.is_file():
         if rendered_without_notebook(root):
-            return HandinItem(NOTEBOOK, SKIP, "not part of this project (rendered with include_notebook=no)")
-        return HandinItem(NOTEBOOK, FAIL, "missing")
+            return Finding(NOTEBOOK, SKIP, "not part of this project (rendered with include_notebook=no)")
+        return Finding(NOTEBOOK, FAIL, "missing")
     too_large = _too_large(path, MAX_NOTEBOOK_BYTES)
     if too_large:
-        return HandinItem(NOTEBOOK, FAIL, too_large + ": clear large outputs, then save")
+        return Finding(NOTEBOOK, FAIL, too_large + ": clear large outputs, then save")
     try:
         notebook = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        return HandinItem(NOTEBOOK, FAIL, _one_line(f"cannot be read as a notebook: {error}"))
+        return Finding(NOTEBOOK, FAIL, _one_line(f"cannot be read as a notebook: {error}"))
     if not isinstance(notebook, dict):
-        return HandinItem(NOTEBOOK, FAIL, "not an nbformat 4 notebook")
+        return Finding(NOTEBOOK, FAIL, "not an nbformat 4 notebook")
     status, detail = notebook_problems(notebook)
-    return HandinItem(NOTEBOOK, status, _one_line(detail))
+    return Finding(NOTEBOOK, status, _one_line(detail))
 
 
 # --- the write-up and the screenshots ---------------------------------------------------------------
@@ -210,28 +199,28 @@ def writeup_problems(text: str, root: Path) -> tuple[str, str]:
     return PASS, f"{len(text.split())} words, no placeholder"
 
 
-def check_writeup(root: Path) -> HandinItem:
+def check_writeup(root: Path) -> Finding:
     path = root / WRITEUP_FILENAME
     if not path.is_file():
-        return HandinItem(WRITEUP_FILENAME, FAIL, "missing: `report --write-up` writes it; then edit it")
+        return Finding(WRITEUP_FILENAME, FAIL, "missing: `report --write-up` writes it; then edit it")
     too_large = _too_large(path, MAX_WRITEUP_BYTES)
     if too_large:
-        return HandinItem(WRITEUP_FILENAME, FAIL, too_large)
+        return Finding(WRITEUP_FILENAME, FAIL, too_large)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
-        return HandinItem(WRITEUP_FILENAME, FAIL, _one_line(f"cannot be read as UTF-8 text: {error}"))
+        return Finding(WRITEUP_FILENAME, FAIL, _one_line(f"cannot be read as UTF-8 text: {error}"))
     status, detail = writeup_problems(text, root)
-    return HandinItem(WRITEUP_FILENAME, status, _one_line(detail))
+    return Finding(WRITEUP_FILENAME, status, _one_line(detail))
 
 
-def check_screenshot(root: Path, name: str, where: str) -> HandinItem:
+def check_screenshot(root: Path, name: str, where: str) -> Finding:
     """`screenshots/<name>.png` (or .jpg, .jpeg) is there and is a picture of that format."""
     folder = root / SCREENSHOTS_FOLDER
     label = f"{SCREENSHOTS_FOLDER}/{name}.png"
     found = [path for suffix in SCREENSHOT_FORMATS if (path := folder / f"{name}{suffix}").is_file()]
     if not found:
-        return HandinItem(label, FAIL, _one_line(f"missing; take it at {where}"))
+        return Finding(label, FAIL, _one_line(f"missing; take it at {where}"))
     from PIL import Image, UnidentifiedImageError  # the header only: nothing is decoded
 
     path = found[0]
@@ -239,22 +228,22 @@ def check_screenshot(root: Path, name: str, where: str) -> HandinItem:
         with Image.open(path) as image:
             kind, size = image.format, image.size
     except (OSError, UnidentifiedImageError, ValueError):
-        return HandinItem(label, FAIL, f"{path.name} is not a picture PIL can read")
+        return Finding(label, FAIL, f"{path.name} is not a picture PIL can read")
     if kind != SCREENSHOT_FORMATS[path.suffix.lower()]:
-        return HandinItem(label, FAIL, f"{path.name} holds a {kind} picture: save it as {name}.png")
-    return HandinItem(label, PASS, f"{path.name}: {kind}, {size[0]}x{size[1]} px")
+        return Finding(label, FAIL, f"{path.name} holds a {kind} picture: save it as {name}.png")
+    return Finding(label, PASS, f"{path.name}: {kind}, {size[0]}x{size[1]} px")
 
 
-def check_script(root: Path, relative: str) -> HandinItem:
+def check_script(root: Path, relative: str) -> Finding:
     """Present and Python that parses (`check` imports it as the container would)."""
     path = root / relative
     if not path.is_file():
-        return HandinItem(relative, FAIL, "missing")
+        return Finding(relative, FAIL, "missing")
     try:
         tree = ast.parse(path.read_bytes(), filename=relative)
     except (SyntaxError, ValueError) as error:
-        return HandinItem(relative, FAIL, _one_line(f"does not parse: {error}"))
-    return HandinItem(relative, PASS, f"present, {len(tree.body)} top-level statements (`check` imports it)")
+        return Finding(relative, FAIL, _one_line(f"does not parse: {error}"))
+    return Finding(relative, PASS, f"present, {len(tree.body)} top-level statements (`check` imports it)")
 
 
 # --- what is left on AWS ----------------------------------------------------------------------------
@@ -262,20 +251,20 @@ def check_script(root: Path, relative: str) -> HandinItem:
 ENDPOINT_ITEM, COST_ITEM = "endpoint deleted", "cost so far"
 
 
-def endpoint_item(rows: Iterable[dict[str, Any]], slug: str) -> HandinItem:
+def endpoint_item(rows: Iterable[dict[str, Any]], slug: str) -> Finding:
     """From `launcher.status`'s rows: a billed endpoint still up is a fail, any other one a warn."""
     endpoints = [row for row in rows if row.get("kind") == "endpoint" and row.get("status") != "Deleted"]
     billed = [f"{row['name']} ({row['status']})" for row in endpoints if row["status"] in BILLED]
     if billed:
         detail = f"still up, billed every hour: {_listed(billed)}; run `{slug} teardown`"
-        return HandinItem(ENDPOINT_ITEM, FAIL, _one_line(detail))
+        return Finding(ENDPOINT_ITEM, FAIL, _one_line(detail))
     if endpoints:
         others = [f"{row['name']} ({row['status']})" for row in endpoints]
-        return HandinItem(ENDPOINT_ITEM, WARN, _one_line(f"not billed but not deleted: {_listed(others)}"))
-    return HandinItem(ENDPOINT_ITEM, PASS, "no endpoint of this project is up (local record and tags)")
+        return Finding(ENDPOINT_ITEM, WARN, _one_line(f"not billed but not deleted: {_listed(others)}"))
+    return Finding(ENDPOINT_ITEM, PASS, "no endpoint of this project is up (local record and tags)")
 
 
-def cost_item(rows: Iterable[dict[str, Any]], budget_usd: float | None) -> HandinItem:
+def cost_item(rows: Iterable[dict[str, Any]], budget_usd: float | None) -> Finding:
     rows = list(rows)
     known = [row["usd"] for row in rows if row.get("usd") is not None]
     unknown = [row["name"] for row in rows if row.get("usd") is None and row.get("status") != "Deleted"]
@@ -284,11 +273,11 @@ def cost_item(rows: Iterable[dict[str, Any]], budget_usd: float | None) -> Handi
     if unknown:
         detail += f"; no figure for {_listed(unknown)}"
     if budget_usd and spent > budget_usd:
-        return HandinItem(COST_ITEM, WARN, _one_line(f"{detail}: over [budget] usd = {budget_usd:g}"))
-    return HandinItem(COST_ITEM, PASS, _one_line(detail))
+        return Finding(COST_ITEM, WARN, _one_line(f"{detail}: over [budget] usd = {budget_usd:g}"))
+    return Finding(COST_ITEM, PASS, _one_line(detail))
 
 
-def aws_items(root: Path, offline: bool) -> list[HandinItem]:
+def aws_items(root: Path, offline: bool) -> list[Finding]:
     """The endpoint and the cost, from `launcher.status` (the local record and the tags), as `status` reads
     them; "not checked" when offline, without an account, or when AWS does not answer."""
     from .config import ConfigError, ProjectConfig
@@ -297,7 +286,7 @@ def aws_items(root: Path, offline: bool) -> list[HandinItem]:
         config = ProjectConfig.load(root)
     except ConfigError as error:
         reason = _one_line(f"not checked: config.toml does not load ({error})")
-        return [HandinItem(ENDPOINT_ITEM, SKIP, reason), HandinItem(COST_ITEM, SKIP, reason)]
+        return [Finding(ENDPOINT_ITEM, SKIP, reason), Finding(COST_ITEM, SKIP, reason)]
     from .state import ENDPOINT, ProjectState
 
     # The record `status` reads (session.session_state), without importing the SDK that session needs.
@@ -321,7 +310,7 @@ def aws_items(root: Path, offline: bool) -> list[HandinItem]:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             why = f"not checked: AWS did not answer ({error})"
     if recorded:
-        endpoint = HandinItem(
+        endpoint = Finding(
             ENDPOINT_ITEM,
             WARN,
             _one_line(
@@ -330,14 +319,14 @@ def aws_items(root: Path, offline: bool) -> list[HandinItem]:
             ),
         )
     else:
-        endpoint = HandinItem(ENDPOINT_ITEM, SKIP, _one_line(f"{why}; no endpoint in the local record"))
-    return [endpoint, HandinItem(COST_ITEM, SKIP, _one_line(f"{why}; `{slug} cost` estimates it offline"))]
+        endpoint = Finding(ENDPOINT_ITEM, SKIP, _one_line(f"{why}; no endpoint in the local record"))
+    return [endpoint, Finding(COST_ITEM, SKIP, _one_line(f"{why}; `{slug} cost` estimates it offline"))]
 
 
 # --- all of it --------------------------------------------------------------------------------------
 
 
-def run_handin(root: Path, *, offline: bool = False) -> list[HandinItem]:
+def run_handin(root: Path, *, offline: bool = False) -> list[Finding]:
     """Every item of the hand-in of the project in `root`, in the order a reviewer opens them."""
     root = Path(root).resolve()
     items = [check_notebook(root), check_writeup(root)]
@@ -346,5 +335,5 @@ def run_handin(root: Path, *, offline: bool = False) -> list[HandinItem]:
     return items + aws_items(root, offline)
 
 
-def failed(items: Iterable[HandinItem]) -> list[HandinItem]:
+def failed(items: Iterable[Finding]) -> list[Finding]:
     return [item for item in items if item.status == FAIL]

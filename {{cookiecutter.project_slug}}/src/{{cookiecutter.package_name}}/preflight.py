@@ -18,7 +18,7 @@ saying "not checked offline", never a pass.
 from __future__ import annotations
 
 import datetime
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
@@ -26,24 +26,14 @@ import botocore.exceptions
 from . import sagemaker_api, support
 from .config import ProjectConfig
 from .context import AwsSetupError
+from .findings import FAIL, PASS, SKIP, WARN, Finding
 from .session import Session
 
-PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 COMMANDS = ("tune", "train", "deploy")
 OFFLINE = "not checked offline"
 QUOTA_SERVICE = "sagemaker"
 PROCESSING_QUOTA = "Number of instances across all processing jobs"
 SERVERLESS_QUOTA = "Maximum total concurrency that can be allocated across all serverless endpoints"
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str
-    detail: str
-
-    def record(self) -> dict[str, str]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -63,7 +53,7 @@ class Need:
     ways_out: str
 
 
-def failed(checks: list[Check]) -> list[Check]:
+def failed(checks: list[Finding]) -> list[Finding]:
     return [check for check in checks if check.status == FAIL]
 
 
@@ -145,18 +135,18 @@ def quota_values(client: Any) -> dict[str, Quota]:
     return quotas
 
 
-def quota_check(need: Need, quota: Quota | None, region: str) -> Check:
+def quota_check(need: Need, quota: Quota | None, region: str) -> Finding:
     """One need against the account's quota: pass, or fail with the quota, the need and the ways out."""
     name = f"quota: {need.quota}"
     if quota is None:
-        return Check(
+        return Finding(
             name,
             WARN,
             f"no quota of that name in Service Quotas for {region}: is the instance type offered there?",
         )
     value = f"{quota.value:g}"
     if quota.value >= need.needed:
-        return Check(name, PASS, f"{value} available, {need.command} needs {need.needed} ({quota.code})")
+        return Finding(name, PASS, f"{value} available, {need.command} needs {need.needed} ({quota.code})")
     request = (
         f"aws service-quotas request-service-quota-increase --region {region} --service-code {QUOTA_SERVICE} "
         f"--quota-code {quota.code} --desired-value {need.needed}"
@@ -164,7 +154,7 @@ def quota_check(need: Need, quota: Quota | None, region: str) -> Check:
     fewer = ""
     if need.quota.endswith("job usage") and need.command == "tune" and quota.value >= 1:
         fewer = f" (max_parallel_jobs = {max(int(quota.value), 1)} fits)"
-    return Check(
+    return Finding(
         name,
         FAIL,
         f"the account's quota is {value}, {need.command} needs {need.needed}: {need.ways_out}{fewer}; "
@@ -172,7 +162,7 @@ def quota_check(need: Need, quota: Quota | None, region: str) -> Check:
     )
 
 
-def quota_checks(config: ProjectConfig, session: Session, command: str | None) -> list[Check]:
+def quota_checks(config: ProjectConfig, session: Session, command: str | None) -> list[Finding]:
     wanted = needs(config, command)
     if not wanted:
         return []
@@ -187,7 +177,7 @@ def quota_checks(config: ProjectConfig, session: Session, command: str | None) -
         else:
             code = error.response.get("Error", {}).get("Code", "")
             return [
-                Check(
+                Finding(
                     "quotas",
                     WARN,
                     f"cannot read Service Quotas ({code}): allow servicequotas:ListServiceQuotas and "
@@ -199,7 +189,7 @@ def quota_checks(config: ProjectConfig, session: Session, command: str | None) -
         quota = quotas.get(need.quota)
         if quota is None and session.dry_run:
             checks.append(
-                Check(
+                Finding(
                     f"quota: {need.quota}",
                     SKIP,
                     f"{OFFLINE} (the offline AWS has no SageMaker quotas); "
@@ -214,7 +204,7 @@ def quota_checks(config: ProjectConfig, session: Session, command: str | None) -
 # --- account, images, support dates ---------------------------------------------------------------
 
 
-def account_checks(session: Session) -> list[Check]:
+def account_checks(session: Session) -> list[Finding]:
     """Credentials, region, role, bucket: each resolves, or one line naming what to set."""
     aws = session.aws
     checks = []
@@ -222,53 +212,57 @@ def account_checks(session: Session) -> list[Check]:
         identity = aws.client("sts").get_caller_identity()
         if session.dry_run:
             checks.append(
-                Check("credentials", SKIP, f"{OFFLINE} (dry run: the offline account {identity['Account']})")
+                Finding(
+                    "credentials", SKIP, f"{OFFLINE} (dry run: the offline account {identity['Account']})"
+                )
             )
         else:
-            checks.append(Check("credentials", PASS, f"account {identity['Account']} as {identity['Arn']}"))
+            checks.append(Finding("credentials", PASS, f"account {identity['Account']} as {identity['Arn']}"))
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         checks.append(
-            Check(
+            Finding(
                 "credentials", FAIL, f"{' '.join(str(error).split())}: run `aws configure` or `aws sso login`"
             )
         )
-    checks.append(Check("region", PASS, aws.region))
+    checks.append(Finding("region", PASS, aws.region))
     try:
         role = aws.role_arn
         checks.append(
-            Check(
+            Finding(
                 "role", SKIP if session.dry_run else PASS, (f"{OFFLINE}: " if session.dry_run else "") + role
             )
         )
     except AwsSetupError as error:
-        checks.append(Check("role", FAIL, str(error)))
+        checks.append(Finding("role", FAIL, str(error)))
     checks.append(_bucket_check(session))
     return checks
 
 
-def _bucket_check(session: Session) -> Check:
+def _bucket_check(session: Session) -> Finding:
     aws = session.aws
     try:
         aws.client("s3").head_bucket(Bucket=aws.bucket)
     except botocore.exceptions.ClientError as error:
         code = error.response.get("Error", {}).get("Code", "")
         if code in ("404", "NoSuchBucket", "NotFound"):
-            return Check("bucket", FAIL, f"s3://{aws.bucket} does not exist: create it, or set [aws] bucket")
+            return Finding(
+                "bucket", FAIL, f"s3://{aws.bucket} does not exist: create it, or set [aws] bucket"
+            )
         if code in ("403", "AccessDenied", "Forbidden"):
-            return Check(
+            return Finding(
                 "bucket",
                 FAIL,
                 f"s3://{aws.bucket} is not yours to use (403): set [aws] bucket to one you own",
             )
-        return Check("bucket", FAIL, f"s3://{aws.bucket}: {code}")
+        return Finding("bucket", FAIL, f"s3://{aws.bucket}: {code}")
     except botocore.exceptions.BotoCoreError as error:
-        return Check("bucket", FAIL, f"s3://{aws.bucket}: {error}")
+        return Finding("bucket", FAIL, f"s3://{aws.bucket}: {error}")
     if session.dry_run:
-        return Check("bucket", SKIP, f"{OFFLINE}: s3://{aws.bucket} is the offline bucket")
-    return Check("bucket", PASS, f"s3://{aws.bucket}")
+        return Finding("bucket", SKIP, f"{OFFLINE}: s3://{aws.bucket} is the offline bucket")
+    return Finding("bucket", PASS, f"s3://{aws.bucket}")
 
 
-def image_checks(config: ProjectConfig, region: str, command: str | None) -> list[Check]:
+def image_checks(config: ProjectConfig, region: str, command: str | None) -> list[Finding]:
     """The image URIs the SDK resolves for the configured versions, on the configured instance types."""
     instances = config.section("instances")
     wanted = []
@@ -283,10 +277,10 @@ def image_checks(config: ProjectConfig, region: str, command: str | None) -> lis
     for scope, instance_type in dict.fromkeys(wanted):
         name = f"image: {scope} on {instance_type or 'serverless'}"
         try:
-            checks.append(Check(name, PASS, sagemaker_api.image_uri(config, scope, instance_type, region)))
+            checks.append(Finding(name, PASS, sagemaker_api.image_uri(config, scope, instance_type, region)))
         except ValueError as error:
             checks.append(
-                Check(
+                Finding(
                     name,
                     FAIL,
                     f"{' '.join(str(error).split())}: change [images.{scope}] or set its image_uri",
@@ -295,11 +289,11 @@ def image_checks(config: ProjectConfig, region: str, command: str | None) -> lis
     return checks
 
 
-def support_checks(config: ProjectConfig, today: datetime.date) -> list[Check]:
+def support_checks(config: ProjectConfig, today: datetime.date) -> list[Finding]:
     checks = []
     for entry in support.relevant_dates(config):
         status, detail = support.standing(entry, today)
-        checks.append(Check(f"support: {entry.subject}", status, detail))
+        checks.append(Finding(f"support: {entry.subject}", status, detail))
     return checks
 
 
@@ -309,7 +303,7 @@ def run(
     command: str | None = None,
     *,
     today: datetime.date | None = None,
-) -> list[Check]:
+) -> list[Finding]:
     """Every check for `command` ("tune", "train", "deploy"; None: all three), in a stable order."""
     if command is not None and command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; choose {', '.join(COMMANDS)}")
@@ -322,10 +316,10 @@ def run(
     ]
 
 
-def setup_failure(error: Exception) -> list[Check]:
+def setup_failure(error: Exception) -> list[Finding]:
     """The table of a session that could not be opened (no credentials, region or bucket)."""
-    return [Check("account", FAIL, " ".join(str(error).split()))]
+    return [Finding("account", FAIL, " ".join(str(error).split()))]
 
 
-def exit_code(checks: list[Check]) -> int:
+def exit_code(checks: list[Finding]) -> int:
     return 1 if failed(checks) else 0
