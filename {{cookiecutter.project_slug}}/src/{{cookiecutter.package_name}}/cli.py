@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, extras
 from .config import ProjectConfig
 from .context import CAPTURED, AwsSetupError
 
@@ -470,6 +470,8 @@ def train(
     overrides = _parse_hyperparameters(hp_pairs)
     _check_batch_size(config, overrides)
     if local:
+        # Before the run folder is claimed (which may ask to replace an earlier run) and announced.
+        extras.require("local", "train --local")
         from .local_training import run_local_training
         from .state import ProjectState
 
