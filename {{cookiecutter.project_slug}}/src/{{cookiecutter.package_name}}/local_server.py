@@ -161,9 +161,9 @@ class LocalEndpoint:
             asyncore_use_poll=True,  # select() cannot watch descriptors numbered past 1023
             clear_untrusted_proxy_headers=True,
         )
-        guarded_channel = functools.partial(
-            _GuardedChannel, guard=_ConnectionGuard(request_deadline, connection_limit)
-        )
+        # The open connections and their deadlines (read on the loop thread; tests read it to wait).
+        self.guard = _ConnectionGuard(request_deadline, connection_limit)
+        guarded_channel = functools.partial(_GuardedChannel, guard=self.guard)
         for listener in list(self._map.values()):
             if isinstance(listener, BaseWSGIServer):  # create_server made one per listening address
                 listener.channel_class = guarded_channel
