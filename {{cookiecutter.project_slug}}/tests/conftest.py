@@ -34,6 +34,19 @@ def project_module(name: str) -> ModuleType:
 
 
 # Hyperparameters of the tiny CPU training runs: one size fits the tests' 32 px images and seconds.
+def offline_notebook_environment(patch: pytest.MonkeyPatch, dry_run_dir: Path) -> None:
+    """What the notebook's kernel inherits for an offline run: the dry-run switch, where the dry run
+    records, and the project importable the way an installed project would be."""
+    patch.setenv("NOTEBOOK_DRY_RUN", "1")
+    patch.setenv("NOTEBOOK_DRY_RUN_DIR", str(dry_run_dir))
+    patch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    patch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
+    )
+    patch.delenv("IMAGE_CLASSIFIER_PROJECT_DIR", raising=False)
+
+
 # An environment with no AWS account anywhere (no keys, profile, role, files or instance metadata): what a
 # student's laptop has before `aws configure`.
 NO_ACCOUNT = {

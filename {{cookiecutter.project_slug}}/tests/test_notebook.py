@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 
 import nbclient
 import nbformat
 import pytest
-from conftest import PACKAGE, PROJECT_ROOT, project_module
+from conftest import PACKAGE, PROJECT_ROOT, offline_notebook_environment, project_module
 
 NOTEBOOK = PROJECT_ROOT / "train_and_deploy.ipynb"
 MAX_CODE_LINES = 40
@@ -162,16 +161,7 @@ def _outputs_text(cell) -> str:
 @pytest.mark.slow
 def test_notebook_runs_top_to_bottom_offline(notebook, tmp_path, monkeypatch):
     dry_run_dir = tmp_path / "dry-run"
-    # The kernel inherits this process's environment: the dry-run switch, and the project importable
-    # the way an installed project would be.
-    monkeypatch.setenv("NOTEBOOK_DRY_RUN", "1")
-    monkeypatch.setenv("NOTEBOOK_DRY_RUN_DIR", str(dry_run_dir))
-    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    monkeypatch.setenv(
-        "PYTHONPATH",
-        os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
-    monkeypatch.delenv("IMAGE_CLASSIFIER_PROJECT_DIR", raising=False)
+    offline_notebook_environment(monkeypatch, dry_run_dir)  # the kernel inherits this process's environment
     executed = copy.deepcopy(notebook)
     nbclient.NotebookClient(
         executed, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(PROJECT_ROOT)}}

@@ -9,7 +9,6 @@ timestamps), so the two cannot drift apart.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import nbclient
 import nbformat
 import pytest
 from click.testing import CliRunner
-from conftest import NO_ACCOUNT, PROJECT_ROOT, project_module
+from conftest import NO_ACCOUNT, PROJECT_ROOT, offline_notebook_environment, project_module
 from launch_helpers import copy_project
 
 NOTEBOOK = PROJECT_ROOT / "train_and_deploy.ipynb"
@@ -125,14 +124,7 @@ def notebook_requests(project, tmp_path_factory) -> dict[str, dict[str, Any]]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in NO_ACCOUNT.items():
             patch.delenv(name, raising=False) if value is None else patch.setenv(name, value)
-        patch.setenv("NOTEBOOK_DRY_RUN", "1")
-        patch.setenv("NOTEBOOK_DRY_RUN_DIR", str(dry_run_dir))
-        patch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-        patch.setenv(
-            "PYTHONPATH",
-            os.pathsep.join([str(PROJECT_ROOT / "src"), str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]),
-        )
-        patch.delenv("IMAGE_CLASSIFIER_PROJECT_DIR", raising=False)
+        offline_notebook_environment(patch, dry_run_dir)
         nbclient.NotebookClient(
             notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(project)}}
         ).execute()
