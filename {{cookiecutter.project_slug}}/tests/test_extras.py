@@ -19,7 +19,7 @@ import sys
 
 from conftest import PACKAGE, project_module, tomllib
 
-# What only the extras bring (pyproject.toml's local, debug and dev), by top-level module.
+# What only the extras bring (pyproject.toml's local, ray, debug and dev), by top-level module.
 EXTRA_ONLY = (
     "torch",
     "torchvision",
@@ -27,6 +27,7 @@ EXTRA_ONLY = (
     "sagemaker_inference",
     "sagemaker_pytorch_serving_container",
     "waitress",
+    "ray",
     "smdebug",
     "matplotlib",
     "nbclient",
@@ -79,19 +80,22 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
     commands = [
         ["serve", "--model-data", str(project_root / "README.md")],
         ["train", "--local", "--run-dir", str(tmp_path / "run")],
+        ["serve", "--server", "ray_serve", "--model-data", str(project_root / "README.md")],
         ["--project", str(broken), "cost", "--offline"],
     ]
     outcome = run_without_extras(project_root, commands)
     extras = project_module("extras")
     unexpected = {name: why for name, why in outcome["failed"].items() if name not in extras.EXTRA_MODULES}
     assert not unexpected, f"modules that need an extra at import: {unexpected}"
-    serve, train, config = outcome["answers"]
-    for answer in (serve, train, config):
+    serve, train, serve_under_ray, config = outcome["answers"]
+    for answer in (serve, train, serve_under_ray, config):
         assert (answer["exit_code"], answer["ended_by"]) == (1, "SystemExit"), answer
     for answer in (serve, train):
         # One line, and nothing announced before it (no run folder claimed for a run that cannot start).
         (line,) = answer["output"].strip().splitlines()
         assert "needs the 'local' extra" in line and "pip install -e '.[local]'" in line, answer
+    (line,) = serve_under_ray["output"].strip().splitlines()
+    assert "needs the 'ray' extra" in line and "pip install -e '.[ray]'" in line, serve_under_ray
     assert "not valid TOML" in config["output"], config
 
 
