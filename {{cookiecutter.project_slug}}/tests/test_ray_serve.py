@@ -192,6 +192,23 @@ def test_deploy_dry_run_ships_the_ray_package_in_a_plain_model(project_root, tmp
     assert deployment.repacked_model_data == container["ModelDataUrl"]
 
 
+def test_preflight_checks_the_ray_image_and_drops_the_pytorch_inference_images_end_of_patching(
+    project_root, tmp_path
+):
+    root = copy_project(project_root, tmp_path / "project")
+    text = (root / "config.toml").read_text()
+    (root / "config.toml").write_text(text.replace('server = "torchserve"', 'server = "ray_serve"', 1))
+    config = ProjectConfig.load(root)
+    if config.settings.endpoint.serverless:
+        pytest.skip("this render's endpoint is serverless, which ray_serve refuses")
+    preflight, support = project_module("preflight"), project_module("support")
+    (check,) = preflight.image_checks(config, "eu-west-1", "deploy")
+    instance_type = config.section("instances")["endpoint"]["type"]
+    assert (check.status, check.detail) == ("pass", ray_package.image_uri(config, "eu-west-1", instance_type))
+    subjects = [entry.subject for entry in support.relevant_dates(config)]
+    assert not any("inference image" in subject for subject in subjects), subjects
+
+
 # --- the same answers as the TorchServe path, under Ray ------------------------------------------
 
 

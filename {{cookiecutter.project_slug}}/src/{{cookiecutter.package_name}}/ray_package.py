@@ -26,6 +26,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from . import extras
 from .config import ProjectConfig, schema
 
 RAY_SERVE_DIR = "ray_serve"
@@ -116,12 +117,13 @@ def inference_ami_version(instance_type: str | None) -> str | None:
 
 
 def toolkit_source() -> Path:
-    """The installed sagemaker-inference package's folder (the `local` extra brings it)."""
+    """The installed sagemaker-inference package's folder (the `local` extra brings it); MissingExtraError,
+    in one line, where it is not installed (a core install, as in SageMaker Studio)."""
     spec = importlib.util.find_spec(TOOLKIT_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"packaging for Ray Serve copies {TOOLKIT_PACKAGE}, which is not installed: "
-            "pip install 'sagemaker-inference>=1.10'"
+        raise extras.MissingExtraError(
+            f"a Ray Serve package carries the sagemaker-inference toolkit, not installed here: "
+            f"{extras.install_command('local')} (or pip install 'sagemaker-inference>=1.10')"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -365,7 +365,10 @@ def _image_arguments(config: ProjectConfig, role: str) -> dict[str, str | None]:
 
 def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, region: str) -> str:
     """The image the SDK would run for [images.<scope>] ("training" or "inference") on `instance_type`
-    (None: serverless, a CPU image); a custom image_uri as it is. ValueError when the SDK has none."""
+    (None: serverless, a CPU image); a custom image_uri as it is; AWS's Ray Serve image for an endpoint
+    with [endpoint] server = "ray_serve". ValueError when there is none."""
+    if scope == "inference" and config.data.get("endpoint", {}).get("server") == "ray_serve":
+        return ray_package.image_uri(config, region, instance_type)
     images = config.section("images")[scope]
     if images.get("image_uri"):
         return images["image_uri"]
