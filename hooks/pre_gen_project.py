@@ -46,7 +46,7 @@ JINJA_MARKERS = (OPEN, "{" + "%", "{" + "#")
 # The project's own top-level modules and folders, and modules its dependencies bring under
 # another name than their distribution's: a package or command of that name would shadow them.
 # `test` is the standard library's own test package, left out of sys.stdlib_module_names.
-PROJECT_MODULES = ("classifier", "training", "inference", "tests", "benchmarks", "src", "test")
+PROJECT_MODULES = ("classifier", "training", "inference", "ray_serve", "tests", "benchmarks", "src", "test")
 IMPORT_NAMES = ("PIL", "botocore", "s3transfer", "jinja2", "yaml", "sagemaker_core", "smdebug_rulesconfig")
 
 

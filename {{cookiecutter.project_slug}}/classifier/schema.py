@@ -98,6 +98,9 @@ URL_RE = re.compile(r"^(https?|s3)://\S+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # An AWS tag value that is also an id (no spaces: staff type it in `--owner`).
 OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$")
+# What serves inference.py on the endpoint: TorchServe in AWS's PyTorch inference image (2.6 is the last
+# one), or AWS's Ray Serve container for SageMaker (ray_serve/ in the project, src/.../ray_package.py).
+ENDPOINT_SERVERS = ("torchserve", "ray_serve")
 # The memory sizes a serverless endpoint accepts, in MB.
 SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
 
@@ -838,6 +841,7 @@ class Images:
 class Endpoint:
     # A serverless endpoint (billed per request, CPU only, at most 6 GB) instead of [instances.endpoint].
     serverless: bool = setting(False)
+    server: str = setting("torchserve", choices=ENDPOINT_SERVERS)
     memory_mb: int = setting(3072, choices=SERVERLESS_MEMORY_SIZES)
     max_concurrency: int = setting(5, minimum=1, maximum=200)
 
@@ -893,6 +897,15 @@ class Settings:
                 refs=(("model", "finetune"),),
             )
         yield from self._batch_size_problems()
+        if self.endpoint.server == "ray_serve" and self.endpoint.serverless:
+            # The container's entry point sleeps 15 s and starts a Ray cluster before the model loads:
+            # every cold start would pay it, inside serverless's 6 GB.
+            yield Problem(
+                ("endpoint", "server"),
+                self.endpoint.server,
+                f"needs {REF0} = false: the Ray Serve container starts a Ray cluster on every cold start",
+                refs=(("endpoint", "serverless"),),
+            )
         hyperparameters = {f.name: f for f in dataclasses.fields(Hyperparameters)}
         hints = typing.get_type_hints(Hyperparameters)
         for name, spec in self.tuning.ranges.items():

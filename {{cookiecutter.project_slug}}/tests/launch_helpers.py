@@ -13,11 +13,11 @@ import botocore.validate
 
 
 def copy_project(project_root: Path, destination: Path) -> Path:
-    """config.toml, classifier/, training/ and inference/ in a fresh folder (its own .state/)."""
+    """config.toml, classifier/, training/, inference/ and ray_serve/ in a fresh folder (its own .state/)."""
     destination.mkdir(parents=True)
     shutil.copy2(project_root / "config.toml", destination / "config.toml")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("classifier", "training", "inference"):
+    for folder in ("classifier", "training", "inference", "ray_serve"):
         shutil.copytree(project_root / folder, destination / folder, ignore=ignore)
     return destination
 

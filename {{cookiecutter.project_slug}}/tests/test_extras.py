@@ -18,8 +18,9 @@ import subprocess
 import sys
 
 from conftest import PACKAGE, project_module, tomllib
+from launch_helpers import copy_project, model_archive
 
-# What only the extras bring (pyproject.toml's local, debug and dev), by top-level module.
+# What only the extras bring (pyproject.toml's local, ray, debug and dev), by top-level module.
 EXTRA_ONLY = (
     "torch",
     "torchvision",
@@ -27,6 +28,7 @@ EXTRA_ONLY = (
     "sagemaker_inference",
     "sagemaker_pytorch_serving_container",
     "waitress",
+    "ray",
     "smdebug",
     "matplotlib",
     "nbclient",
@@ -76,23 +78,38 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.toml").write_text("[model\n", encoding="utf-8")
+    on_ray = copy_project(project_root, tmp_path / "on-ray")
+    text = (on_ray / "config.toml").read_text(encoding="utf-8")
+    text = text.replace('server = "torchserve"', 'server = "ray_serve"')
+    (on_ray / "config.toml").write_text(text, encoding="utf-8")
+    model = model_archive(tmp_path / "model.tar.gz")
     commands = [
         ["serve", "--model-data", str(project_root / "README.md")],
         ["train", "--local", "--run-dir", str(tmp_path / "run")],
+        ["serve", "--server", "ray_serve", "--model-data", str(project_root / "README.md")],
         ["--project", str(broken), "cost", "--offline"],
+        # The package for the Ray Serve container carries the toolkit: from a core install, one line.
+        ["--project", str(on_ray), "deploy", "--dry-run", "--dry-run-dir", str(tmp_path / "dry")]
+        + ["--model-data", str(model)],
     ]
     outcome = run_without_extras(project_root, commands)
     extras = project_module("extras")
     unexpected = {name: why for name, why in outcome["failed"].items() if name not in extras.EXTRA_MODULES}
     assert not unexpected, f"modules that need an extra at import: {unexpected}"
-    serve, train, config = outcome["answers"]
-    for answer in (serve, train, config):
+    serve, train, serve_under_ray, config, deploy_on_ray = outcome["answers"]
+    for answer in (serve, train, serve_under_ray, config, deploy_on_ray):
         assert (answer["exit_code"], answer["ended_by"]) == (1, "SystemExit"), answer
     for answer in (serve, train):
         # One line, and nothing announced before it (no run folder claimed for a run that cannot start).
         (line,) = answer["output"].strip().splitlines()
         assert "needs the 'local' extra" in line and "pip install -e '.[local]'" in line, answer
+    (line,) = serve_under_ray["output"].strip().splitlines()
+    assert "needs the 'ray' extra" in line and "pip install -e '.[ray]'" in line, serve_under_ray
     assert "not valid TOML" in config["output"], config
+    # After the preflight's table, one line; nothing uploaded.
+    line = deploy_on_ray["output"].strip().splitlines()[-1]
+    assert "sagemaker-inference toolkit" in line and "pip install -e '.[local]'" in line, deploy_on_ray
+    assert not list(tmp_path.glob("dry/**/*.tar.gz")), "a model was uploaded before the refusal"
 
 
 def test_the_error_handler_imports_nothing_to_recognise_an_error():

@@ -466,8 +466,13 @@ def check_local_training(workspace: Workspace, timeout: float) -> str:
 
 
 def serve_and_predict(model: Path, project_root: Path, images: list[Path]) -> list[dict]:
-    """Serve `model` with inference.py on a free local port and send it `images`: the one place
-    this module touches local_endpoint's API."""
+    """Serve `model` with inference.py on a free local port, under the configured server ([endpoint]
+    server), and send it `images`: the one place this module touches the local endpoints' API."""
+    if ProjectConfig.load(project_root).settings.endpoint.server == "ray_serve":
+        from .local_ray import running_ray_endpoint
+
+        with running_ray_endpoint(model, project_root) as ray_endpoint:
+            return ray_endpoint.predict(images, top_k=1)
     with running_endpoint(model, project_root) as endpoint:
         return endpoint.predict(images, top_k=1)
 

@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, extras
-from .config import ProjectConfig
+from .config import ProjectConfig, schema
 from .context import CAPTURED, AwsSetupError
 
 if TYPE_CHECKING:
@@ -707,13 +707,24 @@ def predict(
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option(
+    "--server",
+    type=click.Choice(schema.ENDPOINT_SERVERS),
+    help="What serves inference.py, as on the endpoint; default: [endpoint] server.",
+)
 @click.pass_context
-def serve(ctx: click.Context, model_data: Path, host: str, port: int) -> None:
+def serve(ctx: click.Context, model_data: Path, host: str, port: int, server: str | None) -> None:
     """Serve a model.tar.gz locally with inference.py, like the endpoint (Ctrl-C stops)."""
     from . import payload
-    from .local_endpoint import serve as serve_locally
 
     config = _config(ctx)
+    if (server or config.settings.endpoint.server) == "ray_serve":
+        from .local_ray import serve as serve_under_ray
+
+        serve_under_ray(model_data, host=host, port=port, project_root=config.root)
+        return
+    from .local_endpoint import serve as serve_locally
+
     limit = payload.body_limit(config)  # the configured endpoint's request limit
     serve_locally(model_data, host=host, port=port, project_root=config.root, max_request_bytes=limit)
 

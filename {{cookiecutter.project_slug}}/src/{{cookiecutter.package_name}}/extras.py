@@ -21,6 +21,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "sagemaker_pytorch_serving_container",
         "waitress",
     ),
+    # `serve --server ray_serve`: the package deploy ships for AWS's Ray Serve container, run here.
+    "ray": ("ray",),
 }
 
 # The package's own modules that exist for one extra and import it at their top (the local server is

@@ -19,7 +19,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import costs, data, payload, pricing, sagemaker_api, tagging
+from . import costs, data, payload, pricing, ray_package, sagemaker_api, tagging
 from .config import ProjectConfig
 from .context import CAPTURED
 from .session import Session
@@ -238,6 +238,8 @@ def deploy(
     config: ProjectConfig, session: Session, model_data: str | Path | None = None, *, wait: bool = True
 ) -> sagemaker_api.Deployment:
     """Deploy a model.tar.gz (S3 URI, local file, or the last trained model) behind an endpoint."""
+    if config.settings.endpoint.server == "ray_serve":
+        ray_package.toolkit_source()  # before anything is uploaded: the package needs it
     model_name = sagemaker_api.job_name(config, "model")
     uri = _model_data_uri(session, model_data, model_name)
     _require_object(session, uri)

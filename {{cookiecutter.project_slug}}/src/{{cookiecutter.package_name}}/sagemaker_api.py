@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from sagemaker.debugger import (  # noqa: E402
     rule_configs,
 )
 from sagemaker.deserializers import JSONDeserializer  # noqa: E402
+from sagemaker.model import Model  # noqa: E402
 from sagemaker.predictor import Predictor  # noqa: E402
 from sagemaker.pytorch import PyTorch, PyTorchModel  # noqa: E402
 from sagemaker.serializers import IdentitySerializer  # noqa: E402
@@ -66,7 +68,7 @@ from sagemaker.tuner import (  # noqa: E402
 )
 from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
-from . import tagging  # noqa: E402
+from . import ray_package, tagging  # noqa: E402
 from .config import ConfigError, ProjectConfig, schema  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
@@ -363,7 +365,10 @@ def _image_arguments(config: ProjectConfig, role: str) -> dict[str, str | None]:
 
 def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, region: str) -> str:
     """The image the SDK would run for [images.<scope>] ("training" or "inference") on `instance_type`
-    (None: serverless, a CPU image); a custom image_uri as it is. ValueError when the SDK has none."""
+    (None: serverless, a CPU image); a custom image_uri as it is; AWS's Ray Serve image for an endpoint
+    with [endpoint] server = "ray_serve". ValueError when there is none."""
+    if scope == "inference" and config.data.get("endpoint", {}).get("server") == "ray_serve":
+        return ray_package.image_uri(config, region, instance_type)
     images = config.section("images")[scope]
     if images.get("image_uri"):
         return images["image_uri"]
@@ -654,10 +659,33 @@ def deploy_arguments(config: ProjectConfig, endpoint_name: str) -> dict[str, Any
     }
 
 
-def deployment_of(model: PyTorchModel, model_data: str) -> Deployment:
+def ray_serve_model(config: ProjectConfig, aws: AwsContext, model_data: str, *, model_name: str) -> Model:
+    """`model_data` (an S3 URI) packaged for AWS's Ray Serve container (`ray_package`: config.yaml,
+    deployment.py and the same code/ as TorchServe's), uploaded beside it, in a plain `Model`."""
+    endpoint = config.section("instances")["endpoint"]
+    instance_type = None if config.settings.endpoint.serverless else endpoint["type"]
+    bucket, _, key = model_data.removeprefix("s3://").partition("/")
+    package_key = aws.s3_key("models", model_name, "ray-serve", "model.tar.gz")
+    with tempfile.TemporaryDirectory(prefix="ray-serve-") as scratch:
+        trained = Path(scratch) / "trained.tar.gz"
+        aws.client("s3").download_file(bucket, key, str(trained))
+        package = ray_package.build_package(config, trained, Path(scratch) / "model.tar.gz")
+        aws.client("s3").upload_file(str(package), aws.bucket, package_key)
+    return Model(
+        image_uri=ray_package.image_uri(config, aws.region, instance_type),
+        model_data=aws.s3_uri("models", model_name, "ray-serve", "model.tar.gz"),
+        role=aws.role_arn,
+        sagemaker_session=sagemaker_session(aws),
+        name=model_name,
+        predictor_cls=Predictor,
+    )
+
+
+def deployment_of(model: Model, model_data: str) -> Deployment:
     """The names a deployed `model` created; the SDK names the endpoint config after the endpoint."""
     endpoint_name = model.endpoint_name
-    return Deployment(model.name, endpoint_name, endpoint_name, model.repacked_model_data or model_data)
+    served = getattr(model, "repacked_model_data", None) or model.model_data
+    return Deployment(model.name, endpoint_name, endpoint_name, served or model_data)
 
 
 def deploy_model(
@@ -669,9 +697,17 @@ def deploy_model(
     endpoint_name: str,
     wait: bool,
 ) -> Deployment:
-    """Repack `model_data` (an S3 URI) with inference.py and its sources, and start an endpoint."""
-    model = pytorch_model(config, aws, model_data, model_name=model_name)
-    model.deploy(**deploy_arguments(config, endpoint_name), wait=wait)
+    """Package `model_data` (an S3 URI) with inference.py and its sources for the configured server
+    ([endpoint] server), and start an endpoint."""
+    arguments = deploy_arguments(config, endpoint_name)
+    if config.settings.endpoint.server == "ray_serve":
+        model: Model = ray_serve_model(config, aws, model_data, model_name=model_name)
+        ami = ray_package.inference_ami_version(arguments.get("instance_type"))
+        if ami:
+            arguments["inference_ami_version"] = ami
+    else:
+        model = pytorch_model(config, aws, model_data, model_name=model_name)
+    model.deploy(**arguments, wait=wait)
     return deployment_of(model, model_data)
 
 

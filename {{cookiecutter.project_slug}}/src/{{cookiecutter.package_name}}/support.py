@@ -68,6 +68,9 @@ def _image_entry(config: ProjectConfig, scope: str) -> SupportDate | None:
         else f"it is the newest PyTorch {scope} image this project knows: it keeps working unpatched; "
         "a custom image ([images." + scope + "] image_uri) is the way to patched software"
     )
+    if not newer and scope == "inference":
+        advice += ', or [endpoint] server = "ray_serve" (AWS\'s Ray Serve image)'
+
     return SupportDate(f"PyTorch {version} {scope} image", date, "end of patching", advice)
 
 
@@ -77,7 +80,11 @@ def _version(text: str) -> tuple[int, ...]:
 
 def relevant_dates(config: ProjectConfig) -> list[SupportDate]:
     """The dates this configuration depends on: its images, the SDK, Debugger and Profiler if used."""
-    entries = [_image_entry(config, "training"), _image_entry(config, "inference"), SDK_V2_END]
+    entries = [_image_entry(config, "training"), SDK_V2_END]
+    # The PyTorch inference image serves TorchServe only; AWS's Ray Serve images are "continuously
+    # maintained with security patches" (its Deep Learning Containers docs), with no end date yet.
+    if config.data.get("endpoint", {}).get("server", "torchserve") == "torchserve":
+        entries.insert(1, _image_entry(config, "inference"))
     debugger = config.section("debugger")
     if debugger["evaluation"] != "in_job":
         rules = debugger["rules"]
