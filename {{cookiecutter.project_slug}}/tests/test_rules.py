@@ -311,6 +311,13 @@ def test_recorder_finds_the_biases_a_batchnorm_cancels(training):
     assert recorder.zero_gradient_parameters(net) == ["0.bias", "1.bias"]
     net[0].bias.requires_grad_(False)  # frozen: no gradient to judge
     assert recorder.zero_gradient_parameters(net) == ["1.bias"]
+    # On a real backward those are exactly the gradients under vanishing_gradient's 1e-7: the first
+    # BatchNorm's bias (~1e-9) would fire the rule on any run of this network.
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    nn.functional.cross_entropy(mlp(torch.randn(32, 8)), torch.randint(0, 3, (32,))).backward()
+    vanishing = sorted(n for n, p in mlp.named_parameters() if p.grad.abs().mean().item() < 1e-7)
+    assert vanishing == recorder.zero_gradient_parameters(mlp) == ["0.bias", "1.bias"]
 
 
 def test_unknown_rule_names_are_refused_with_the_known_ones(rules):
