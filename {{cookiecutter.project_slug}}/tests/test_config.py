@@ -355,6 +355,8 @@ def test_rule_parameters_are_the_in_job_rules_parameters(training) -> None:
         # Every AWS default passes the schema (mode's default, None: "not passed", is no value to set).
         for name, value in defaults.items():
             hint, spec = parameters[name]
+            # Of the schema's type, so that whatever the schema accepts the job's own check accepts too.
+            assert value is None or type(value) is hint, (rule, name, value)
             assert value is None or schema._problem(value, hint, spec) is None, (rule, name, value)
     document = with_rule_parameters({"loss_not_decreasing": {"mode": "TRAIN", "num_steps": 20}})
     assert schema.validate(document) == []

@@ -558,8 +558,8 @@ def loss_not_decreasing(
                     mode=its_mode,
                     steps_had=had,
                     caveat=(
-                        "the two losses are of different validation batches under the same weights (no "
-                        "training step between them): this check cannot tell whether training helps; "
+                        "the two losses are of different batches under the same weights (no training "
+                        "step ran between them): this check cannot tell whether training helps; "
                         'set [debugger.rule_parameters.loss_not_decreasing] mode = "TRAIN" to judge the '
                         "training loss"
                     )
@@ -704,7 +704,10 @@ def dead_relu(recording: dict, threshold_inactivity: float = 1.0, threshold_laye
 
 
 def class_imbalance(
-    recording: dict, threshold_imbalance: float = 10, threshold_misprediction: float = 0.7, samples: int = 500
+    recording: dict,
+    threshold_imbalance: float = 10.0,
+    threshold_misprediction: float = 0.7,
+    samples: int = 500,
 ) -> Verdict:
     """AWS: "It counts the occurrences per class. If the ratio of number of samples between smallest and
     largest class is larger than the `threshold_imbalance`, an error is thrown." and "If a fraction of

@@ -664,7 +664,8 @@ RULE_ADVICE: dict[str, tuple[str, str]] = {
         "add `weight_decay = 0.001` under [hyperparameters]",
     ),
     "overtraining": (
-        "the validation loss stopped improving: the last epochs add nothing",
+        "the loss stopped improving (the reason says which, training or validation): the last epochs add "
+        "nothing",
         "lower `epochs` in [hyperparameters] to where the validation loss stopped falling",
     ),
     "poor_weight_initialization": (
@@ -672,7 +673,7 @@ RULE_ADVICE: dict[str, tuple[str, str]] = {
         "start from ImageNet weights (`pretrained = true` in [model])",
     ),
     "loss_not_decreasing": (
-        "the training loss stayed flat: the network is not learning",
+        "the loss stayed flat or rose between checks: the network is not learning",
         "change `lr` in [hyperparameters] (too low learns slowly, too high bounces), and check that each "
         "class folder holds that class's images",
     ),
