@@ -144,7 +144,7 @@ def vanishing_gradient(recording: dict, threshold: float = 0.0000001) -> Verdict
     params = {"threshold": threshold}
     reading = (
         f"mean |gradient| of each gradient tensor at each saved TRAIN step < threshold {threshold:g}; "
-        "first such step"
+        "first such step (other reading: a mean over all gradients pooled, which one layer cannot move)"
     )
     verdict = _verdicts("vanishing_gradient", params, reading=reading)
     entries = sorted(recording.get("gradients", []), key=lambda e: e["step"])
@@ -200,7 +200,7 @@ def overfit(recording: dict, start_step: int = 0, patience: int = 1, ratio_thres
     reading = (
         f"(mean validation loss of the pass so far - mean training loss of the pass before) / mean "
         f"training loss > {ratio_threshold} at {patience} consecutive saved EVAL step(s); TRAIN steps "
-        f">= {start_step}"
+        f">= {start_step} (other reading: whole-epoch means, patience in epochs)"
     )
     verdict = _verdicts("overfit", params, reading=reading)
     train = [(s, v) for s, v in _losses(recording, "TRAIN") if s >= start_step]
@@ -282,7 +282,8 @@ def overtraining(
     params = {"patience_train": patience_train, "patience_validation": patience_validation, "delta": delta}
     reading = (
         f"TRAIN loss no new optimum (better by > {delta}) for {patience_train} saved steps, or EVAL loss "
-        f"for {patience_validation}; the earlier of the two in the job's order"
+        f"for {patience_validation}; the earlier of the two in the job's order (other reading: patience "
+        "in step numbers, not saved steps)"
     )
     verdict = _verdicts("overtraining", params, reading=reading)
     needed = {"TRAIN": patience_train + 1, "EVAL": patience_validation + 1}
@@ -368,7 +369,8 @@ def poor_weight_initialization(
     reading = (
         f"TRAIN steps < {steps}: ReLU input variance max/min across layers > {threshold}; smallest "
         f"per-tensor gradient 5th-95th percentile spread < {distribution_range}; loss not decreasing "
-        f"for {patience} saved steps; first step any held"
+        f"for {patience} saved steps; first step any held (other reading: one spread of all gradients "
+        "pooled, far wider)"
     )
     verdict = _verdicts("poor_weight_initialization", params, reading=reading)
     structural = _zero_by_construction(recording)
@@ -518,7 +520,8 @@ def loss_not_decreasing(
     reading = (
         f"{chosen} losses{'' if mode else ' (mode not set: first of EVAL, TRAIN, GLOBAL with a check)'}; "
         f"checked every {num_steps} steps: a fall must be >= {diff_percent}%, a rise may reach "
-        f"{increase_threshold_percent}% above where it began"
+        f"{increase_threshold_percent}% above where it began (other reading: any check short of "
+        f"{diff_percent}% fails)"
     )
     verdict = _verdicts("loss_not_decreasing", params, reading=reading)
     series = _mode_series(recording, chosen)
@@ -731,7 +734,7 @@ def class_imbalance(
     reading = (
         f"largest/smallest class count over all TRAIN labels > {threshold_imbalance}, or a class "
         f"mispredicted > {threshold_misprediction:.0%} in the last {judged_mode} pass; judged at the end "
-        f"after {samples} labels"
+        f"after {samples} labels (AWS names no modes or window)"
     )
     verdict = _verdicts("class_imbalance", params, reading=reading)
     counts = [int(c) for c in labels.get("TRAIN", {}).get("counts", [])]
