@@ -663,12 +663,86 @@ def _known_rules(rules: tuple[str, ...]) -> str | None:
     return None
 
 
+# The parameters of each debugger rule that [debugger.rule_parameters.<rule>] may set, with what AWS's
+# page allows ("Valid values"; training/rules.py holds the defaults, and a test keeps the two in step).
+# Regex and collection parameters are left out: the in-job recording names tensors by module.
+RULE_PARAMETERS: dict[str, dict[str, tuple[type, Spec]]] = {
+    "vanishing_gradient": {"threshold": (float, Spec(above=0))},
+    "overfit": {
+        "start_step": (int, Spec(minimum=0)),
+        "patience": (int, Spec(minimum=1)),
+        "ratio_threshold": (float, Spec(above=0)),
+    },
+    "overtraining": {
+        "patience_train": (int, Spec(minimum=1)),
+        "patience_validation": (int, Spec(minimum=1)),
+        "delta": (float, Spec(minimum=0)),
+    },
+    "poor_weight_initialization": {
+        "threshold": (float, Spec(above=0)),
+        "distribution_range": (float, Spec(above=0)),
+        "patience": (int, Spec(minimum=1)),
+        "steps": (int, Spec(minimum=1)),
+    },
+    "loss_not_decreasing": {
+        "num_steps": (int, Spec(minimum=1)),
+        "diff_percent": (float, Spec(above=0, maximum=100)),
+        "increase_threshold_percent": (float, Spec(above=0, maximum=100)),
+        "mode": (str, Spec(choices=("EVAL", "TRAIN", "GLOBAL"))),
+    },
+    "exploding_tensor": {"only_nan": (bool, Spec())},
+    "dead_relu": {
+        "threshold_inactivity": (float, Spec(minimum=0, maximum=100)),
+        "threshold_layer": (float, Spec(minimum=0, maximum=100)),
+    },
+    "class_imbalance": {
+        "threshold_imbalance": (float, Spec(minimum=1)),
+        "threshold_misprediction": (float, Spec(minimum=0, maximum=1)),
+        "samples": (int, Spec(minimum=1)),
+    },
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Debugger:
     rules: tuple[str, ...] = setting(check=_known_rules)
     evaluation: str = setting("both", choices=RULE_EVALUATIONS)
     train_save_interval: int = setting(minimum=1, maximum=1_000_000)
     eval_save_interval: int = setting(minimum=1, maximum=1_000_000)
+    # Per rule, parameters over its AWS defaults, as SageMaker's Rule.sagemaker(rule_parameters=...) takes
+    # them: [debugger.rule_parameters.loss_not_decreasing] mode = "TRAIN".
+    rule_parameters: dict[str, dict[str, Scalar]] = setting(default_factory=dict)
+
+    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        where = path + ("rule_parameters",)
+        for rule, values in self.rule_parameters.items():
+            if rule not in RULE_PARAMETERS:
+                yield Problem(
+                    where + (rule,),
+                    ABSENT,
+                    f"is no debugger rule; parameters can be set for {', '.join(RULE_PARAMETERS)}",
+                )
+                continue
+            if rule not in self.rules:
+                yield Problem(
+                    where + (rule,),
+                    ABSENT,
+                    "sets parameters of a rule that {0} does not list",
+                    refs=(path + ("rules",),),
+                )
+            known = RULE_PARAMETERS[rule]
+            for name, value in values.items():
+                if name not in known:
+                    yield Problem(
+                        where + (rule, name),
+                        value,
+                        f"is not a parameter of {rule}; it takes {', '.join(known)}",
+                    )
+                    continue
+                hint, spec = known[name]
+                message = _problem(value, hint, spec)
+                if message:
+                    yield Problem(where + (rule, name), value, message)
 
 
 @dataclass(frozen=True, kw_only=True)

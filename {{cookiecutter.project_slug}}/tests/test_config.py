@@ -338,3 +338,55 @@ def test_train_models_argument_check_refuses_a_batch_of_one_where_batch_norm_tra
     message = str(stopped.value)
     assert message.startswith(f"batch_size 1 cannot train {backbone} with finetune=full"), message
     assert "\n" not in message
+
+
+def with_rule_parameters(parameters: dict) -> dict:
+    document = config_module.ProjectConfig.load(PROJECT_ROOT).data
+    rules = list(schema.SAGEMAKER_DEBUGGER_RULES)
+    document["debugger"] = {**document["debugger"], "rules": rules, "rule_parameters": parameters}
+    return document
+
+
+def test_rule_parameters_are_the_in_job_rules_parameters(training) -> None:
+    rules = training("rules")
+    for rule, parameters in schema.RULE_PARAMETERS.items():
+        defaults = rules.settable_parameters(rule)
+        assert set(parameters) == set(defaults), rule
+        # Every AWS default passes the schema (mode's default, None: "not passed", is no value to set).
+        for name, value in defaults.items():
+            hint, spec = parameters[name]
+            # Of the schema's type, so that whatever the schema accepts the job's own check accepts too.
+            assert value is None or type(value) is hint, (rule, name, value)
+            assert value is None or schema._problem(value, hint, spec) is None, (rule, name, value)
+    document = with_rule_parameters({"loss_not_decreasing": {"mode": "TRAIN", "num_steps": 20}})
+    assert schema.validate(document) == []
+
+
+@pytest.mark.parametrize(
+    ("parameters", "words"),
+    [
+        (
+            {"overfitt": {"patience": 2}},
+            "[debugger.rule_parameters] overfitt: is no debugger rule; parameters",
+        ),
+        (
+            {"overfit": {"patient": 2}},
+            "overfit] patient = 2: is not a parameter of overfit; it takes start_step",
+        ),
+        ({"overfit": {"patience": 0}}, "overfit] patience = 0: must be"),
+        ({"loss_not_decreasing": {"mode": "PREDICT"}}, 'mode = "PREDICT": must be one of'),
+        ({"loss_not_decreasing": {"diff_percent": 100.5}}, "diff_percent = 100.5: must be"),
+        ({"exploding_tensor": {"only_nan": "yes"}}, 'only_nan = "yes": must be true or false'),
+        ({"LowGPUUtilization": {"window": 5}}, "LowGPUUtilization: is no debugger rule"),
+    ],
+)
+def test_bad_rule_parameters_are_named(parameters: dict, words: str) -> None:
+    problems = schema.validate(with_rule_parameters(parameters))
+    assert len(problems) == 1 and words in problems[0].text(), [p.text() for p in problems]
+
+
+def test_parameters_of_a_rule_not_listed_are_refused() -> None:
+    document = with_rule_parameters({"overfit": {"patience": 2}})
+    document["debugger"]["rules"] = ["loss_not_decreasing"]
+    (problem,) = schema.validate(document)
+    assert "sets parameters of a rule that [debugger] rules does not list" in problem.text()

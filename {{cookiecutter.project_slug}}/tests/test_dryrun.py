@@ -585,3 +585,23 @@ def test_the_serverless_option_makes_a_valid_endpoint_config(config, tmp_path):
     assert variant["ServerlessConfig"] == {"MemorySizeInMB": 4096, "MaxConcurrency": 3}
     assert "InstanceType" not in variant and "InitialInstanceCount" not in variant
     assert {tag["Key"] for tag in endpoint_config["params"]["Tags"]} >= {"project", "owner", "created"}
+
+
+def test_rule_parameters_reach_sagemakers_rules_and_the_in_job_ones(config):
+    """[debugger.rule_parameters] goes to Rule.sagemaker(rule_parameters=...) as strings, and to
+    train_model.py as one JSON hyperparameter holding the rules judged in the job."""
+    sagemaker_api = project_module("sagemaker_api")
+    document = json.loads(json.dumps(config.data))
+    parameters = {"overfit": {"patience": 3}, "exploding_tensor": {"only_nan": True}}
+    document["debugger"].update(
+        rules=["overfit", "exploding_tensor"], evaluation="both", rule_parameters=parameters
+    )
+    edited = dataclasses.replace(config, data=document)
+    selected = sagemaker_api.RuleSet(debugger=("overfit", "exploding_tensor"), profiler=())
+    rules = sagemaker_api.debugger_rules(selected, document["debugger"])
+    by_name = {rule.name: rule.rule_parameters for rule in rules}
+    assert by_name["Overfit"]["patience"] == "3" and by_name["Overfit"]["rule_to_invoke"] == "Overfit"
+    assert by_name["ExplodingTensor"]["only_nan"] == "True"
+    watch = sagemaker_api.watch_hyperparameters(edited)
+    assert json.loads(watch["rule_parameters"]) == parameters
+    assert "rule_parameters" not in sagemaker_api.watch_hyperparameters(config)  # none set: AWS's defaults

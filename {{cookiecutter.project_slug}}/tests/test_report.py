@@ -42,7 +42,8 @@ def verdicts_document() -> dict:
         "rules": [
             {"rule": "loss_not_decreasing", "verdict": "IssuesFound", "reason": "loss rose\nby 3%",
              "kind": "debugger", "step": 40, "mode": "TRAIN", "steps_had": {}, "steps_needed": {},
-             "parameters": {}},
+             "parameters": {"num_steps": 10, "diff_percent": 0.1},
+             "reading": "TRAIN losses checked every 10 steps", "caveat": ""},
             {"rule": "overfit", "verdict": "NoIssuesFound", "reason": "within 10%", "kind": "debugger",
              "step": None, "mode": None, "steps_had": {}, "steps_needed": {}, "parameters": {}},
             {"rule": "overtraining", "verdict": "NotEnoughData", "reason": "3 saved EVAL steps; needs 11",
@@ -284,8 +285,16 @@ def test_summary_names_each_verdict_with_its_step_and_the_headline_facts(project
     summary = result.summary_path.read_text(encoding="utf-8")
     assert summary == result.summary_markdown
     for verdict in verdicts_document()["rules"]:
-        step = "-" if verdict["step"] is None else str(verdict["step"])
-        assert f"| {verdict['rule']} | {verdict['verdict']} | {step} |" in summary
+        step = "-" if verdict["step"] is None else f"{verdict['step']} ({verdict['mode']})"
+        label = verdict["verdict"] + (
+            " (this project's verdict)" if verdict["verdict"] == "NotEnoughData" else ""
+        )
+        assert f"| {verdict['rule']} | {label} | {step} |" in summary
+    assert "SageMaker's built-in rules end with NoIssuesFound when they cannot judge" in summary
+    # One line per rule: the parameters it ran with and the reading it took.
+    assert (
+        "- `loss_not_decreasing` (num_steps=10, diff_percent=0.1): TRAIN losses checked every 10" in summary
+    )
     assert "loss rose by 3%" in summary  # one line per verdict, whatever the reason's line breaks
     assert "Test accuracy**: 83.3% on 6 test images" in summary
     # The profiler's main finding is the rule that found an issue.
@@ -428,7 +437,13 @@ def test_insights_say_what_each_finding_means_and_what_to_change():
                 for r in verdicts_document()["rules"]]  # fmt: skip
     lines = report.rule_insights(verdicts)
     issue = next(line for line in lines if line.startswith("**loss_not_decreasing**"))
-    assert "at step 40 (loss rose by 3%)" in issue and "`lr` in [hyperparameters]" in issue
+    assert "at step 40 (TRAIN) (loss rose by 3%)" in issue and "`lr` in [hyperparameters]" in issue
+    # A verdict whose documented test cannot tell a healthy run here says so, and advises nothing.
+    cannot = report.Verdict("vanishing_gradient", "IssuesFound", "bn1.bias 1e-9", step=4, mode="TRAIN",
+                            caveat="fired only on bn1.bias: a bias followed by a BatchNorm")  # fmt: skip
+    (line,) = [line for line in report.rule_insights([cannot]) if "vanishing_gradient" in line]
+    assert "but it fired only on bn1.bias: a bias followed by a BatchNorm: nothing to change" in line
+    assert "Try:" not in line
     assert any(line.startswith("**DataLoadingBottleneck**") and "`num_workers`" in line for line in lines)
     assert any(line.startswith("**overfit**: NoIssuesFound") for line in lines)
     unjudged = next(line for line in lines if line.startswith("**overtraining**: NotEnoughData"))
@@ -724,7 +739,9 @@ def test_write_up_fills_in_what_a_reviewer_asks_for(project_config, local_run, t
     assert path == project / "WRITEUP.md"
     assert "`lr` = 0.0042" in text and "`batch_size` = 60" in text and "hpo-1-003" in text
     for verdict in result.verdicts:
-        assert f"| {verdict.rule} | {verdict.verdict} |" in text
+        assert f"| {verdict.rule} | {verdict.verdict_text} | {verdict.step_text} |" in text
+    assert "| overtraining | NotEnoughData (this project's verdict) | - |" in text
+    assert "- `loss_not_decreasing` (num_steps=10, diff_percent=0.1): TRAIN losses checked" in text
     assert result.pictures
     for key, picture in result.pictures.items():
         assert f"![{report.FIGURE_TITLES[key]}]({picture})" in text  # outside the project: the path as it is

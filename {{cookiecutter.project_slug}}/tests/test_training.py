@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import errno
 import io
+import json
 import random
 import re
 from pathlib import Path
@@ -227,18 +228,29 @@ def test_bad_settings_are_refused_before_training(training, tiny_dataset, tmp_pa
 
 
 def test_feature_cache_trains_the_same_head_as_decoding_every_epoch(training, tiny_dataset, tmp_path):
-    """Head mode without augmentation: cached features must give the same model, not an approximation."""
+    """Head mode without augmentation: cached features must give the same model, not an approximation.
+    The rules that read ReLUs and labels judge both runs or say which setting would let them."""
     train_model, artifact = training("train_model"), training("classifier.artifact")
-    models = {}
+    models, verdicts = {}, {}
     for cached in ("false", "true"):
         out = tmp_path / cached
         args = tiny_args(
             train_model, tiny_dataset, out,
             "--finetune", "head", "--augment", "false", "--feature_cache", cached,
-            "--epochs", "2", "--lr", "0.01",
+            "--epochs", "2", "--lr", "0.01", "--rules", "dead_relu,class_imbalance",
+            "--rule_parameters", '{"class_imbalance": {"samples": 30}}',
         )  # fmt: skip
-        train_model.main(args)
+        train_model.main(args, use_debugger=True)
         models[cached], _ = artifact.load_artifact(out / "model")
+        written = json.loads((out / "output" / "rule_verdicts.json").read_text())["rules"]
+        verdicts[cached] = {v["rule"]: v for v in written}
+    # Head-only: the frozen resnet18's ReLUs run at every step and are judged.
+    assert verdicts["false"]["dead_relu"]["verdict"] in ("NoIssuesFound", "IssuesFound")
+    # Cached features: no ReLU runs while training; the verdict names the setting that records them.
+    assert verdicts["true"]["dead_relu"]["verdict"] == "NotEnoughData"
+    assert "set feature_cache = false" in verdicts["true"]["dead_relu"]["reason"]
+    for cached in ("false", "true"):  # 2 epochs of 18 training labels, cached or not
+        assert verdicts[cached]["class_imbalance"]["verdict"] != "NotEnoughData", verdicts[cached]
     uncached, cached = models["false"].state_dict(), models["true"].state_dict()
     assert not torch.equal(
         uncached["fc.weight"],

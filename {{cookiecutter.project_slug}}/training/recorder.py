@@ -5,9 +5,10 @@ intervals SageMaker's hook would use (`train.save_interval`, `eval.save_interval
 test pass, uses the eval interval), per mode:
 
 - the loss of each saved step;
-- at saved training steps: per-layer gradient statistics (after unscaling, before the optimiser
-  step), weight statistics (and once at initialisation), ReLU input variance and per-unit activity
-  where a rule needs them;
+- at saved training steps: per-tensor gradient statistics (mean |g|, variance, the 5th and 95th
+  percentiles; after unscaling, before the optimiser step), weight statistics (and once at
+  initialisation), ReLU input variance and per-unit activity where a rule needs them (with
+  finetune=head, the frozen backbone's ReLUs);
 - label counts and correct predictions of every step (an index_add on the device costs nothing, and
   two sampled batches per epoch could not judge 133 classes);
 - per pass, the mean loss and accuracy over every step, not only the saved ones (the report's
@@ -123,6 +124,36 @@ def _as_dicts(stats: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     return {name: dict(zip(keys, row, strict=True)) for name, row in zip(stats, rows, strict=True)}
 
 
+def _percentiles(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per tensor, the 5th and 95th percentiles of its finite values (of up to GRADIENT_SAMPLE of them)."""
+    out = {}
+    for name, tensor in tensors.items():
+        sample = tensor.detach().flatten()[:: max(1, tensor.numel() // GRADIENT_SAMPLE)].float()
+        finite = sample[torch.isfinite(sample)]
+        levels = torch.tensor([0.05, 0.95], device=finite.device)
+        out[name] = torch.quantile(finite, levels) if finite.numel() else torch.full_like(levels, math.nan)
+    return out
+
+
+def zero_gradient_parameters(module: nn.Module) -> list[str]:
+    """Biases whose next layer is a BatchNorm: it subtracts each channel's batch mean, the bias with it,
+    so in training their gradient is zero up to rounding whatever the run does (vanishing_gradient and
+    poor_weight_initialization would judge the network, not the run). Layers in registration order,
+    which is the order they run in the torchvision networks and in Sequential."""
+    leaves = [
+        (name, layer)
+        for name, layer in module.named_modules()
+        if not list(layer.children()) and not isinstance(layer, nn.Identity)
+    ]
+    found = []
+    for (name, layer), (_, following) in zip(leaves, leaves[1:], strict=False):
+        bias = getattr(layer, "bias", None)
+        trained_bias = isinstance(bias, nn.Parameter) and bias.requires_grad
+        if trained_bias and isinstance(following, nn.modules.batchnorm._BatchNorm):
+            found.append(f"{name}.bias" if name else "bias")
+    return found
+
+
 class Recorder(Observer):
     """Records what `rules.py` judges; see the module docstring."""
 
@@ -135,6 +166,7 @@ class Recorder(Observer):
         class_names: list[str],
         activations: bool,
         activations_note: str | None = None,
+        activations_caveat: str | None = None,
         amp: bool = False,
     ) -> None:
         self.module = module
@@ -149,6 +181,8 @@ class Recorder(Observer):
         self.weights: list[dict] = []
         self.activations: list[dict] = []
         self.activations_note = activations_note
+        self.activations_caveat = activations_caveat
+        self.zero_gradient_parameters = zero_gradient_parameters(module)
         self.epochs: list[dict] = []
         self.amp_skipped: list[int] = []
         self.pass_start: dict[str, int] = {}
@@ -273,6 +307,7 @@ class Recorder(Observer):
         if not grads:
             return
         stats = _layer_stats(grads)
+        percentiles = _percentiles(grads)
         pooled = torch.cat(
             [g.detach().flatten()[:: max(1, g.numel() // GRADIENT_SAMPLE)].float() for g in grads.values()]
         )
@@ -283,6 +318,10 @@ class Recorder(Observer):
             else [float("nan")] * 2
         )
         layers = _as_dicts(stats)
+        for name, (p5, p95) in zip(
+            percentiles, torch.stack(list(percentiles.values())).cpu().tolist(), strict=True
+        ):
+            layers[name].update(p5=p5, p95=p95)
         if self.amp and any(s["nonfinite"] for s in layers.values()):
             self.amp_skipped.append(step)  # GradScaler skips a step whose gradients overflowed
         self.gradients.append({"step": step, "layers": layers, "all": {"p5": spread[0], "p95": spread[1]}})
@@ -354,6 +393,10 @@ class Recorder(Observer):
             "weights": self.weights,
             "activations": self.activations,
             "activations_note": self.activations_note,
+            # Why the ReLUs judged may say nothing of what a rule asks (finetune=head: a frozen backbone).
+            "activations_caveat": self.activations_caveat,
+            # Parameters whose gradient is zero by construction (rules.py names them in its caveats).
+            "zero_gradient_parameters": self.zero_gradient_parameters,
             "labels": labels,
             # The test pass's mean loss, accuracy and image count (None: no test pass).
             "test": self.test,

@@ -46,7 +46,7 @@ from epoch import Stage, objective_line, progress_line, set_train_mode, timed
 from export import quantize_for_cpu, save
 from loaders import Data, discover, load_data
 from optimisation import Training, build_training
-from rules import parse_rules
+from rules import parse_rule_parameters, parse_rules
 from torch import nn
 from watchers import Watchers, judge, start_watchers
 
@@ -327,6 +327,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise SystemExit(f"profiler_interval_millis must be at least 10, got {args.profiler_interval_millis}")
     try:
         parse_rules(args.rules)
+        parse_rule_parameters(args.rule_parameters)
     except ValueError as error:
         raise SystemExit(str(error)) from None
 
@@ -416,6 +417,12 @@ def get_args_parser(description: str) -> argparse.ArgumentParser:
         "--rules",
         default="",
         help="comma-separated rule names, e.g. overfit,LowGPUUtilization; empty: none",
+    )
+    watch.add_argument(
+        "--rule_parameters",
+        default="{}",
+        help='JSON of per-rule parameters, e.g. {"overfit": {"patience": 3}}; config.toml\'s '
+        "[debugger.rule_parameters]",
     )
     watch.add_argument("--train_save_interval", type=int, default=100, help="record every N training steps")
     watch.add_argument(

@@ -25,6 +25,7 @@ from rules import (
     Verdict,
     evaluate_debugger_rules,
     evaluate_profiler_rules,
+    parse_rule_parameters,
     parse_rules,
     wants_profiler,
 )
@@ -47,8 +48,21 @@ def start_watchers(args: argparse.Namespace, training: Training, data: Data, ena
         return watchers
     watchers.rules = parse_rules(args.rules)
     if any(name in DEBUGGER_RULES for name in watchers.rules):
-        activations = bool(ACTIVATION_RULES & set(watchers.rules)) and args.finetune == "full"
-        note = None if args.finetune == "full" else "finetune=head: the ReLUs are in the frozen backbone"
+        # Head-only training still runs the frozen backbone's ReLUs at every step: they are recorded. A
+        # feature cache runs the backbone once, before training, so no ReLU runs at a training step.
+        activations = bool(ACTIVATION_RULES & set(watchers.rules)) and not args.feature_cache
+        note = (
+            "feature_cache=true runs the backbone once before training, so no ReLU runs at a training "
+            "step: set feature_cache = false under [hyperparameters] to record and judge its ReLUs"
+            if args.feature_cache
+            else None
+        )
+        caveat = (
+            'finetune="head": the ReLUs judged are the frozen pretrained backbone\'s, so their input '
+            "variances say nothing of how the trained layers were initialised"
+            if args.finetune == "head"
+            else None
+        )
         watchers.recorder = Recorder(
             training.trained,
             intervals={
@@ -60,6 +74,7 @@ def start_watchers(args: argparse.Namespace, training: Training, data: Data, ena
             class_names=data.class_names,
             activations=activations,
             activations_note=note,
+            activations_caveat=caveat,
             amp=training.stage.amp,
         )
     if wants_profiler(watchers.rules):
@@ -78,7 +93,9 @@ def judge(args: argparse.Namespace, watchers: Watchers, log: Callable[..., None]
     if watchers.recorder is not None:
         recording = watchers.recorder.recording()
         (output / "recording.json").write_text(json.dumps(recording))
-        verdicts += evaluate_debugger_rules(watchers.rules, recording)
+        verdicts += evaluate_debugger_rules(
+            watchers.rules, recording, parse_rule_parameters(args.rule_parameters)
+        )
     if watchers.profiler is not None:
         profile = watchers.profiler.data()
         (output / "profiler.json").write_text(json.dumps(profile))

@@ -247,6 +247,22 @@ class Verdict:
     kind: str = "debugger"
     step: int | None = None
     mode: str | None = None
+    # What the rule judged and the reading of AWS's page it took; why its verdict may mean nothing here.
+    reading: str = ""
+    caveat: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step_text(self) -> str:
+        """The step as the plots number it: per mode, e.g. `7 (TRAIN)`; `-` where the rule names none."""
+        if self.step is None:
+            return "-"
+        return f"{self.step} ({self.mode})" if self.mode else str(self.step)
+
+    @property
+    def verdict_text(self) -> str:
+        """The verdict, NotEnoughData marked as this project's own (SageMaker's rules never say it)."""
+        return f"{self.verdict} {PROJECT_VERDICT_MARK}" if self.verdict == "NotEnoughData" else self.verdict
 
 
 @dataclass
@@ -323,6 +339,9 @@ def read_output(folder: Path) -> JobOutput:
                 kind=str(item.get("kind", "debugger")),
                 step=item.get("step"),
                 mode=item.get("mode"),
+                reading=" ".join(str(item.get("reading") or "").split()),
+                caveat=" ".join(str(item.get("caveat") or "").split()),
+                parameters=dict(item.get("parameters") or {}),
             )
             for item in verdicts.get("rules", [])
         ]
@@ -645,7 +664,8 @@ RULE_ADVICE: dict[str, tuple[str, str]] = {
         "add `weight_decay = 0.001` under [hyperparameters]",
     ),
     "overtraining": (
-        "the validation loss stopped improving: the last epochs add nothing",
+        "the loss stopped improving (the reason says which, training or validation): the last epochs add "
+        "nothing",
         "lower `epochs` in [hyperparameters] to where the validation loss stopped falling",
     ),
     "poor_weight_initialization": (
@@ -653,7 +673,7 @@ RULE_ADVICE: dict[str, tuple[str, str]] = {
         "start from ImageNet weights (`pretrained = true` in [model])",
     ),
     "loss_not_decreasing": (
-        "the training loss stayed flat: the network is not learning",
+        "the loss stayed flat or rose between checks: the network is not learning",
         "change `lr` in [hyperparameters] (too low learns slowly, too high bounces), and check that each "
         "class folder holds that class's images",
     ),
@@ -703,6 +723,19 @@ NOT_ENOUGH_DATA_NOTE = (
     "`NotEnoughData` is this project's own verdict: SageMaker's built-in rules end with NoIssuesFound "
     "when they cannot judge."
 )
+# How the verdict tables mark NotEnoughData (NOT_ENOUGH_DATA_NOTE says why, under each table).
+PROJECT_VERDICT_MARK = "(this project's verdict)"
+
+
+def reading_lines(verdicts: Sequence[Verdict]) -> list[str]:
+    """Per rule, one line: the parameters it ran with and the reading of AWS's page it took."""
+    lines = []
+    for v in verdicts:
+        if not v.reading:
+            continue
+        parameters = ", ".join(f"{name}={value}" for name, value in v.parameters.items())
+        lines.append(f"`{v.rule}` ({parameters}): {v.reading}")
+    return lines
 
 
 def rule_insights(verdicts: Sequence[Verdict]) -> list[str]:
@@ -711,9 +744,16 @@ def rule_insights(verdicts: Sequence[Verdict]) -> list[str]:
     for v in verdicts:
         if v.verdict != "IssuesFound":
             continue
-        at = f" at step {v.step}" if v.step is not None else ""
+        at = f" at step {v.step_text}" if v.step is not None else ""
         meaning, remedy = RULE_ADVICE.get(v.rule, ("the rule's condition held", "see the rule's reason"))
         reason = " ".join(v.reason.split()).rstrip(".")
+        if v.caveat:
+            # The documented test held, but on this network it cannot tell a healthy run from a sick one.
+            lines.append(
+                f"**{v.rule}** found an issue{at} ({reason}), but it {v.caveat.rstrip('.')}: "
+                "nothing to change for it."
+            )
+            continue
         lines.append(f"**{v.rule}** found an issue{at} ({reason}): {meaning}. Try: {remedy}.")
     fine = [v.rule for v in verdicts if v.verdict == "NoIssuesFound"]
     if fine:
@@ -1241,7 +1281,7 @@ class Report:
 def verdict_rows(report: Report) -> list[dict[str, Any]]:
     """The in-job verdicts as table rows (rule, verdict, step, reason), for `tables.rich_table` / `frame`."""
     return [
-        {"rule": v.rule, "verdict": v.verdict, "step": "-" if v.step is None else v.step, "reason": v.reason}
+        {"rule": v.rule, "verdict": v.verdict_text, "step": v.step_text, "reason": v.reason}
         for v in report.verdicts
     ]
 
@@ -1401,11 +1441,17 @@ def summary_markdown(report: Report) -> str:
         lines += [f"- **{label}**: {text}" for label, text in int8_facts(report.int8)]
     lines += ["", "| Rule | Verdict | Step | Reason |", "| --- | --- | --- | --- |"]
     lines += [
-        f"| {_cell(v.rule)} | {_cell(v.verdict)} | {_cell(v.step)} | {_cell(v.reason)} |"
+        f"| {_cell(v.rule)} | {_cell(v.verdict_text)} | {_cell(v.step_text)} | {_cell(v.reason)} |"
         for v in report.verdicts
     ]
     if not report.verdicts:
         lines.append("| (none) | | | the run judged no rules |")
+    if any(v.verdict == "NotEnoughData" for v in report.verdicts):
+        lines += ["", NOT_ENOUGH_DATA_NOTE]
+    readings = reading_lines(report.verdicts)
+    if readings:
+        lines += ["", "What each rule judged (parameters; the reading of AWS's rule page):", ""]
+        lines += [f"- {line}" for line in readings]
     if report.sagemaker_verdicts:
         lines += ["", "SageMaker's built-in rules:", "", "| Rule | Status |", "| --- | --- |"]
         lines += [f"| {_cell(v.rule)} | {_cell(v.status)} |" for v in report.sagemaker_verdicts]
@@ -1433,7 +1479,9 @@ def _table(rows: Sequence[dict[str, Any]], status_column: str | None = None) -> 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for row in rows:
-        css = f' class="{html.escape(str(row.get(status_column, "")))}"' if status_column else ""
+        # The status's first word is its class: "NotEnoughData (this project's verdict)" -> NotEnoughData.
+        status = (str(row.get(status_column, "")).split() or [""])[0] if status_column else ""
+        css = f' class="{html.escape(status)}"' if status_column else ""
         cells = "".join(f"<td>{html.escape(str(row.get(c, '')))}</td>" for c in columns)
         body.append(f"<tr{css}>{cells}</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -1455,6 +1503,16 @@ def index_html(report: Report) -> str:
         *(["<h2>int8 endpoint</h2>", _facts_list(int8_facts(report.int8))] if report.int8 else []),
         "<h2>Rule verdicts (judged in the training job)</h2>",
         _table(verdict_rows(report), "verdict") or "<p>The run judged no rules.</p>",
+        *(
+            [f"<p>{escape(NOT_ENOUGH_DATA_NOTE)}</p>"]
+            if any(v.verdict == "NotEnoughData" for v in report.verdicts)
+            else []
+        ),
+        *(
+            ["<ul>", *(f"<li>{escape(line)}</li>" for line in reading_lines(report.verdicts)), "</ul>"]
+            if reading_lines(report.verdicts)
+            else []
+        ),
     ]
     if report.sagemaker_verdicts:
         parts += [

@@ -19,6 +19,7 @@ archives with the same SDK functions (`training_source_archive`, `repack_model_l
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -308,8 +309,12 @@ def where_judged(config: ProjectConfig) -> list[str]:
 def watch_hyperparameters(config: ProjectConfig) -> dict[str, Any]:
     """What train_model.py needs to judge the rules in the job: the rules, save intervals, profiler rate."""
     debugger = config.section("debugger")
+    judged = in_job_rules(config)
+    parameters = {rule: values for rule, values in rule_parameters(debugger).items() if rule in judged}
     return {
-        "rules": ",".join(in_job_rules(config)),
+        "rules": ",".join(judged),
+        # Only where set: a job launched without it judges with AWS's defaults (train_model.py's "{}").
+        **({"rule_parameters": json.dumps(parameters, sort_keys=True)} if parameters else {}),
         "train_save_interval": debugger["train_save_interval"],
         "eval_save_interval": debugger["eval_save_interval"],
         "profiler_interval_millis": config.section("profiler")["system_monitor_interval_millis"],
@@ -340,15 +345,32 @@ def rule_collections(
     return collections
 
 
+def rule_parameters(debugger: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """[debugger.rule_parameters]: per rule, the parameters set over AWS's defaults."""
+    return {rule: dict(values) for rule, values in debugger.get("rule_parameters", {}).items()}
+
+
+def sagemaker_rule_parameters(debugger: dict[str, Any], rule: str) -> dict[str, str]:
+    """`rule`'s [debugger.rule_parameters] as Rule.sagemaker's `rule_parameters` (SageMaker's
+    RuleParameters are strings; its rule containers read "True"/"False" as Python writes them)."""
+    return {key: str(value) for key, value in rule_parameters(debugger).get(rule, {}).items()}
+
+
 def debugger_rules(selected: RuleSet, debugger: dict[str, Any]) -> list[Any]:
-    """`Rule.sagemaker` and `ProfilerRule.sagemaker` objects for a rule set, at [debugger]'s intervals."""
+    """`Rule.sagemaker` and `ProfilerRule.sagemaker` objects for a rule set, at [debugger]'s intervals,
+    each debugger rule with its [debugger.rule_parameters] (the same values the in-job rules take)."""
     rules: list[Any] = []
     for name in selected.debugger:
         base_config = getattr(rule_configs, name)()
         collections = rule_collections(
             base_config, debugger["train_save_interval"], debugger["eval_save_interval"]
         )
-        rules.append(Rule.sagemaker(base_config, collections_to_save=collections or None))
+        values = sagemaker_rule_parameters(debugger, name)
+        rules.append(
+            Rule.sagemaker(
+                base_config, rule_parameters=values or None, collections_to_save=collections or None
+            )
+        )
     rules.extend(ProfilerRule.sagemaker(getattr(rule_configs, name)()) for name in selected.profiler)
     return rules
 

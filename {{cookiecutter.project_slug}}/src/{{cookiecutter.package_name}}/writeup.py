@@ -32,6 +32,7 @@ from .report import (
     Report,
     class_insight,
     int8_facts,
+    reading_lines,
     rule_insights,
     sagemaker_rows,
     verdict_rows,
@@ -92,6 +93,10 @@ def _training(report: Report, state: ProjectState) -> list[str]:
         *_table(verdict_rows(report)),
         "",
     ]
+    readings = reading_lines(report.verdicts)
+    if readings:
+        lines += ["What each rule judged (parameters; the reading of AWS's rule page):", ""]
+        lines += [f"- {line}" for line in readings] + [""]
     if report.sagemaker_verdicts:
         lines += ["SageMaker's built-in rule jobs:", "", *_table(sagemaker_rows(report)), ""]
     lines += ["Insights (what each finding means, and what to change):", ""]
