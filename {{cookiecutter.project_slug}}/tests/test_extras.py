@@ -27,7 +27,6 @@ EXTRA_ONLY = (
     "sagemaker_inference",
     "sagemaker_pytorch_serving_container",
     "waitress",
-    "smdebug",
     "matplotlib",
     "nbclient",
     "nbformat",
