@@ -184,6 +184,13 @@ PYTORCH_IMAGE_NOT_IN_REGIONS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+# From PyTorch 2.9 the GPU training images are built with CUDA 13 (cu130, cu133: the `cuda:` of
+# aws/deep-learning-containers docs/src/data/pytorch-training/2.9-gpu-sagemaker.yml and later), which has no
+# code for Volta: on ml.p3 (V100) such a job starts, bills, and stops at its first kernel.
+CUDA_13_TRAINING = (2, 9, 0)
+VOLTA_FAMILIES = ("p3", "p3dn")
+
+
 def sdk_generation(aws: Mapping[str, Any]) -> str:
     """The SDK generation of config.toml's [aws] table (as a dict)."""
     return str(aws.get("sagemaker_sdk") or DEFAULT_SDK)
@@ -957,6 +964,7 @@ class Settings:
         for scope in ("training", "inference"):
             region = self.aws.region if REGION_RE.match(self.aws.region) else ""
             yield from getattr(self.images, scope).problems_for(("images", scope), generation, region)
+        yield from self._cuda_problems()
         if self.hyperparameters.feature_cache and self.model.finetune != "head":
             # training/train_model.py's check_args stops the job on it (after the instance is billed).
             yield Problem(
@@ -1000,6 +1008,24 @@ class Settings:
                     ("environment", name),
                     self.environment[name],
                     "is not an environment variable name (letters, digits, '_')",
+                )
+
+    def _cuda_problems(self) -> Iterator[Problem]:
+        image = self.images.training
+        if image.image_uri or not VERSION_RE.match(image.framework_version):
+            return
+        if version_tuple(image.framework_version) < CUDA_13_TRAINING:
+            return
+        for role in ("tuning", "training"):
+            machines = getattr(self.instances, role)
+            family = machines.type.split(".")[1] if machines.type.count(".") == 2 else ""
+            if family in VOLTA_FAMILIES:
+                yield Problem(
+                    ("instances", role, "type"),
+                    machines.type,
+                    f"is a V100 (Volta) type, which the CUDA 13 image of {REF0} "
+                    f"{image.framework_version} cannot run on; choose ml.g4dn, ml.g5 or ml.p4d",
+                    refs=(("images", "training", "framework_version"),),
                 )
 
     def _batch_size_problems(self) -> Iterator[Problem]:

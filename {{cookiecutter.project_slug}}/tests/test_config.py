@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import itertools
 import shutil
 from pathlib import Path
@@ -94,8 +96,10 @@ def test_optional_tables_and_ranges_of_any_hyperparameter_are_allowed() -> None:
 
 def _installed_sdk() -> tuple[str, object]:
     """The installed SDK's generation and its image_uris module (v3 keeps it in sagemaker-core)."""
-    sagemaker = pytest.importorskip("sagemaker")
-    generation = "v" + str(getattr(sagemaker, "__version__", "2")).split(".")[0]
+    try:
+        generation = "v" + importlib.metadata.version("sagemaker").split(".")[0]
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("no SageMaker SDK installed")
     if generation == "v3":
         return generation, pytest.importorskip("sagemaker.core.image_uris")
     return generation, pytest.importorskip("sagemaker.image_uris")
@@ -314,6 +318,24 @@ def test_every_supported_image_version_passes(generation: str) -> None:
     # The document's own check is the same one (the default [aws] has no sagemaker_sdk: v2).
     image = {"framework_version": "2.3.0", "py_version": "py311", "image_uri": ""}
     assert schema.validate(edited_document(images={"training": image})) == []
+
+
+def test_a_cuda_13_training_image_is_refused_on_a_v100_type() -> None:
+    """PyTorch 2.9 and later GPU images are CUDA 13, which has no V100 code; 2.8 (CUDA 12.9) still has."""
+    image = schema.Image(framework_version="2.10.0", py_version="py313", image_uri="")
+    base = config_module.ProjectConfig.load(PROJECT_ROOT).settings
+    v100 = dataclasses.replace(base.instances.training, type="ml.p3.2xlarge")
+    newer = dataclasses.replace(
+        base,
+        images=dataclasses.replace(base.images, training=image),
+        instances=dataclasses.replace(base.instances, training=v100),
+    )
+    assert [p.text() for p in newer._cuda_problems()] == [
+        '[instances.training] type = "ml.p3.2xlarge": is a V100 (Volta) type, which the CUDA 13 image of '
+        "[images.training] framework_version 2.10.0 cannot run on; choose ml.g4dn, ml.g5 or ml.p4d"
+    ]
+    older = dataclasses.replace(newer, images=base.images)  # the default v2 render: 2.8.0
+    assert base.images.training.framework_version == "2.8.0" and list(older._cuda_problems()) == []
 
 
 def test_an_image_the_sdk_generation_does_not_know_is_refused_naming_the_one_that_does() -> None:
