@@ -58,6 +58,22 @@ def rule_list(rule_set: object) -> str:
     return "[\n" + "".join(f"    {json.dumps(name)},\n" for name in rules) + "]"
 
 
+def newest_pytorch(generation: object, scope: str, region: object = "") -> str:
+    """The default [images.<scope>] framework_version: the newest PyTorch image the render's SDK
+    generation (the `sagemaker_sdk` answer; "v2" before it exists) knows in its region."""
+    return _schema().newest_image(str(generation or "v2"), scope, str(region))[0]
+
+
+def pytorch_python(version: object, scope: str, generation: object = "v2") -> str:
+    """The default [images.<scope>] py_version: the Python of the chosen PyTorch image. A version the
+    SDK does not know gets the newest image's, and the pre-generation hook refuses the version."""
+    schema = _schema()
+    generation = str(generation or "v2")
+    known = schema.PYTORCH_IMAGES.get(generation, schema.PYTORCH_IMAGES["v2"])[scope]
+    full = schema.pytorch_version(scope, str(version), generation) or max(known, key=schema.version_tuple)
+    return known[full][0]
+
+
 def _schema() -> Any:
     """The project's classifier/schema.py (one definition of the rule sets), loaded by path."""
     import importlib.util
@@ -122,6 +138,8 @@ class TomlExtension(Extension):
         environment.filters["toml_string"] = toml_string
         environment.filters["toml_bool"] = toml_bool
         environment.filters["rule_list"] = rule_list
+        environment.filters["newest_pytorch"] = newest_pytorch
+        environment.filters["pytorch_python"] = pytorch_python
         environment.filters["project_slug"] = project_slug
         # The folder a template is rendered in. cookiecutter renders the hooks inside the template
         # folder (also under cruft, which gives the hooks no `_repo_dir`), so the pre-generation

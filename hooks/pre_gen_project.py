@@ -44,10 +44,20 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 NUMBER_RE = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?$")
 JINJA_MARKERS = (OPEN, "{" + "%", "{" + "#")
 # The project's own top-level modules and folders, and modules its dependencies bring under
-# another name than their distribution's: a package or command of that name would shadow them.
+# another name than their distribution's or without naming them (numpy comes with pandas and torch, and
+# the scripts import it): a package or command of that name would shadow them.
 # `test` is the standard library's own test package, left out of sys.stdlib_module_names.
 PROJECT_MODULES = ("classifier", "training", "inference", "ray_serve", "tests", "benchmarks", "src", "test")
-IMPORT_NAMES = ("PIL", "botocore", "s3transfer", "jinja2", "yaml", "sagemaker_core", "smdebug_rulesconfig")
+IMPORT_NAMES = (
+    "PIL",
+    "botocore",
+    "s3transfer",
+    "jinja2",
+    "yaml",
+    "sagemaker_core",
+    "smdebug_rulesconfig",
+    "numpy",
+)
 
 
 # A raw answer is a number: 32 characters hold any the schema allows (a 5,000-digit one would stop

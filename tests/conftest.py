@@ -36,7 +36,7 @@ def read_config(project: Path) -> dict:
 def project_env(project: Path) -> dict[str, str]:
     """The environment a render's own tools run in: this interpreter's packages, the render's sources.
 
-    Heavy dependencies (torch, sagemaker, smdebug) are installed once in the template's
+    Heavy dependencies (torch, sagemaker, the toolkits) are installed once in the template's
     environment; each render is put on PYTHONPATH instead of being pip-installed.
     """
     env = dict(os.environ)

@@ -53,12 +53,7 @@ answers = st.fixed_dictionaries(
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chosen=answers)
 def test_accepted_answers_render_a_working_project(cookies, chosen: dict) -> None:
-    full = default_answers() | chosen
-    if "project_name" in chosen:  # what cookiecutter derives from the name
-        from slugify import slugify
-
-        slug = slugify(chosen["project_name"])
-        full |= {"project_slug": slug, "package_name": slug.replace("-", "_"), "s3_prefix": slug}
+    full = default_answers(**chosen)  # and what cookiecutter derives from them (slug, image defaults)
     accepted = pre_gen.validate(full) == []
     result = cookies.bake(extra_context=chosen, template=str(pre_gen.find_template({})))
     assert (result.exit_code == 0) is accepted, (chosen, pre_gen.validate(full), result.exception)

@@ -79,7 +79,7 @@ def test_config_is_the_reference_configuration(default_project: Path) -> None:
     assert config["jobs"]["max_wait_seconds"] >= config["jobs"]["max_run_seconds"]
     assert config["aws"]["bucket"] == "" and config["aws"]["role_arn"] == ""
     assert config["aws"]["prefix"] == "dog-breed-classifier"
-    assert re.fullmatch(r"\d+\.\d+\.\d+", config["images"]["training"]["framework_version"])
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", config["images"]["training"]["framework_version"])
     assert config["data"]["url"].endswith("dogImages.zip")
 
 
@@ -120,9 +120,11 @@ def test_pyproject(default_project: Path) -> None:
     assert project["requires-python"] == ">=3.10"
     assert project["scripts"] == {"dog-breed-classifier": "dog_breed_classifier.cli:main"}
     assert {"debug", "dev", "local"} <= set(project["optional-dependencies"])
-    assert any(dep.startswith("smdebug") for dep in project["optional-dependencies"]["debug"])
     assert "sagemaker>=2.257,<3" in project["dependencies"]
-    assert not any(dep.startswith("smdebug") for dep in project["dependencies"])
+    # Nothing holds numpy below 2 (a render installs beside numpy 2: tests/test_install_paths.py), and
+    # smdebug (which needs numpy<2 and protobuf<=3.20.3) is no dependency, core or extra.
+    every = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    assert not [dep for dep in every if dep.startswith(("smdebug", "numpy"))]
     assert pyproject["tool"]["setuptools"]["packages"]["find"]["where"] == ["src"]
     assert (default_project / "src" / "dog_breed_classifier" / "__init__.py").is_file()
 
@@ -141,7 +143,7 @@ def test_requirements_split_between_containers(default_project: Path) -> None:
         text = (default_project / role / "requirements.txt").read_text(encoding="utf-8")
         return [line.split("#")[0].strip() for line in text.splitlines() if line.split("#")[0].strip()]
 
-    # Neither container installs anything over its image: smdebug 1.0.34 would downgrade the PyTorch 2.8
+    # Neither container installs anything over its image: smdebug 1.0.34 would downgrade the training
     # image's numpy and protobuf (the rules are judged in the job instead), and serving needs nothing more.
     image_packages = ("smdebug", "numpy", "protobuf", "torch")
     for role in ("training", "inference"):

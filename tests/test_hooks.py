@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,47 @@ pre_gen = load_hook("pre_gen_project")
 post_gen = load_hook("post_gen_project")
 
 
-def default_answers() -> dict:
-    """The answers cookiecutter derives with --no-input."""
-    answers = {key: value[0] if isinstance(value, list) else value for key, value in QUESTIONS.items()}
-    answers.update(project_slug="dog-breed-classifier", package_name="dog_breed_classifier")
-    answers["s3_prefix"] = "dog-breed-classifier"
-    return answers
+def default_answers(context: dict | None = None, **given: str) -> dict:
+    """The answers cookiecutter derives with --no-input (and `given`) from cookiecutter.json (or
+    `context`), its Jinja defaults rendered by cookiecutter itself with the template's filters."""
+    from cookiecutter.prompt import prompt_for_config
+
+    if str(TEMPLATE_DIR) not in sys.path:
+        sys.path.insert(0, str(TEMPLATE_DIR))  # local_extensions, as cookiecutter imports it
+    context = {key: given.get(key, value) for key, value in (context or COOKIECUTTER_JSON).items()}
+    answers = prompt_for_config({"cookiecutter": context}, no_input=True)
+    return {key: value for key, value in answers.items() if not key.startswith("_")}
+
+
+@pytest.mark.parametrize(
+    ("given", "images"),
+    [
+        ({}, ("2.8.0", "py312", "2.6.0", "py312")),
+        ({"sagemaker_sdk": "v3"}, ("2.14", "py312", "2.6.0", "py312")),
+        ({"sagemaker_sdk": "v3", "aws_region": "us-gov-west-1"}, ("2.13", "py312", "2.6.0", "py312")),
+        (
+            {"sagemaker_sdk": "v3", "training_framework_version": "2.10.0"},
+            ("2.10.0", "py313", "2.6.0", "py312"),
+        ),
+        ({"training_framework_version": "2.5"}, ("2.5", "py311", "2.6.0", "py312")),
+    ],
+)
+def test_the_default_images_are_the_newest_the_sdk_answer_knows_in_the_region(given, images) -> None:
+    """The image defaults follow the `sagemaker_sdk` answer (v2 before it is asked), which must come
+    before them in cookiecutter.json for cookiecutter to have it when it renders them."""
+    keys = list(COOKIECUTTER_JSON)
+    if "sagemaker_sdk" in keys:
+        assert keys.index("sagemaker_sdk") < keys.index("training_framework_version")
+        context = COOKIECUTTER_JSON
+    else:  # what the answer will be: v2 or v3, asked before the images
+        at = keys.index("training_framework_version")
+        context = dict([*COOKIECUTTER_JSON.items()][:at] + [("sagemaker_sdk", ["v2", "v3"])])
+        context.update(COOKIECUTTER_JSON)
+    answers = default_answers(context, **given)
+    names = ("training_framework_version", "training_py_version", "inference_framework_version")
+    assert tuple(answers[name] for name in (*names, "inference_py_version")) == images
+    if "sagemaker_sdk" in keys:
+        assert pre_gen.validate(answers) == []
 
 
 def test_defaults_are_valid() -> None:
@@ -116,7 +152,7 @@ def test_the_hook_finds_the_template_from_the_context(tmp_path: Path) -> None:
         ("endpoint_instance_type", "ml.inf2.xlarge", "Neuron"),
         ("training_instance_type", "ml.c7g.xlarge", "Graviton"),
         ("training_instance_type", "ml.g6.xlarge", "[prices]"),
-        ("training_framework_version", "9.9.9", "no SageMaker PyTorch training image"),
+        ("training_framework_version", "9.9.9", "has no PyTorch training image that SageMaker SDK v2 knows"),
         ("inference_py_version", "py39", "comes with py312"),
         ("description", "{{ cookiecutter.project_name }}", "Jinja"),
         ("author_name", "{% raw %}", "Jinja"),
@@ -182,7 +218,7 @@ def test_invalid_answer_is_named_in_one_line(key: str, value: str, words: str) -
 def test_the_training_image_minimum_is_the_oldest_version_accepted() -> None:
     """Every image from the minimum on renders; every older one is refused (the list is the SDK's)."""
     minimum = schema.version_tuple(schema.MINIMUM_PYTORCH["training"])
-    for version, py_versions in schema.PYTORCH_IMAGES["training"].items():
+    for version, py_versions in schema.PYTORCH_IMAGES["v2"]["training"].items():
         answers = default_answers() | {
             "training_framework_version": version,
             "training_py_version": py_versions[0],

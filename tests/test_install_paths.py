@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -58,6 +59,23 @@ def pip_install(python: Path, project: Path, target: str) -> None:
     )
     errors = [line for line in result.stderr.splitlines() if "is ignored" not in line]  # mirror notes
     assert result.returncode == 0, f"pip install -e {target} failed:\n" + "\n".join(errors[-30:])
+
+
+def installed_versions(python: Path) -> dict[str, str]:
+    """Every distribution `python` sees, first found on its path, by normalised name: version."""
+    listed = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    listing = json.loads(listed.stdout)
+    return {re.sub(r"[-_.]+", "-", dist["name"]).lower(): dist["version"] for dist in listing}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
 def cli_env() -> dict[str, str]:
@@ -236,8 +254,24 @@ def test_dev_install_answers_in_one_line_and_its_pip_runs_the_renders_pip_tests(
     (site_packages / "template-environment.pth").write_text(
         f"import site; site.addsitedir({template_packages!r})\n", encoding="utf-8"
     )
+    # The setuptools `venv` seeds under Python 3.11 (65.5; 3.12's venv seeds none) would shadow the
+    # environment's, which torch needs at 77 or later: pip would replace it, and that is no change made
+    # to the environment.
+    subprocess.run(
+        [str(python), "-m", "pip", "uninstall", "--yes", "--quiet", "setuptools"], check=True, timeout=120
+    )
+    before = installed_versions(python)
+    # What a current SageMaker Studio or Python 3.12 environment has (requirements-dev.txt asks for it).
+    assert version_tuple(before["numpy"]) >= (2,), f"numpy {before['numpy']} here: rebuild the environment"
+    assert version_tuple(before["pandas"]) >= (2, 3), before["pandas"]
     pip_install(python, project, ".[dev]")
     assert (venv / "bin" / project.name).is_file(), "pip did not install the console script"
+    # Nothing already installed was up- or downgraded (pip would put the other version in the venv's own
+    # site-packages, ahead of the environment's), and what is installed still fits together.
+    after = installed_versions(python)
+    assert {name: version for name, version in after.items() if name != project.name} == before
+    checked = subprocess.run([str(python), "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
     not_an_archive = {
         "serve, not a model archive": (("serve", "--model-data", str(project / "README.md")), ("README.md",))

@@ -32,4 +32,6 @@ def test_heavy_pins_match_the_reference_environment() -> None:
     text = (TEMPLATE_DIR / "requirements-dev.txt").read_text(encoding="utf-8")
     assert "torch==2.14.1" in text and "torchvision==0.29.1" in text
     assert "sagemaker>=2.257,<3" in text
-    assert "numpy<2" in text and "smdebug==1.0.34" in text
+    # numpy 2, as a render's users have it; smdebug (numpy<2, protobuf<=3.20.3) is no dependency any more.
+    lines = [line.strip() for line in text.splitlines() if not line.startswith("#")]
+    assert "numpy>=2" in lines and not names(line for line in lines if line.startswith(("numpy<", "smdebug")))

@@ -23,7 +23,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -147,8 +147,15 @@ SAGEMAKER_REGIONS = (
     "us-west-1",
     "us-west-2",
 )
-# PyTorch 2.x images the SDK can retrieve, with their Python versions (same source).
-PYTORCH_IMAGES: dict[str, dict[str, tuple[str, ...]]] = {
+# The SageMaker Python SDK generations a render can use ([aws] sagemaker_sdk; "v2" where absent): the
+# images a render may pick are the ones its generation's `image_uris.retrieve` knows.
+SDK_GENERATIONS = ("v2", "v3")
+DEFAULT_SDK = "v2"
+# PyTorch 2.x images each SDK generation can retrieve, with their Python versions: v2 from sagemaker
+# 2.257.7's image_uri_config/pytorch.json; v3 from sagemaker-core 2.27.0's (sagemaker 3.27.0)
+# image_uri_config/pytorch.json and pytorch-amzn2023.json. From 2.11 AWS builds the training images on
+# Amazon Linux 2023, listed under "2.11" (not "2.11.0"); no PyTorch inference image came after 2.6.
+_PYTORCH_V2: dict[str, dict[str, tuple[str, ...]]] = {
     "training": {
         "2.0.0": ("py310",), "2.0.1": ("py310",), "2.1.0": ("py310",), "2.2.0": ("py310",),
         "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",),
@@ -159,6 +166,57 @@ PYTORCH_IMAGES: dict[str, dict[str, tuple[str, ...]]] = {
         "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",), "2.6.0": ("py312",),
     },
 }  # fmt: skip
+PYTORCH_IMAGES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    "v2": _PYTORCH_V2,
+    "v3": {
+        "training": {
+            **_PYTORCH_V2["training"],
+            "2.9.0": ("py312",), "2.10.0": ("py313",),
+            # Amazon Linux 2023: Python 3.12 (aws/deep-learning-containers docs/src/data/pytorch/*.yml).
+            "2.11": ("py312",), "2.12": ("py312",), "2.13": ("py312",), "2.14": ("py312",),
+        },
+        "inference": _PYTORCH_V2["inference"],
+    },
+}  # fmt: skip
+# The Amazon Linux 2023 images are a framework of their own in the SDK's tables ("pytorch-amzn2023"):
+# repository "pytorch", tags like 2.14-cu133-amzn2023-sagemaker, with no Python version in them.
+AMAZON_LINUX_PYTORCH = (2, 11, 0)
+# Regions where the SDK's table has every other image but not this one yet (sagemaker-core 2.27.0).
+PYTORCH_IMAGE_NOT_IN_REGIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("training", "2.14"): ("cn-north-1", "cn-northwest-1", "us-gov-east-1", "us-gov-west-1"),
+}
+
+
+# From PyTorch 2.9 the GPU training images are built with CUDA 13 (cu130, cu133: the `cuda:` of
+# aws/deep-learning-containers docs/src/data/pytorch-training/2.9-gpu-sagemaker.yml and later), which has no
+# code for Volta: on ml.p3 (V100) such a job starts, bills, and stops at its first kernel.
+CUDA_13_TRAINING = (2, 9, 0)
+VOLTA_FAMILIES = ("p3", "p3dn")
+
+
+def sdk_generation(aws: Mapping[str, Any]) -> str:
+    """The SDK generation of config.toml's [aws] table (as a dict)."""
+    return str(aws.get("sagemaker_sdk") or DEFAULT_SDK)
+
+
+def sdk_image_framework(version: str) -> str:
+    """The `framework` the SDK's `image_uris.retrieve` files a PyTorch image version under."""
+    return "pytorch-amzn2023" if version_tuple(version) >= AMAZON_LINUX_PYTORCH else "pytorch"
+
+
+def image_in_region(scope: str, version: str, region: str) -> bool:
+    return region not in PYTORCH_IMAGE_NOT_IN_REGIONS.get((scope, version), ())
+
+
+def newest_image(generation: str, scope: str, region: str = "") -> tuple[str, str]:
+    """The default image of a render: the newest PyTorch `scope` image its SDK generation knows (in
+    `region`, when given), with its Python version. Newer images are patched longer (support.py's
+    table, whose test holds it so), so this is the one patched longest."""
+    known = PYTORCH_IMAGES.get(generation, PYTORCH_IMAGES[DEFAULT_SDK])[scope]
+    version = max((v for v in known if not region or image_in_region(scope, v, region)), key=version_tuple)
+    return version, known[version][0]
+
+
 # The oldest PyTorch each image must bring, set by the newest API its code calls (the images above
 # that are older would start, bill, and fail on that line):
 # - training: torch.amp.GradScaler(device_type, ...) (training/optimisation.py), new in PyTorch 2.3;
@@ -170,9 +228,10 @@ MINIMUM_PYTORCH_REASON = {
     "training": "training/optimisation.py calls torch.amp.GradScaler(device), new in PyTorch 2.3",
     "inference": "classifier/presets.py uses torchvision.transforms.v2, new with PyTorch 2.0",
 }
-# AWS's own PyTorch images (<account>.dkr.ecr.<region>.amazonaws.com/pytorch-training:2.8.0-gpu-py312):
-# their tag names the version, which is held to the same minimum.
-AWS_PYTORCH_IMAGE_RE = re.compile(r"/pytorch-(training|inference)[a-z-]*:([0-9]+\.[0-9]+(\.[0-9]+)?)-")
+# AWS's own PyTorch images (<account>.dkr.ecr.<region>.amazonaws.com/pytorch-training:2.8.0-gpu-py312,
+# and from 2.11 .../pytorch:2.14-cu133-amzn2023-sagemaker): their tag names the version, which is held
+# to the same minimum.
+AWS_PYTORCH_IMAGE_RE = re.compile(r"/pytorch(-training|-inference)?[a-z-]*:([0-9]+\.[0-9]+(\.[0-9]+)?)-")
 
 
 # A class's name as people read it (serving, the report): the dataset's folder name without its number.
@@ -208,13 +267,13 @@ def version_tuple(version: str) -> tuple[int, ...]:
     return parts + (0,) * (3 - len(parts))
 
 
-def pytorch_version(scope: str, version: str) -> str | None:
+def pytorch_version(scope: str, version: str, generation: str = DEFAULT_SDK) -> str | None:
     """The full image version the SDK resolves `version` to ("2.8" -> "2.8.0"), None if it has none."""
-    known = PYTORCH_IMAGES[scope]
+    known = PYTORCH_IMAGES.get(generation, PYTORCH_IMAGES[DEFAULT_SDK])[scope]
     if version in known:
         return version
     matches = [full for full in known if full.startswith(version + ".")]
-    return max(matches, key=lambda v: tuple(map(int, v.split(".")))) if matches else None
+    return max(matches, key=version_tuple) if matches else None
 
 
 def instance_type_problem(instance_type: str) -> str | None:
@@ -863,7 +922,8 @@ class Image:
         "or empty to use the versions",
     )
 
-    def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+    def problems_for(self, path: tuple[str, ...], generation: str, region: str) -> Iterator[Problem]:
+        """The image's problems with the SDK generation and region that resolve it (Settings.problems)."""
         scope = path[-1]
         if scope not in MINIMUM_PYTORCH:
             return
@@ -878,10 +938,12 @@ class Image:
                     f"runs on ({MINIMUM_PYTORCH_REASON[scope]})",
                 )
             return
-        full = pytorch_version(scope, self.framework_version)
         if not VERSION_RE.match(self.framework_version):
             return
-        supported = [v for v in PYTORCH_IMAGES[scope] if version_tuple(v) >= version_tuple(minimum)]
+        known = PYTORCH_IMAGES.get(generation, PYTORCH_IMAGES[DEFAULT_SDK])[scope]
+        full = pytorch_version(scope, self.framework_version, generation)
+        supported = [v for v in known if version_tuple(v) >= version_tuple(minimum)]
+        sdk = f"SageMaker SDK {generation}"
         if version_tuple(self.framework_version) < version_tuple(minimum):
             yield Problem(
                 path + ("framework_version",),
@@ -890,18 +952,32 @@ class Image:
                 f"({MINIMUM_PYTORCH_REASON[scope]}); choose one of {', '.join(supported)}",
             )
         elif full is None:
+            newer = [
+                other
+                for other in SDK_GENERATIONS
+                if other != generation and pytorch_version(scope, self.framework_version, other)
+            ]
             yield Problem(
                 path + ("framework_version",),
                 self.framework_version,
-                f"has no SageMaker PyTorch {scope} image; choose one of {', '.join(supported)}",
+                f"has no PyTorch {scope} image that {sdk} knows; choose one of {', '.join(supported)}"
+                + (f" (SageMaker SDK {newer[0]} knows it)" if newer else ""),
             )
-        elif self.py_version not in PYTORCH_IMAGES[scope][full]:
+        elif self.py_version not in known[full]:
             yield Problem(
                 path + ("py_version",),
                 self.py_version,
-                f"has no PyTorch {full} {scope} image; {REF0} {full} comes with "
-                + ", ".join(PYTORCH_IMAGES[scope][full]),
+                f"has no PyTorch {full} {scope} image; {REF0} {full} comes with " + ", ".join(known[full]),
                 refs=(path + ("framework_version",),),
+            )
+        elif region and not image_in_region(scope, full, region):
+            here = [v for v in supported if image_in_region(scope, v, region)]
+            yield Problem(
+                path + ("framework_version",),
+                self.framework_version,
+                f"has no PyTorch {scope} image in {REF0} {region} yet; choose {max(here, key=version_tuple)} "
+                "or another region",
+                refs=(("aws", "region"),),
             )
 
 
@@ -962,6 +1038,11 @@ class Settings:
     environment: dict[str, Scalar] = setting(default_factory=dict, check=_environment_value)
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
+        generation = str(getattr(self.aws, "sagemaker_sdk", DEFAULT_SDK))
+        for scope in ("training", "inference"):
+            region = self.aws.region if REGION_RE.match(self.aws.region) else ""
+            yield from getattr(self.images, scope).problems_for(("images", scope), generation, region)
+        yield from self._cuda_problems()
         if self.hyperparameters.feature_cache and self.model.finetune != "head":
             # training/train_model.py's check_args stops the job on it (after the instance is billed).
             yield Problem(
@@ -1014,6 +1095,24 @@ class Settings:
                     ("environment", name),
                     self.environment[name],
                     "is not an environment variable name (letters, digits, '_')",
+                )
+
+    def _cuda_problems(self) -> Iterator[Problem]:
+        image = self.images.training
+        if image.image_uri or not VERSION_RE.match(image.framework_version):
+            return
+        if version_tuple(image.framework_version) < CUDA_13_TRAINING:
+            return
+        for role in ("tuning", "training"):
+            machines = getattr(self.instances, role)
+            family = machines.type.split(".")[1] if machines.type.count(".") == 2 else ""
+            if family in VOLTA_FAMILIES:
+                yield Problem(
+                    ("instances", role, "type"),
+                    machines.type,
+                    f"is a V100 (Volta) type, which the CUDA 13 image of {REF0} "
+                    f"{image.framework_version} cannot run on; choose ml.g4dn, ml.g5 or ml.p4d",
+                    refs=(("images", "training", "framework_version"),),
                 )
 
     def _batch_size_problems(self) -> Iterator[Problem]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
+import itertools
 import shutil
 from pathlib import Path
 
@@ -91,31 +94,66 @@ def test_optional_tables_and_ranges_of_any_hyperparameter_are_allowed() -> None:
     assert "tunes no hyperparameter" in schema.validate(document)[0].text()
 
 
+def _installed_sdk() -> tuple[str, object]:
+    """The installed SDK's generation and its image_uris module (v3 keeps it in sagemaker-core)."""
+    try:
+        generation = "v" + importlib.metadata.version("sagemaker").split(".")[0]
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("no SageMaker SDK installed")
+    if generation == "v3":
+        return generation, pytest.importorskip("sagemaker.core.image_uris")
+    return generation, pytest.importorskip("sagemaker.image_uris")
+
+
 def test_the_schema_regions_and_images_are_what_the_sdk_serves() -> None:
-    image_uris = pytest.importorskip("sagemaker.image_uris")
-    for scope, versions in schema.PYTORCH_IMAGES.items():
+    """Every image the installed SDK's generation may pick resolves, on a GPU and a CPU type; the
+    defaults in every region (but where the schema says an image is not there yet, and it is not)."""
+    generation, image_uris = _installed_sdk()
+    for scope, versions in schema.PYTORCH_IMAGES[generation].items():
         for version, py_versions in versions.items():
-            for py_version in py_versions:
-                image_uris.retrieve(
-                    "pytorch",
+            for py_version, instance_type in itertools.product(
+                py_versions, ("ml.g4dn.xlarge", "ml.m5.large")
+            ):
+                uri = image_uris.retrieve(
+                    schema.sdk_image_framework(version),
                     "us-east-1",
                     version=version,
                     py_version=py_version,
-                    instance_type="ml.g4dn.xlarge",
+                    instance_type=instance_type,
                     image_scope=scope,
                 )
-    config = config_module.ProjectConfig.load(PROJECT_ROOT).settings
+                assert f":{version}" in uri, uri
     for region in schema.SAGEMAKER_REGIONS:
         for scope in ("training", "inference"):
-            image = getattr(config.images, scope)
+            version, py_version = schema.newest_image(generation, scope, region)
+            assert schema.image_in_region(scope, version, region)
             image_uris.retrieve(
-                "pytorch",
+                schema.sdk_image_framework(version),
                 region,
-                version=image.framework_version,
-                py_version=image.py_version,
+                version=version,
+                py_version=py_version,
                 instance_type="ml.m5.large",
                 image_scope=scope,
             )
+    for (scope, version), regions in schema.PYTORCH_IMAGE_NOT_IN_REGIONS.items():
+        if version in schema.PYTORCH_IMAGES[generation][scope]:
+            with pytest.raises(ValueError, match="region"):
+                image_uris.retrieve(
+                    schema.sdk_image_framework(version), regions[0], version=version, image_scope=scope
+                )
+
+
+def test_the_sdk_generations_differ_only_by_the_newer_images() -> None:
+    """v3 knows every image v2 does, with the same Python; the default is each generation's newest."""
+    for scope, v2_images in schema.PYTORCH_IMAGES["v2"].items():
+        v3_images = schema.PYTORCH_IMAGES["v3"][scope]
+        assert {v: v3_images[v] for v in v2_images} == v2_images
+    assert schema.newest_image("v2", "training") == ("2.8.0", "py312")
+    assert schema.newest_image("v3", "training") == ("2.14", "py312")
+    assert schema.newest_image("v3", "training", "us-gov-west-1") == ("2.13", "py312")
+    assert (
+        schema.newest_image("v3", "inference") == schema.newest_image("v2", "inference") == ("2.6.0", "py312")
+    )
 
 
 def test_rule_sets_and_image_suffixes_are_defined_once(training) -> None:
@@ -262,14 +300,57 @@ def test_values_the_service_or_the_code_would_refuse_are_named(tables: dict, wor
         config.settings  # noqa: B018 - what every command does first
 
 
-def test_every_supported_image_version_passes() -> None:
-    """The refusal is the minimum: every image the SDK serves from it on is accepted."""
-    for scope, versions in schema.PYTORCH_IMAGES.items():
+def image_problems(generation: str, scope: str, version: str, py_version: str, region: str) -> list[str]:
+    """What the schema says of an [images.<scope>] table, with the SDK generation ([aws] sagemaker_sdk)
+    and region that would resolve it."""
+    image = schema.Image(framework_version=version, py_version=py_version, image_uri="")
+    return [p.text() for p in image.problems_for(("images", scope), generation, region)]
+
+
+@pytest.mark.parametrize("generation", schema.SDK_GENERATIONS)
+def test_every_supported_image_version_passes(generation: str) -> None:
+    """The refusal is the minimum: every image the SDK generation serves from it on is accepted."""
+    for scope, versions in schema.PYTORCH_IMAGES[generation].items():
         minimum = schema.version_tuple(schema.MINIMUM_PYTORCH[scope])
         for version, py_versions in versions.items():
-            image = {"framework_version": version, "py_version": py_versions[0], "image_uri": ""}
-            document = edited_document(images={scope: image})
-            assert (schema.validate(document) == []) is (schema.version_tuple(version) >= minimum), version
+            problems = image_problems(generation, scope, version, py_versions[0], "us-east-1")
+            assert (problems == []) is (schema.version_tuple(version) >= minimum), (version, problems)
+    # The document's own check is the same one (the default [aws] has no sagemaker_sdk: v2).
+    image = {"framework_version": "2.3.0", "py_version": "py311", "image_uri": ""}
+    assert schema.validate(edited_document(images={"training": image})) == []
+
+
+def test_a_cuda_13_training_image_is_refused_on_a_v100_type() -> None:
+    """PyTorch 2.9 and later GPU images are CUDA 13, which has no V100 code; 2.8 (CUDA 12.9) still has."""
+    image = schema.Image(framework_version="2.10.0", py_version="py313", image_uri="")
+    base = config_module.ProjectConfig.load(PROJECT_ROOT).settings
+    v100 = dataclasses.replace(base.instances.training, type="ml.p3.2xlarge")
+    newer = dataclasses.replace(
+        base,
+        images=dataclasses.replace(base.images, training=image),
+        instances=dataclasses.replace(base.instances, training=v100),
+    )
+    assert [p.text() for p in newer._cuda_problems()] == [
+        '[instances.training] type = "ml.p3.2xlarge": is a V100 (Volta) type, which the CUDA 13 image of '
+        "[images.training] framework_version 2.10.0 cannot run on; choose ml.g4dn, ml.g5 or ml.p4d"
+    ]
+    older = dataclasses.replace(newer, images=base.images)  # the default v2 render: 2.8.0
+    assert base.images.training.framework_version == "2.8.0" and list(older._cuda_problems()) == []
+
+
+def test_an_image_the_sdk_generation_does_not_know_is_refused_naming_the_one_that_does() -> None:
+    image = {"framework_version": "2.14", "py_version": "py312", "image_uri": ""}
+    (problem,) = schema.validate(edited_document(images={"training": image}))  # no sagemaker_sdk: v2
+    assert problem.text().startswith('[images.training] framework_version = "2.14": has no PyTorch training')
+    assert "choose one of 2.3.0" in problem.text() and "(SageMaker SDK v3 knows it)" in problem.text()
+    assert image_problems("v3", "training", "2.14", "py312", "us-gov-west-1") == [
+        '[images.training] framework_version = "2.14": has no PyTorch training image in [aws] region '
+        "us-gov-west-1 yet; choose 2.13 or another region"
+    ]
+    assert image_problems("v3", "training", "2.10.0", "py312", "us-east-1") == [
+        '[images.training] py_version = "py312": has no PyTorch 2.10.0 training image; '
+        "[images.training] framework_version 2.10.0 comes with py313"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,6 @@ EXTRA_ONLY = (
     "sagemaker_pytorch_serving_container",
     "waitress",
     "ray",
-    "smdebug",
     "matplotlib",
     "nbclient",
     "nbformat",

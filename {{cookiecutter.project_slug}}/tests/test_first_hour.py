@@ -168,7 +168,7 @@ def test_an_interrupted_local_run_is_resumed_and_overwrite_starts_it_over(
     checkpoint.write_bytes(b"epoch 2")
     resumed = []
 
-    def run_local_training(config, data_dir, output_dir, hyperparameters, *, debugger, resume):
+    def run_local_training(config, data_dir, output_dir, hyperparameters, *, resume):
         resumed.append(resume)
         return output_dir / "model.tar.gz"
 

@@ -17,6 +17,8 @@ from click.testing import CliRunner
 from conftest import project_module
 from launch_helpers import copy_project
 
+from classifier import schema
+
 preflight = project_module("preflight")
 support = project_module("support")
 cli = project_module("cli")
@@ -179,15 +181,47 @@ def test_support_dates_warn_when_near_or_past(config, today, expected):
     check = checks["support: PyTorch 2.8.0 training image"]
     assert check.status == expected
     assert "2026-08-06" in check.detail
-    if expected == "warn":
-        assert "framework_version" in check.detail or "image_uri" in check.detail
+    if expected == "warn":  # SDK v2 knows nothing newer than 2.8.0: the move is to v3 and its newest
+        assert 'sagemaker_sdk = "v3" and [images.training] framework_version = "2.14"' in check.detail
+
+
+def test_support_advice_names_the_newest_patched_image_of_the_same_sdk_first(config):
+    older = with_data(
+        config, images={"training": {"framework_version": "2.6.0", "py_version": "py312", "image_uri": ""}}
+    )
+    check = by_name(preflight.support_checks(older, datetime.date(2026, 3, 1)))[
+        "support: PyTorch 2.6.0 training image"
+    ]
+    assert check.status == "warn"
+    assert check.detail.endswith(
+        'move [images.training] to framework_version = "2.8.0", py_version = "py312" '
+        "(patched until 2026-08-06)"
+    )
+    # The inference line ended at 2.6: nothing to move to, and the image keeps working.
+    check = by_name(preflight.support_checks(config, datetime.date(2026, 12, 6)))[
+        "support: PyTorch 2.6.0 inference image"
+    ]
+    assert check.status == "warn" and "2026-06-30" in check.detail
+    assert "no SageMaker SDK knows a newer patched PyTorch inference image" in check.detail
+
+
+def test_the_support_table_covers_every_image_a_render_can_pick_and_newer_is_patched_longer():
+    for generation, scopes in schema.PYTORCH_IMAGES.items():
+        for scope, versions in scopes.items():
+            minimum = schema.version_tuple(schema.MINIMUM_PYTORCH[scope])
+            pickable = sorted(
+                (v for v in versions if schema.version_tuple(v) >= minimum), key=schema.version_tuple
+            )
+            ends = [support.IMAGE_PATCH_ENDS[(scope, ".".join(v.split(".")[:2]))] for v in pickable]
+            assert ends == sorted(ends), (generation, scope)  # so the newest known is patched longest
+            assert schema.newest_image(generation, scope)[0] == pickable[-1]
 
 
 def test_debugger_date_only_when_sagemaker_judges_debugger_rules(config):
     in_job = with_data(config, debugger={"evaluation": "in_job"})
-    assert support.DEBUGGER_CLOSED not in support.relevant_dates(in_job)
+    assert support.DEBUGGER_CLOSED not in support.relevant_dates(in_job, datetime.date(2026, 12, 1))
     sagemaker = with_data(config, debugger={"evaluation": "both", "rules": STANDARD_RULES})
-    assert support.DEBUGGER_CLOSED in support.relevant_dates(sagemaker)
+    assert support.DEBUGGER_CLOSED in support.relevant_dates(sagemaker, datetime.date(2026, 12, 1))
     status, detail = support.standing(support.DEBUGGER_CLOSED, datetime.date(2026, 12, 1))
     assert status == "warn" and 'evaluation = "in_job"' in detail
 

@@ -447,7 +447,6 @@ def tune(ctx: click.Context, wait: bool, attach: bool, launch: Launch) -> None:
 @click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Stream the job's logs until it ends."
 )
-@click.option("--debugger", is_flag=True, help="--local: run with the smdebug hook.")
 @click.option("--overwrite", is_flag=True, help="--local: replace an earlier run in the folder, unasked.")
 @launch_options
 @click.pass_context
@@ -459,7 +458,6 @@ def train(
     hp_pairs: tuple[str, ...],
     tuned: bool,
     wait: bool,
-    debugger: bool,
     overwrite: bool,
     launch: Launch,
 ) -> None:
@@ -488,7 +486,6 @@ def train(
             data_dir or config.data_dir,
             run_dir,
             hyperparameters,
-            debugger=debugger,
             resume=resume,
         )
         console.print(f"model: {model}")

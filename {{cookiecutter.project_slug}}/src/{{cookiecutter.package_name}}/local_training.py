@@ -88,23 +88,6 @@ def sagemaker_hyperparameters(
     return encoded
 
 
-def debug_hook_config(
-    config: ProjectConfig, tensors_dir: Path, save_interval: int | None = None
-) -> dict[str, Any]:
-    """debughookconfig.json as SageMaker writes it from the estimator's DebuggerHookConfig.
-
-    `save_interval` replaces both of [debugger]'s intervals (a short local run saves every step)."""
-    debugger = config.section("debugger")
-    return {
-        "LocalPath": str(tensors_dir),
-        "HookParameters": {
-            "train.save_interval": str(save_interval or debugger["train_save_interval"]),
-            "eval.save_interval": str(save_interval or debugger["eval_save_interval"]),
-        },
-        "CollectionConfigurations": [{"CollectionName": "losses", "CollectionParameters": {}}],
-    }
-
-
 def prepare_training_tree(
     base_dir: Path,
     data_dir: Path,
@@ -176,16 +159,12 @@ def run_local_training(
     output_dir: Path,
     hyperparameters: dict | None = None,
     entry_point: str = sagemaker_api.TRAINING_ENTRY_POINT,
-    debugger: bool = False,
-    save_interval: int | None = None,
     quiet: bool = False,
     resume: bool = False,
 ) -> Path:
     """Train with `entry_point` from the project's training sources; return the path of model.tar.gz.
 
     `hyperparameters` override config.toml's (see `ProjectConfig.script_hyperparameters`).
-    `debugger` writes a hook configuration like SageMaker's, so smdebug saves tensors
-    under `output_dir/opt_ml/output/tensors`, every `save_interval` steps when given.
     `quiet` prints only the last lines of the log (all of it is in `training.log`).
     `resume` keeps the checkpoints of an interrupted run in `output_dir` (see `interrupted_run`).
     A full disk is one line (LocalTrainingError), with no half-written model.tar.gz.
@@ -197,7 +176,6 @@ def run_local_training(
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         archive = sagemaker_api.training_source_archive(config, output_dir / "sourcedir.tar.gz")
-        tensors_dir = output_dir / "opt_ml" / "output" / "tensors"
         return run_toolkit(
             archive,
             entry_point,
@@ -205,7 +183,6 @@ def run_local_training(
             data_dir,
             output_dir,
             region=config.aws.get("region", ""),
-            hook_config=debug_hook_config(config, tensors_dir, save_interval) if debugger else None,
             quiet=quiet,
             resume=resume,
         )
@@ -224,7 +201,6 @@ def run_toolkit(
     output_dir: Path,
     *,
     region: str = "",
-    hook_config: dict[str, Any] | None = None,
     quiet: bool = False,
     resume: bool = False,
 ) -> Path:
@@ -250,7 +226,6 @@ def run_toolkit(
         hyperparameters,
         entry_point,
         region=region,
-        hook_config=hook_config,
     )
     env = {
         **os.environ,

@@ -291,7 +291,7 @@ def image_checks(config: ProjectConfig, region: str, command: str | None) -> lis
 
 def support_checks(config: ProjectConfig, today: datetime.date) -> list[Finding]:
     checks = []
-    for entry in support.relevant_dates(config):
+    for entry in support.relevant_dates(config, today):
         status, detail = support.standing(entry, today)
         checks.append(Finding(f"support: {entry.subject}", status, detail))
     return checks

@@ -395,7 +395,7 @@ def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, regi
     if images.get("image_uri"):
         return images["image_uri"]
     return sagemaker.image_uris.retrieve(
-        "pytorch",
+        schema.sdk_image_framework(images["framework_version"]),
         region=region,
         version=images["framework_version"],
         py_version=images["py_version"],
