@@ -27,6 +27,8 @@ EXTRA_ONLY = (
     "sagemaker_inference",
     "sagemaker_pytorch_serving_container",
     "waitress",
+    "mlflow",
+    "sagemaker_mlflow",
     "smdebug",
     "matplotlib",
     "nbclient",
@@ -80,19 +82,22 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
         ["serve", "--model-data", str(project_root / "README.md")],
         ["train", "--local", "--run-dir", str(tmp_path / "run")],
         ["--project", str(broken), "cost", "--offline"],
+        ["runs"],
     ]
     outcome = run_without_extras(project_root, commands)
     extras = project_module("extras")
     unexpected = {name: why for name, why in outcome["failed"].items() if name not in extras.EXTRA_MODULES}
     assert not unexpected, f"modules that need an extra at import: {unexpected}"
-    serve, train, config = outcome["answers"]
-    for answer in (serve, train, config):
+    serve, train, config, runs = outcome["answers"]
+    for answer in (serve, train, config, runs):
         assert (answer["exit_code"], answer["ended_by"]) == (1, "SystemExit"), answer
     for answer in (serve, train):
         # One line, and nothing announced before it (no run folder claimed for a run that cannot start).
         (line,) = answer["output"].strip().splitlines()
         assert "needs the 'local' extra" in line and "pip install -e '.[local]'" in line, answer
     assert "not valid TOML" in config["output"], config
+    (line,) = runs["output"].strip().splitlines()
+    assert "runs needs the 'tracking' extra" in line and "pip install -e '.[tracking]'" in line, runs
 
 
 def test_the_error_handler_imports_nothing_to_recognise_an_error():
