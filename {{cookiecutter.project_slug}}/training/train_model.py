@@ -16,6 +16,10 @@ Without smdebug (the training image cannot install it: requirements.txt says why
 hook configuration, the hook is a stand-in whose calls do nothing, and one log line says so; the rules
 named in `--rules` are still judged inside the job (watchers.py, rules.py), which needs no smdebug.
 
+Where MLFLOW_TRACKING_URI is set (`train --local`: the project's mlflow.db; a job: config.toml [tracking]
+server_arn), tracking.py records the run in MLflow: parameters, a point per epoch, and at the end the
+verdicts and files. It never stops the job.
+
 Prints `validation:loss=<value> validation:accuracy=<value>` per epoch and for the best epoch, then
 `test:loss=<value> test:accuracy=<value>` for the saved (best) epoch.
 """
