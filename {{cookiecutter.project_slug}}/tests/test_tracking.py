@@ -1,6 +1,7 @@
 """Experiment tracking with MLflow, offline, in MLflow's own local store (an sqlite file in tmp_path).
 
-One store for the module (creating one runs MLflow's migrations: seconds). One tiny `train --local` run
+One store for the module (creating one runs MLflow's migrations: seconds); mlflow is imported only by the
+tests that read a store, so the fast ones do not pay for it. One tiny `train --local` run
 (module fixture) feeds the checks of what a run holds, `runs` and the report's link; hpo.py runs twice in
 this process with the names a tuning job's training jobs get, and their runs must sit under one parent; a
 server that refuses connections costs one line, a few seconds, and no training.
@@ -19,8 +20,6 @@ import pytest
 from click.testing import CliRunner
 from conftest import PROJECT_ROOT, TINY_TRAINING, project_module, tiny_args
 
-mlflow = pytest.importorskip("mlflow", reason="the `tracking` extra (in `dev`) brings mlflow")
-
 experiments = project_module("experiments")
 schema = project_module("config").schema
 RULES = "loss_not_decreasing,LowGPUUtilization"  # one debugger rule, one profiler rule (its report)
@@ -28,23 +27,30 @@ TRACKED_TRAINING = {**TINY_TRAINING, "rules": RULES, "quantize": "float"}
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team-server"
 
 
+def needs_mlflow():
+    return pytest.importorskip("mlflow", reason="the `tracking` extra (in `dev`) brings mlflow")
+
+
+def client_of(uri: str):
+    return needs_mlflow().MlflowClient(tracking_uri=uri)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    """The module's local store, made once (as `train --local` makes the project's mlflow.db)."""
-    uri = f"sqlite:///{(tmp_path_factory.mktemp('store') / 'mlflow.db').as_posix()}"
-    mlflow.MlflowClient(tracking_uri=uri).search_experiments()
-    return uri
+    """The module's local store: the first run that records creates it, as in the project's mlflow.db."""
+    needs_mlflow()
+    return f"sqlite:///{(tmp_path_factory.mktemp('store') / 'mlflow.db').as_posix()}"
 
 
 def runs_of(uri: str, experiment: str) -> list:
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = client_of(uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment} in {uri}"
     return client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 def artifact_paths(uri: str, run_id: str) -> set[str]:
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = client_of(uri)
     paths, folders = set(), [None]
     while folders:
         for item in client.list_artifacts(run_id, folders.pop()):
@@ -76,7 +82,7 @@ def test_a_local_run_records_parameters_curves_verdicts_and_files(local_run, pro
     for name in ("lr", "batch_size", "epochs", "backbone", "image_size", "finetune", "rules"):
         assert params[name] == str(expected[name]), name
 
-    client = mlflow.MlflowClient(tracking_uri=uri)
+    client = client_of(uri)
     output = run_dir / "opt_ml" / "output" / "data"
     history = json.loads((output / "history.json").read_text())
     curve = client.get_metric_history(run.info.run_id, "validation_loss")
@@ -161,6 +167,7 @@ def test_tuning_jobs_runs_are_grouped_under_one_parent_named_after_the_tuning_jo
 def test_an_unreachable_server_costs_one_line_and_training_goes_on(
     training, tiny_dataset, tmp_path, monkeypatch, capfd, caplog
 ):
+    needs_mlflow()
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
