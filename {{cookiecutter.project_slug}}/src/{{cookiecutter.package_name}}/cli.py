@@ -600,7 +600,10 @@ def runs(ctx: click.Context, server: bool, limit: int, as_json: bool) -> None:
     if not rows:
         console.print(f"no runs recorded in {where} (experiment {experiments.experiment_name(config)})")
         return
-    console.print(tables.rich_table(rows, f"MLflow runs of {experiments.experiment_name(config)} in {where}"))
+    shown = [experiments.table_row(row) for row in rows]
+    console.print(
+        tables.rich_table(shown, f"MLflow runs of {experiments.experiment_name(config)} in {where}")
+    )
     if not server:
         console.print(f"to browse them: {experiments.UI_COMMAND} (in {config.root})")
 

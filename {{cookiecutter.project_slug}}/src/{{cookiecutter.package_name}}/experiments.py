@@ -173,6 +173,14 @@ def run_row(run: Any) -> dict[str, Any]:
     return row
 
 
+def table_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A `run_row` for a terminal: the parent's id left out (the tuning job names it) and ids shortened
+    to the 8 characters MLflow's UI shows; `--json` keeps everything."""
+    shown = {key: value for key, value in row.items() if key != "parent run"}
+    shown["run id"] = row["run id"][:8]
+    return shown
+
+
 def find_run(config: ProjectConfig, training_job_name: str, *, server: bool) -> RunLink | None:
     """The run a job recorded (by its job-name tag), or None: no store, not recorded, or unreadable."""
     if extras.missing_modules("tracking"):
