@@ -46,6 +46,7 @@ KEY_METRICS = {
     "best_epoch": "best epoch",
     "rules_with_issues": "rules w/ issues",
 }
+COUNTS = ("best_epoch", "rules_with_issues")  # shown as whole numbers
 MAX_RUNS = 1000
 
 
@@ -165,7 +166,7 @@ def run_row(run: Any) -> dict[str, Any]:
     for metric, column in KEY_METRICS.items():
         value = metrics.get(metric)
         row[column] = (
-            None if value is None else (int(value) if metric in ("best_epoch",) else round(value, 4))
+            None if value is None else (int(value) if metric in COUNTS else round(value, 4))
         )
     row["tuning job"] = tags.get(TAG_TUNING_JOB)
     row["parent run"] = tags.get(PARENT_TAG)
