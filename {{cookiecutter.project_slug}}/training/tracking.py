@@ -80,10 +80,23 @@ def _import_mlflow(uri: str, log: Callable[..., None]) -> Any | None:
         return importlib.import_module("mlflow")
     except ImportError:
         pass
+    except Exception as error:  # installed but broken (e.g. against this image's protobuf)
+        log(f"tracking: mlflow cannot be imported ({error}); training goes on unrecorded", flush=True)
+        return None
     if not uri.startswith("arn:"):
         log(f"tracking: mlflow is not installed here, so this run is not recorded in {uri}", flush=True)
         return None
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    # One retry per download: a job without a route to PyPI gives up in a minute, not pip's five retries.
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--retries",
+        "1",
+    ]
     try:
         subprocess.run(
             [*command, "-r", str(REQUIREMENTS)],
@@ -102,7 +115,11 @@ def _import_mlflow(uri: str, log: Callable[..., None]) -> Any | None:
         log(f"tracking: {took}; training goes on unrecorded", flush=True)
         return None
     importlib.invalidate_caches()
-    return importlib.import_module("mlflow")
+    try:
+        return importlib.import_module("mlflow")
+    except Exception as error:
+        log(f"tracking: mlflow was installed but cannot be imported ({error}); training goes on", flush=True)
+        return None
 
 
 class Tracker:
