@@ -81,6 +81,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.[0-9]*(x?large|medium|small|micro|nano|metal)$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]$")
 ROLE_ARN_RE = re.compile(r"^arn:(aws[a-z-]*):iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
+# A SageMaker managed MLflow App or tracking server (the pattern of the API's MlflowResourceArn).
+MLFLOW_ARN_RE = re.compile(
+    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:[0-9]{12}:mlflow-(app|tracking-server)/[\w.-]{1,256}$"
+)
+# An MLflow experiment name as SageMaker's MLflow configuration accepts it.
+EXPERIMENT_NAME_RE = re.compile(r"^[a-zA-Z0-9_./-]{1,256}$")
 # S3's rules for general purpose bucket names (docs.aws.amazon.com/AmazonS3/latest/userguide/
 # bucketnamingrules.html): 3-63 characters of lowercase letters, digits, '.' and '-', starting and
 # ending with a letter or digit; no '..', no IP address form, and none of the reserved starts and ends.
@@ -809,6 +815,25 @@ class Profiler:
     system_monitor_interval_millis: int = setting(choices=PROFILER_INTERVALS)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Tracking:
+    # The MLflow App or tracking server the SageMaker jobs log to; empty: they install and log nothing.
+    server_arn: str = setting(
+        "",
+        pattern=MLFLOW_ARN_RE,
+        empty_ok=True,
+        describe="the ARN of a SageMaker MLflow App or tracking server (arn:aws:sagemaker:<region>:"
+        "<account>:mlflow-app/<id> or ...:mlflow-tracking-server/<name>), or empty",
+    )
+    # The experiment the runs are recorded in; empty: the project's slug.
+    experiment: str = setting(
+        "",
+        pattern=EXPERIMENT_NAME_RE,
+        empty_ok=True,
+        describe="letters, digits and _ . / - (at most 256), or empty for the project's slug",
+    )
+
+
 def _region(value: str) -> str | None:
     if not REGION_RE.match(value):
         return "must be a region like us-east-1"
@@ -1027,6 +1052,8 @@ class Settings:
     tuning: Tuning = setting()
     debugger: Debugger = setting()
     profiler: Profiler = setting()
+    # Optional: without it, local runs still record into the project's own store (tracking module).
+    tracking: Tracking = setting(default_factory=Tracking)
     aws: Aws = setting()
     instances: Instances = setting()
     jobs: Jobs = setting()

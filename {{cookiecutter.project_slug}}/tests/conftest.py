@@ -26,6 +26,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+# Local runs record into MLflow only in tests/test_tracking.py (set but empty: experiments.local_store_uri),
+# never into the project's mlflow.db nor a server this machine's environment names.
+os.environ["MLFLOW_TRACKING_URI"] = ""
 
 
 def project_module(name: str) -> ModuleType:

@@ -29,6 +29,8 @@ EXTRA_ONLY = (
     "sagemaker_pytorch_serving_container",
     "waitress",
     "ray",
+    "mlflow",
+    "sagemaker_mlflow",
     "matplotlib",
     "nbclient",
     "nbformat",
@@ -90,13 +92,14 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
         # The package for the Ray Serve container carries the toolkit: from a core install, one line.
         ["--project", str(on_ray), "deploy", "--dry-run", "--dry-run-dir", str(tmp_path / "dry")]
         + ["--model-data", str(model)],
+        ["runs"],
     ]
     outcome = run_without_extras(project_root, commands)
     extras = project_module("extras")
     unexpected = {name: why for name, why in outcome["failed"].items() if name not in extras.EXTRA_MODULES}
     assert not unexpected, f"modules that need an extra at import: {unexpected}"
-    serve, train, serve_under_ray, config, deploy_on_ray = outcome["answers"]
-    for answer in (serve, train, serve_under_ray, config, deploy_on_ray):
+    serve, train, serve_under_ray, config, deploy_on_ray, runs = outcome["answers"]
+    for answer in (serve, train, serve_under_ray, config, deploy_on_ray, runs):
         assert (answer["exit_code"], answer["ended_by"]) == (1, "SystemExit"), answer
     for answer in (serve, train):
         # One line, and nothing announced before it (no run folder claimed for a run that cannot start).
@@ -109,6 +112,8 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
     line = deploy_on_ray["output"].strip().splitlines()[-1]
     assert "sagemaker-inference toolkit" in line and "pip install -e '.[local]'" in line, deploy_on_ray
     assert not list(tmp_path.glob("dry/**/*.tar.gz")), "a model was uploaded before the refusal"
+    (line,) = runs["output"].strip().splitlines()
+    assert "runs needs the 'tracking' extra" in line and "pip install -e '.[tracking]'" in line, runs
 
 
 def test_the_error_handler_imports_nothing_to_recognise_an_error():

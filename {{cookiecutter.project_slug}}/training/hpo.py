@@ -9,9 +9,11 @@ The loop is train_model.py's, imported, not copied: the same `net()`, `train()` 
 validation pass each epoch), checkpoints and resume, run without the debugger hook, without the in-job
 rules and profiler, without the final test pass and without the int8 copy (a tuning job's model is
 ranked, not served). So smdebug plays no part here: an image without it runs this file unchanged.
+With tracking configured, each job's MLflow run goes under one parent run per tuning job (tracking.py).
 """
 
 from train_model import get_args_parser, main
 
 if __name__ == "__main__":
-    main(get_args_parser(__doc__.splitlines()[0]).parse_args(), use_debugger=False, evaluate_test=False)
+    arguments = get_args_parser(__doc__.splitlines()[0]).parse_args()
+    main(arguments, use_debugger=False, evaluate_test=False, tuning=True)

@@ -16,6 +16,10 @@ Without smdebug (the training image cannot install it: requirements.txt says why
 hook configuration, the hook is a stand-in whose calls do nothing, and one log line says so; the rules
 named in `--rules` are still judged inside the job (watchers.py, rules.py), which needs no smdebug.
 
+Where MLFLOW_TRACKING_URI is set (`train --local`: the project's mlflow.db; a job: config.toml [tracking]
+server_arn), tracking.py records the run in MLflow: parameters, a point per epoch, and at the end the
+verdicts and files. It never stops the job.
+
 Prints `validation:loss=<value> validation:accuracy=<value>` per epoch and for the best epoch, then
 `test:loss=<value> test:accuracy=<value>` for the saved (best) epoch.
 """
@@ -48,6 +52,7 @@ from loaders import Data, discover, load_data
 from optimisation import Training, build_training
 from rules import parse_rule_parameters, parse_rules
 from torch import nn
+from tracking import Tracker, start_tracking
 from watchers import Watchers, judge, start_watchers
 
 from classifier.backbones import WeightsUnavailable, build_model, has_batch_norm
@@ -180,6 +185,7 @@ def fit_epoch(
     progress: Progress,
     epoch: int,
     log: Callable[..., None],
+    tracker: Tracker,
 ) -> bool:
     """train() and validate one epoch; keep it if it is the best so far. True: this epoch was the best."""
     started = time.perf_counter()
@@ -200,12 +206,25 @@ def fit_epoch(
     valid_loss, valid_accuracy = test(
         stage, data.valid, data.on_failed("valid"), hook, EVAL, epoch * len(data.valid)
     )
+    learning_rate = training.optimizer.param_groups[0]["lr"]  # the rate this epoch trained at
     training.scheduler.step()
     progress.history.append({"loss": valid_loss, "accuracy": valid_accuracy})
+    took = time.perf_counter() - started
     log(
         f"epoch {epoch + 1}/{args.epochs}: train loss {train_loss:.4f} accuracy {train_accuracy:.4f}, "
-        f"{time.perf_counter() - started:.1f}s",
+        f"{took:.1f}s",
         flush=True,
+    )
+    tracker.log_epoch(
+        epoch + 1,
+        {
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "validation_loss": valid_loss,
+            "validation_accuracy": valid_accuracy,
+            "learning_rate": learning_rate,
+            "epoch_seconds": took,
+        },
     )
     log(objective_line(valid_loss, valid_accuracy), flush=True)
     if valid_loss < progress.best["loss"] - args.min_delta:
@@ -226,11 +245,12 @@ def fit(
     progress: Progress,
     checkpoint_dir: Path | None,
     log: Callable[..., None],
+    tracker: Tracker,
 ) -> Progress:
     """Epochs from `progress.start_epoch` until the last one or early stopping; checkpoint each."""
     cluster = training.stage.cluster
     for epoch in range(progress.start_epoch, args.epochs):
-        improved = fit_epoch(args, training, data, hook, progress, epoch, log)
+        improved = fit_epoch(args, training, data, hook, progress, epoch, log, tracker)
         progress.stopped_early = args.patience > 0 and progress.stale_epochs >= args.patience
         if cluster.is_main and checkpoint_dir:
             save_checkpoint(args, training, watchers.recorder, progress, epoch, checkpoint_dir, improved)
@@ -242,17 +262,22 @@ def fit(
     return progress
 
 
-def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test: bool = False) -> dict:
+def main(
+    args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test: bool = False, tuning: bool = False
+) -> dict:
     """Train, keep the best epoch by validation loss, save it; optionally evaluate it on test/.
 
     `use_debugger` (train_model.py): SageMaker's debugger hook, and the rules and profiler of
     `--rules` judged in the job. `evaluate_test` (train_model.py): the test pass and the int8 copy.
+    `tuning` (hpo.py): the MLflow run goes under its tuning job's parent run (tracking.py).
     """
     check_args(args)
     cluster = init_cluster()
     seed_everything(args.seed)
     log = print if cluster.is_main else (lambda *a, **k: None)
     started = time.perf_counter()
+    # Rank 0 only, and only where the launcher set MLFLOW_TRACKING_URI; never stops the job.
+    tracker = start_tracking(args, tuning=tuning, enabled=cluster.is_main, log=log)
 
     splits = discover(args, log)
     model = net(args, cluster, len(splits[0]))
@@ -274,7 +299,7 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
     checkpoint_dir = usable_checkpoint_dir(args.checkpoint_dir)
     checkpoint = checkpoint_dir / CHECKPOINT_FILENAME if checkpoint_dir else None
     progress = resume(args, training, watchers.recorder, checkpoint, log)
-    progress = fit(args, training, data, hook, watchers, progress, checkpoint_dir, log)
+    progress = fit(args, training, data, hook, watchers, progress, checkpoint_dir, log, tracker)
     result = restore_best(training, progress, checkpoint_dir, log)
     if data.test is not None:
         test_loss, test_accuracy = test(training.stage, data.test, data.on_failed("test"), hook, PREDICT)
@@ -299,6 +324,7 @@ def main(args: argparse.Namespace, *, use_debugger: bool = False, evaluate_test:
             save(args, training, data, result, progress.history, quantized)
         took = time.perf_counter() - started
         log(f"model saved to {args.model_dir}; the whole run took {took:.1f}s", flush=True)
+    tracker.finish(args, result)
     cluster.close()
     return result
 

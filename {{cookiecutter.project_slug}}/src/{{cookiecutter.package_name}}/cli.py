@@ -46,6 +46,7 @@ _EXPECTED_ERRORS = (
     f"{__package__}.launcher.LaunchError",
     f"{__package__}.local_endpoint.LocalEndpointError",
     f"{__package__}.local_training.LocalTrainingError",
+    f"{__package__}.experiments.TrackingError",
     "botocore.exceptions.BotoCoreError",
     "botocore.exceptions.ClientError",
 )
@@ -574,6 +575,34 @@ def report(
         console.print(f"write-up: {written}")
         if written.name == GENERATED_FILENAME:
             console.print("  (WRITEUP.md holds your edits, so it was left alone; merge what you need)")
+
+
+@main.command()
+@click.option("--server", is_flag=True, help="Read [tracking] server_arn's MLflow, not the local store.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="Newest N runs.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line, newest first.")
+@click.pass_context
+def runs(ctx: click.Context, server: bool, limit: int, as_json: bool) -> None:
+    """The recorded MLflow runs (training, tuning and their tuning jobs) with their key metrics."""
+    from . import experiments, tables
+
+    extras.require("tracking", "runs")
+    config = _config(ctx)
+    rows = experiments.list_runs(config, server=server, limit=limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+        return
+    where = experiments.store_uri(config, server)
+    if not rows:
+        console.print(f"no runs recorded in {where} (experiment {experiments.experiment_name(config)})")
+        return
+    shown = [experiments.table_row(row) for row in rows]
+    console.print(
+        tables.rich_table(shown, f"MLflow runs of {experiments.experiment_name(config)} in {where}")
+    )
+    if not server:
+        console.print(f"to browse them: {experiments.UI_COMMAND} (in {config.root})")
 
 
 # --- deployment and prediction --------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 `pip install -e .` (SageMaker Studio, where the containers train and serve) installs the launcher only;
 the commands that train or serve on this machine need `local` (the report's pictures need `debug`, which
-report.py says itself). Their modules import those packages inside the functions that use them, so every
-other command, and every error message, works without them.
+report.py says itself), and `runs` needs `tracking` (local runs without it are not recorded, and say
+so). Their modules import those packages inside the functions that use them, so every other command, and
+every error message, works without them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     ),
     # `serve --server ray_serve`: the package deploy ships for AWS's Ray Serve container, run here.
     "ray": ("ray",),
+    # MLflow (its local store and UI) and the plugin that reaches SageMaker's managed MLflow by ARN.
+    "tracking": ("mlflow", "sagemaker_mlflow"),
 }
 
 # The package's own modules that exist for one extra and import it at their top (the local server is

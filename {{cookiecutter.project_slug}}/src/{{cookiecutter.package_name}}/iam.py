@@ -122,6 +122,16 @@ def _name_prefix(config: ProjectConfig) -> str:
     return config.section("project")["slug"][:16]
 
 
+def tracking_statements(config: ProjectConfig) -> list[dict[str, Any]]:
+    """MLflow's API on the configured MLflow App or tracking server ([tracking] server_arn), if any: the jobs
+    log to it and `runs --server` and `report` read it (the actions of the sagemaker-mlflow service, e.g.
+    CreateRun, LogBatch, SearchRuns, resource-scoped to the server's ARN)."""
+    arn = config.settings.tracking.server_arn
+    if not arn:
+        return []
+    return [{"Sid": "MlflowTracking", "Effect": "Allow", "Action": ["sagemaker-mlflow:*"], "Resource": arn}]
+
+
 def user_policy(config: ProjectConfig, operations: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """The policy for the person (or CI) running the CLI."""
     operations = captured_operations(config) if operations is None else operations
@@ -179,6 +189,7 @@ def user_policy(config: ProjectConfig, operations: list[tuple[str, str]] | None 
             "Resource": config.aws.get("role_arn") or f"{arn}:iam::*:role/*",
             "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         },
+        *tracking_statements(config),
     ]
     return {"Version": "2012-10-17", "Statement": [s for s in statements if s["Action"]]}
 
@@ -227,5 +238,6 @@ def execution_role_policy(config: ProjectConfig) -> dict[str, Any]:
                 "Resource": f"{arn}:logs:{region}:*:log-group:/aws/sagemaker/*",
             },
             {"Sid": "Metrics", "Effect": "Allow", "Action": ["cloudwatch:PutMetricData"], "Resource": "*"},
+            *tracking_statements(config),
         ],
     }

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import extras, sagemaker_api
+from . import experiments, extras, sagemaker_api
 from .config import ProjectConfig
 
 CHANNEL = sagemaker_api.DATA_CHANNEL
@@ -97,8 +97,10 @@ def prepare_training_tree(
     *,
     region: str = "",
     hook_config: dict[str, Any] | None = None,
-) -> None:
-    """Write the /opt/ml tree's configuration and data channel, as SageMaker does before the toolkit runs."""
+) -> str:
+    """Write the /opt/ml tree's configuration and data channel, as SageMaker does before the toolkit runs.
+
+    Returns the job's name (SageMaker sets it in the container as TRAINING_JOB_NAME)."""
     config_dir = base_dir / "input" / "config"
     for folder in (config_dir, base_dir / "input" / "data", base_dir / "model", base_dir / "output" / "data"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -135,6 +137,7 @@ def prepare_training_tree(
         files["debughookconfig.json"] = hook_config
     for name, content in files.items():
         (config_dir / name).write_text(json.dumps(content, indent=2))
+    return job_name
 
 
 def package_model(model_dir: Path, archive: Path) -> Path:
@@ -185,6 +188,8 @@ def run_local_training(
             region=config.aws.get("region", ""),
             quiet=quiet,
             resume=resume,
+            # Where training/tracking.py records the run: the project's MLflow store.
+            environment=experiments.job_environment(config, local=True),
         )
     except OSError as error:
         if error.errno not in DISK_FULL:
@@ -203,11 +208,13 @@ def run_toolkit(
     region: str = "",
     quiet: bool = False,
     resume: bool = False,
+    environment: dict[str, str] | None = None,
 ) -> Path:
     """Run `entry_point` of a sourcedir.tar.gz under the training toolkit, with `hyperparameters` as
     SageMaker passes them and `data_dir` as the training channel; return the path of model.tar.gz.
 
-    The tree is made anew; `resume` keeps its `checkpoints/` (and appends to the log)."""
+    The tree is made anew; `resume` keeps its `checkpoints/` (and appends to the log). `environment`
+    is added to the script's, as the estimator's `environment` is in a job."""
     output_dir = Path(output_dir).resolve()
     base_dir = output_dir / "opt_ml"
     kept = base_dir / CHECKPOINT.parent.name if resume else None
@@ -219,7 +226,7 @@ def run_toolkit(
                 shutil.rmtree(path)
             else:
                 path.unlink()
-    prepare_training_tree(
+    job_name = prepare_training_tree(
         base_dir,
         Path(data_dir),
         Path(source_archive).resolve(),
@@ -229,6 +236,8 @@ def run_toolkit(
     )
     env = {
         **os.environ,
+        **(environment or {}),
+        "TRAINING_JOB_NAME": job_name,
         "SAGEMAKER_BASE_DIR": str(base_dir),
         "PYTHONUNBUFFERED": "1",
         "SMDEBUG_CONFIG_FILE_PATH": str(base_dir / "input" / "config" / "debughookconfig.json"),

@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from . import experiments
 from .config import schema
 from .context import CAPTURED
 from .launcher import BEST_HYPERPARAMETERS, LaunchError
@@ -1268,6 +1269,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     # The int8 model and what the endpoint would serve; None where the caller did not look.
     int8: Int8Endpoint | None = None
+    # Where the run's MLflow record is (experiments.RunLink.describe); empty: not recorded.
+    tracking: str = ""
 
     @property
     def best_classes(self) -> list[ClassAccuracy]:
@@ -1342,8 +1345,10 @@ def write_report(
     best_hyperparameters: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
     int8: Int8Endpoint | None = None,
+    tracking: experiments.RunLink | None = None,
 ) -> Report:
-    """Draw the pictures and write index.html, summary.md and the profiler report into `folder`."""
+    """Draw the pictures and write index.html, summary.md and the profiler report into `folder`;
+    with `tracking` (the run's MLflow record), add the pictures to that run and link it."""
     folder.mkdir(parents=True, exist_ok=True)
     _clear(folder)
     recording = output.recording
@@ -1361,6 +1366,7 @@ def write_report(
         profiler_finding=profiler_finding(output),
         notes=[*notes, *output.notes],
         int8=int8,
+        tracking=tracking.describe() if tracking else "",
     )
     report.test_accuracy, report.test_images = accuracy_on_test(output)
     figures: dict[str, Figure | None] = {
@@ -1380,6 +1386,9 @@ def write_report(
         path = folder / f"{key}.png"
         figure.savefig(path, dpi=FIGURE_DPI)
         report.figures[key], report.pictures[key] = figure, path
+    if tracking is not None and report.pictures:
+        problem = experiments.attach_pictures(tracking, report.pictures)
+        report.notes += [problem] if problem else []
     notes_by_picture = {"loss": saving_note(recording), "gradients": saving_note(recording, ("TRAIN",))}
     report.picture_notes = {
         key: note for key, note in notes_by_picture.items() if note and key in report.pictures
@@ -1425,6 +1434,8 @@ def _facts(report: Report) -> list[tuple[str, str]]:
         facts.append(("Best classes", _class_list(best)))
         facts.append(("Worst classes", _class_list(worst)))
     facts.append(("Profiler", report.profiler_finding))
+    if report.tracking:
+        facts.append(("MLflow run", report.tracking))
     return facts
 
 
@@ -1590,6 +1601,7 @@ def build_local_report(
     except ValueError:
         shown = name
     folder = Path(reports_dir or config.root / REPORTS_FOLDER) / name
+    job_name = local_job_name(run_dir)
     return write_report(
         output,
         folder,
@@ -1597,7 +1609,18 @@ def build_local_report(
         source=f"train --local, run folder {shown}",
         best_hyperparameters=_best(session_state(config)),
         int8=int8_endpoint(config, *local_model_metadata(run_dir, shown)),
+        tracking=experiments.find_run(config, job_name, server=False) if job_name else None,
     )
+
+
+def local_job_name(run_dir: Path) -> str | None:
+    """The job name `train --local` gave the run (hyperparameters.json, as SageMaker's), if readable."""
+    path = Path(run_dir) / "opt_ml" / "input" / "config" / "hyperparameters.json"
+    try:
+        name = json.loads(read_json(path).get("sagemaker_job_name", "null"))
+    except (OSError, ReportError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def build_job_report(
@@ -1649,6 +1672,7 @@ def build_job_report(
         best_hyperparameters=_best(session.state),
         notes=notes,
         int8=int8,
+        tracking=None if session.dry_run else experiments.find_run(config, name, server=True),
     )
 
 

@@ -69,7 +69,7 @@ from sagemaker.tuner import (  # noqa: E402
 )
 from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
-from . import ray_package, tagging  # noqa: E402
+from . import experiments, ray_package, tagging  # noqa: E402
 from .config import ConfigError, ProjectConfig, schema  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
@@ -453,6 +453,13 @@ def debugger_settings(config: ProjectConfig, aws: AwsContext) -> dict[str, Any]:
     }
 
 
+def job_environment(config: ProjectConfig) -> dict[str, str]:
+    """The jobs' environment variables: config.toml's [environment], then MLflow's where [tracking] names a
+    server (training/tracking.py installs mlflow in the job and logs there; without it, nothing)."""
+    variables = {str(key): str(value) for key, value in config.data.get("environment", {}).items()}
+    return {**variables, **experiments.job_environment(config, local=False)}
+
+
 def pytorch_estimator(
     config: ProjectConfig,
     aws: AwsContext,
@@ -483,7 +490,7 @@ def pytorch_estimator(
         "output_path": aws.s3_uri("output"),
         "code_location": aws.s3_uri("code"),
         "max_run": jobs["max_run_seconds"],
-        "environment": {str(key): str(value) for key, value in config.data.get("environment", {}).items()},
+        "environment": job_environment(config),
         # The training job's tags; a tuner adds its estimator's tags to the tuning job's, which SageMaker
         # copies onto every training job the tuning job starts.
         "tags": tagging.project_tags(config),
