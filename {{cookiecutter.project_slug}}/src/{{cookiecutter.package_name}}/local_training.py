@@ -37,10 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import extras, sagemaker_api
+from . import extras, sagemaker_jobs, sdk
 from .config import ProjectConfig
 
-CHANNEL = sagemaker_api.DATA_CHANNEL
+CHANNEL = sagemaker_jobs.DATA_CHANNEL
 HOST = "algo-1"
 LOG_TAIL_LINES = 40
 QUIET_TAIL_LINES = 6
@@ -175,7 +175,7 @@ def run_local_training(
     data_dir: Path,
     output_dir: Path,
     hyperparameters: dict | None = None,
-    entry_point: str = sagemaker_api.TRAINING_ENTRY_POINT,
+    entry_point: str = sagemaker_jobs.TRAINING_ENTRY_POINT,
     debugger: bool = False,
     save_interval: int | None = None,
     quiet: bool = False,
@@ -196,7 +196,7 @@ def run_local_training(
         raise LocalTrainingError(f"no entry point {entry_point} in {config.training_dir}")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        archive = sagemaker_api.training_source_archive(config, output_dir / "sourcedir.tar.gz")
+        archive = sdk.sagemaker_api(config).training_source_archive(config, output_dir / "sourcedir.tar.gz")
         tensors_dir = output_dir / "opt_ml" / "output" / "tensors"
         return run_toolkit(
             archive,
