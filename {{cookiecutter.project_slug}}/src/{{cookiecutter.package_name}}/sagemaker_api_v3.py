@@ -26,9 +26,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-# ModelTrainer checks the role with iam:SimulatePrincipalPolicy, which the project's policy (iam.py) does
-# not grant; `check` verifies the role itself. The serving half needs a region at import.
-os.environ.setdefault("SAGEMAKER_VALIDATE_ROLE", "false")
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
 
 import boto3  # noqa: E402
@@ -36,13 +33,13 @@ import botocore.exceptions  # noqa: E402
 from sagemaker.core import image_uris  # noqa: E402
 from sagemaker.core.common_utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 from sagemaker.core.helper.session_helper import Session, get_execution_role  # noqa: E402
+from sagemaker.core.inference_config import ServerlessInferenceConfig  # noqa: E402
 from sagemaker.core.parameter import (  # noqa: E402
     CategoricalParameter,
     ContinuousParameter,
     IntegerParameter,
 )
 from sagemaker.core.resources import TrainingJob  # noqa: E402
-from sagemaker.core.serverless_inference_config import ServerlessInferenceConfig  # noqa: E402
 from sagemaker.core.session_settings import SessionSettings  # noqa: E402
 from sagemaker.core.shapes import MetricDefinition  # noqa: E402
 from sagemaker.core.training.configs import (  # noqa: E402
@@ -92,6 +89,26 @@ _NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 # --- session, role, bucket -----------------------------------------------------------------------
+
+
+@contextmanager
+def sdk_environment(aws: AwsContext) -> Iterator[None]:
+    """What v3 reads from the environment while it builds and sends requests, set for the duration only.
+
+    ModelTrainer and ModelBuilder check the role with iam:SimulatePrincipalPolicy, which the project's policy
+    (iam.py) does not grant and moto does not answer; `preflight` checks the role itself, so
+    SAGEMAKER_VALIDATE_ROLE=false skips it. `sagemaker.serve` needs a region when it is imported and used."""
+    wanted = {"SAGEMAKER_VALIDATE_ROLE": "false", "AWS_DEFAULT_REGION": aws.region}
+    before = {name: os.environ.get(name) for name in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def sagemaker_session(aws: AwsContext) -> Session:
@@ -147,14 +164,16 @@ def connect(config: ProjectConfig) -> AwsContext:
 
 @contextmanager
 def staged_source(config: ProjectConfig, role: str) -> Iterator[Path]:
-    """A temporary folder holding `training/` (or `inference/`) with `classifier/` beside the entry point:
-    the source directory a `SourceCode` uploads, as v2's `dependencies=` would have shipped it."""
+    """A temporary folder holding `training/` (or `inference/`) and `classifier/` where v2's `dependencies=`
+    puts it: beside the entry point in sourcedir.tar.gz, under `lib/` in the model's `code/` (inference.py
+    adds code/lib to sys.path). It is the source directory a `SourceCode` uploads."""
     arguments = source_arguments(config, role)
     with tempfile.TemporaryDirectory(prefix=f"{role}-source-") as folder:
         staged = Path(folder) / "source"
         shutil.copytree(arguments["source_dir"], staged, ignore=_NOT_SHIPPED)
+        libraries = staged if role == "training" else staged / "lib"
         for dependency in arguments["dependencies"]:
-            shutil.copytree(dependency, staged / Path(dependency).name, ignore=_NOT_SHIPPED)
+            shutil.copytree(dependency, libraries / Path(dependency).name, ignore=_NOT_SHIPPED)
         yield staged
 
 
@@ -304,7 +323,7 @@ def launch_tuning(config: ProjectConfig, aws: AwsContext, *, tuning_job_name: st
     """Start the tuning job over hpo.py with config.toml's fixed hyperparameters, without waiting."""
     ranges = hyperparameter_ranges(config)
     static = {key: value for key, value in config.script_hyperparameters().items() if key not in ranges}
-    with staged_source(config, "training") as source_dir:
+    with sdk_environment(aws), staged_source(config, "training") as source_dir:
         trainer = model_trainer(config, aws, source_dir, TUNING_ENTRY_POINT, static, instances="tuning")
         # tune() takes no extra keyword arguments (it raises TypeError on **kwargs).
         tuner(config, trainer).tune(inputs=input_data(aws), job_name=tuning_job_name, wait=False)
@@ -329,7 +348,7 @@ def launch_training(
     (its checkpoints' folder, the record in .state/, the IAM policy's name patterns), so the request that
     train() would send is built by the trainer and sent under the launcher's name.
     """
-    with staged_source(config, "training") as source_dir:
+    with sdk_environment(aws), staged_source(config, "training") as source_dir:
         trainer = model_trainer(
             config,
             aws,
@@ -351,7 +370,10 @@ def launch_training(
 
 
 def serverless_config(config: ProjectConfig) -> ServerlessInferenceConfig | None:
-    """[endpoint]'s serverless settings as the SDK's object; None for an endpoint on instances."""
+    """[endpoint]'s serverless settings as the SDK's object; None for an endpoint on instances.
+
+    The class from `sagemaker.core.inference_config`: ModelBuilder.deploy refuses the one of the same name
+    in `sagemaker.core.serverless_inference_config` ("Deployment Options not supported")."""
     endpoint = config.settings.endpoint
     if not endpoint.serverless:
         return None
@@ -363,7 +385,7 @@ def serverless_config(config: ProjectConfig) -> ServerlessInferenceConfig | None
 def model_builder(config: ProjectConfig, aws: AwsContext, model_data: str, source_dir: Path) -> Any:
     """`model_data` (an S3 URI) served by inference.py (in the staged `source_dir`) in the configured
     PyTorch inference image; `build()` repacks the code into `code/` of a new model.tar.gz."""
-    from sagemaker.serve.model_builder import ModelBuilder  # needs a region at import (deploy_model sets it)
+    from sagemaker.serve.model_builder import ModelBuilder  # needs a region at import (sdk_environment)
 
     endpoint = config.section("instances")["endpoint"]
     instance_type = None if config.settings.endpoint.serverless else endpoint["type"]
@@ -399,18 +421,10 @@ def deploy_model(
         if serverless is not None
         else {"initial_instance_count": endpoint["count"], "instance_type": endpoint["type"]}
     )
-    region = os.environ.get("AWS_DEFAULT_REGION")
-    os.environ["AWS_DEFAULT_REGION"] = aws.region
-    try:
-        with staged_source(config, "inference") as source_dir:
-            builder = model_builder(config, aws, model_data, source_dir)
-            builder.build(model_name=model_name, tags=tags)
-            builder.deploy(endpoint_name=endpoint_name, wait=wait, tags=tags, **machines)
-    finally:
-        if region is None:
-            os.environ.pop("AWS_DEFAULT_REGION", None)
-        else:
-            os.environ["AWS_DEFAULT_REGION"] = region
+    with sdk_environment(aws), staged_source(config, "inference") as source_dir:
+        builder = model_builder(config, aws, model_data, source_dir)
+        builder.build(model_name=model_name, tags=tags)
+        builder.deploy(endpoint_name=endpoint_name, wait=wait, tags=tags, **machines)
     repacked = getattr(builder, "repacked_model_data", None) or getattr(builder, "s3_model_data_url", None)
     return Deployment(model_name, endpoint_name, endpoint_name, repacked or model_data)
 
