@@ -221,3 +221,23 @@ def test_both_generations_send_the_same_requests(tmp_path):
     assert not left, "differences with no reason in ALLOWED_DIFFERENCES:\n" + "\n".join(
         f"{path}: v2 {values[0]!r} / v3 {values[1]!r}" for path, values in left.items()
     )
+
+
+# The v3 render's launcher-side tests, in the v3 environment (no torch: what needs the training or serving
+# code runs in the v2 renders' suites, on the same files). Tests of v2's own request layout skip themselves.
+V3_LAUNCHER_TESTS = ("tests/test_dryrun.py", "tests/test_preflight.py")
+
+
+@pytest.mark.skipif(not V3_PYTHON, reason="$SDK_V3_PYTHON names no SDK v3 environment (scripts/setup-env.sh)")
+def test_a_v3_render_passes_its_launcher_tests_with_sdk_v3(tmp_path):
+    project = _render(tmp_path, "v3")
+    environment = {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
+    result = subprocess.run(
+        [V3_PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", *V3_LAUNCHER_TESTS],
+        cwd=project,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
