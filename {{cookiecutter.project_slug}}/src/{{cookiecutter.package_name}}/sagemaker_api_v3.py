@@ -26,7 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+# The SDK logs each step of a build or upload at INFO and DEBUG; the CLI prints what matters itself.
+for _name in ("sagemaker", "sagemaker.config"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 import boto3  # noqa: E402
 import botocore.exceptions  # noqa: E402
@@ -111,8 +113,17 @@ def sdk_environment(aws: AwsContext) -> Iterator[None]:
                 os.environ[name] = value
 
 
+# SDK v3 reports each train, tune and deploy call over HTTPS unless its config opts out:
+# a dry run sends nothing.
+_NO_TELEMETRY = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+
+
 def sagemaker_session(aws: AwsContext) -> Session:
-    return Session(boto_session=aws.boto_session, default_bucket=aws.bucket)
+    return Session(
+        boto_session=aws.boto_session,
+        default_bucket=aws.bucket,
+        sagemaker_config=_NO_TELEMETRY if aws.dry_run else None,
+    )
 
 
 def _execution_role(boto_session: Any) -> str:
@@ -396,6 +407,7 @@ def model_builder(config: ProjectConfig, aws: AwsContext, model_data: str, sourc
         role_arn=aws.role_arn,
         sagemaker_session=sagemaker_session(aws),
         instance_type=instance_type,
+        log_level=logging.WARNING,  # its default sets the SDK's logger to DEBUG
     )
     # ModelBuilder names a fresh upload folder as the model's data when it is built, before it reads
     # `model_path`; the repack would then read that empty folder instead of the trained model.
