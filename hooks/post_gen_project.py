@@ -43,7 +43,9 @@ def chosen(value: object) -> bool:
 
 
 def main(answers: dict, project: Path) -> int:
-    if not chosen(answers["include_notebook"]):
+    # The notebook writes out SDK v2's objects and trains locally in its dry run (the [local] extra, whose
+    # toolkits pin protobuf 3, which SDK v3 cannot share an environment with): v2 renders only, for now.
+    if not chosen(answers["include_notebook"]) or answers.get("sagemaker_sdk") == "v3":
         remove_notebook(project)
     if not chosen(answers["include_github_actions"]):
         remove_github_actions(project)

@@ -19,3 +19,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
 fi
 export PATH="$VENV/bin:$PATH"
 export SAGEMAKER_SUPPRESS_V2_WARNING=1
+# The second, small environment for SDK v3 (tests/test_sdk_generations.py): exports SDK_V3_PYTHON.
+source "$ROOT/scripts/setup-sdk3-env.sh" ""  # "": no project to test (not test.sh's arguments)

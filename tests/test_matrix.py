@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import tomllib
 from allpairspy import AllPairs
 from conftest import PROJECT_TEMPLATE, QUESTIONS, bake_ok, read_config
 
@@ -42,6 +43,8 @@ CYCLED = {
     "use_spot": [True, False],
     "python_version": QUESTIONS["python_version"],
     "lr_scaling": QUESTIONS["lr_scaling"],
+    # Each generation with and without the notebook (which a v3 render leaves out).
+    "sagemaker_sdk": ["v2", "v2", "v3", "v3"],
 }
 
 
@@ -70,7 +73,7 @@ def expected_files(case: dict, package: str) -> set[str]:
             files.add(
                 str(path.relative_to(PROJECT_TEMPLATE)).replace("{{cookiecutter.package_name}}", package)
             )
-    if not case["include_notebook"]:
+    if not case["include_notebook"] or case["sagemaker_sdk"] == "v3":
         files.discard("train_and_deploy.ipynb")
     if not case["include_github_actions"]:
         files = {f for f in files if not f.startswith(".github/")}
@@ -102,6 +105,12 @@ def test_render(cookies, case: dict) -> None:
     assert config["jobs"]["use_spot"] is case["use_spot"]
     assert config["tuning"]["ranges"]["lr"]["scaling"] == case["lr_scaling"]
     assert (project / ".python-version").read_text().strip() == case["python_version"]
+    # The SDK generation: the launcher's module, its pin, and (v3) the rules judged in the job.
+    assert config["aws"]["sagemaker_sdk"] == case["sagemaker_sdk"]
+    pin = {"v2": "sagemaker>=2.257,<3", "v3": "sagemaker>=3.27,<4"}[case["sagemaker_sdk"]]
+    assert pin in tomllib.loads((project / "pyproject.toml").read_text())["project"]["dependencies"]
+    if case["sagemaker_sdk"] == "v3":
+        assert config["debugger"]["evaluation"] == "in_job"
     if case["include_github_actions"]:
         workflow = (project / ".github" / "workflows" / "ci.yml").read_text()
         assert f'python-version: ["{case["python_version"]}"]' in workflow
@@ -151,4 +160,5 @@ def test_other_answers_reach_the_config(cookies) -> None:
         "bucket": "my-bucket",
         "prefix": "course/student-7",
         "role_arn": "arn:aws:iam::123456789012:role/SageMakerRole",
+        "sagemaker_sdk": "v2",
     }

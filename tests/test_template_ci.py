@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TEMPLATE_DIR
+from test_matrix import CASES
 
 WORKFLOW = TEMPLATE_DIR / ".github" / "workflows" / "template-ci.yml"
 BIN = Path(sys.executable).parent
@@ -60,7 +61,14 @@ def heredoc(script: str) -> str:
 def test_the_workflow_is_a_github_actions_workflow(workflow):
     assert workflow["name"] == "template-ci"
     assert {"push", "pull_request"} <= set(workflow["on"])
-    assert set(workflow["jobs"]) == {"template-tests", "install-paths", "matrix", "render", "cohort"}
+    assert set(workflow["jobs"]) == {
+        "template-tests",
+        "install-paths",
+        "matrix",
+        "render",
+        "sdk-generations",
+        "cohort",
+    }
     for job, step in steps(workflow):
         assert ("uses" in step) != ("run" in step), f"{job}: a step either uses an action or runs a command"
         if "uses" in step:
@@ -109,7 +117,7 @@ def commands(line: str) -> list[list[str]]:
         else:
             found[-1].append(token)
     for words in found:
-        while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):  # `VAR=value cmd`: the command is cmd
+        while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):  # `VAR=value cmd`: the command is cmd
             words.pop(0)
     return [words for words in found if words]
 
@@ -152,7 +160,6 @@ def test_the_matrix_step_prints_the_cases_the_template_tests_render(workflow, tm
     cases = json.loads(value)
     assert key == "cases" and len(cases) >= 4
     sys.path.insert(0, str(TEMPLATE_DIR / "tests"))
-    from test_matrix import CASES
 
     assert [case["answers"] for case in cases] == json.loads(json.dumps(CASES))
 
@@ -180,3 +187,19 @@ def test_the_render_step_renders_a_case_and_names_its_folder(workflow, tmp_path)
     assert project.parent == checkout / "rendered"
     assert (project / "config.toml").is_file()
     assert not (project / "train_and_deploy.ipynb").exists()
+
+
+def test_both_sdk_generations_run(workflow):
+    # v2 renders run their suite and `check` in the v2 environment; v3 renders their launcher tests in v3's;
+    # one job compares both generations' requests.
+    steps = workflow["jobs"]["render"]["steps"]
+    by_generation = {
+        generation: [step["name"] for step in steps if step.get("if", "").endswith(f"'{generation}'")]
+        for generation in ("v2", "v3")
+    }
+    assert len(by_generation["v2"]) == 2 and len(by_generation["v3"]) == 1, by_generation
+    v3_step = next(step for step in steps if step.get("if", "").endswith("'v3'"))
+    assert v3_step["run"] == 'bash scripts/setup-sdk3-env.sh "$PROJECT"'
+    compared = " ".join(step.get("run", "") for step in workflow["jobs"]["sdk-generations"]["steps"])
+    assert "SDK_V3_PYTHON=.venv-sdk3/bin/python" in compared and "tests/test_sdk_generations.py" in compared
+    assert {case["sagemaker_sdk"] for case in CASES} == {"v2", "v3"}

@@ -373,6 +373,8 @@ class _Absent:
 ABSENT: Any = _Absent()  # the value of a Problem about a missing key
 # Placeholders for the keys a message names (Problem.refs). Not written as doubled braces in
 # f-strings: cookiecutter renders this file with Jinja, which would read those as its own.
+# The SageMaker Python SDK generations a project can use ([aws] sagemaker_sdk).
+SAGEMAKER_SDKS = ("v2", "v3")
 REF0, REF1 = "{0}", "{1}"
 
 
@@ -884,6 +886,8 @@ class Aws:
         empty_ok=True,
         describe="an IAM role ARN like arn:aws:iam::123456789012:role/Name, or empty",
     )
+    # The SageMaker SDK generation the launcher uses (src/<package>/sdk.py picks its module).
+    sagemaker_sdk: str = setting("v2", choices=SAGEMAKER_SDKS)
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
         match = ROLE_ARN_RE.match(self.role_arn)
@@ -1077,6 +1081,15 @@ class Settings:
                 True,
                 f'needs {REF0} = "head": with "{self.model.finetune}" the backbone changes every step',
                 refs=(("model", "finetune"),),
+            )
+        if self.aws.sagemaker_sdk == "v3" and self.debugger.evaluation != "in_job":
+            # v3's ModelTrainer has no Debugger or Profiler fields: SageMaker's rule jobs cannot be asked for.
+            yield Problem(
+                ("debugger", "evaluation"),
+                self.debugger.evaluation,
+                f'must be "in_job" with {REF0} = "v3": SDK v3 sends no Debugger or Profiler '
+                "configuration, so train_model.py judges the rules in the job",
+                refs=(("aws", "sagemaker_sdk"),),
             )
         yield from self._batch_size_problems()
         if self.endpoint.server == "ray_serve" and self.endpoint.serverless:

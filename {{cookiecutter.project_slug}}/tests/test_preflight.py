@@ -105,6 +105,7 @@ def test_seven_rule_jobs_against_a_processing_quota_of_four_are_flagged(config, 
         config,
         debugger={"rules": STANDARD_RULES, "evaluation": "both"},
         images={"training": {"framework_version": "2.8.0", "py_version": "py312", "image_uri": custom}},
+        aws={"sagemaker_sdk": "v2"},  # SageMaker's own rule jobs are asked for by SDK v2 only
     )
     with open_session(seven, dry_run=True, folder=tmp_path) as session:
         applied = [quota(preflight.PROCESSING_QUOTA, "L-TEST0004", 4.0)]
@@ -220,7 +221,9 @@ def test_the_support_table_covers_every_image_a_render_can_pick_and_newer_is_pat
 def test_debugger_date_only_when_sagemaker_judges_debugger_rules(config):
     in_job = with_data(config, debugger={"evaluation": "in_job"})
     assert support.DEBUGGER_CLOSED not in support.relevant_dates(in_job, datetime.date(2026, 12, 1))
-    sagemaker = with_data(config, debugger={"evaluation": "both", "rules": STANDARD_RULES})
+    sagemaker = with_data(
+        config, debugger={"evaluation": "both", "rules": STANDARD_RULES}, aws={"sagemaker_sdk": "v2"}
+    )
     assert support.DEBUGGER_CLOSED in support.relevant_dates(sagemaker, datetime.date(2026, 12, 1))
     status, detail = support.standing(support.DEBUGGER_CLOSED, datetime.date(2026, 12, 1))
     assert status == "warn" and 'evaluation = "in_job"' in detail

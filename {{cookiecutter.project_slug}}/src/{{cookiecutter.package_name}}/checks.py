@@ -346,7 +346,7 @@ def check_notebook(workspace: Workspace, timeout: float) -> str:
     path = workspace.root / NOTEBOOK
     if not path.is_file():
         if rendered_without_notebook(workspace.root):
-            return "not part of this project (rendered with include_notebook=no)"
+            return "not part of this project (rendered with include_notebook=no, or for SDK v3)"
         raise CheckFailed(f"{NOTEBOOK} is missing")
     try:
         notebook = json.loads(path.read_text(encoding="utf-8"))

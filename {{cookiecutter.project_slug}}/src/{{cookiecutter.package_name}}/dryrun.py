@@ -147,6 +147,23 @@ class OfflineAws:
         return http_response, parsed
 
     @staticmethod
+    def answer_no_verdict(**_: Any) -> tuple[Any, dict[str, Any]]:
+        """SimulatePrincipalPolicy (SDK v3 asks it before staging code in the default bucket), which moto
+        does not implement: no evaluation results, which the SDK reads as "use the default bucket"."""
+        return AWSResponse(None, 200, {}, None), {
+            "EvaluationResults": [],
+            "IsTruncated": False,
+            "ResponseMetadata": {"HTTPStatusCode": 200, "HTTPHeaders": {}},
+        }
+
+    @staticmethod
+    def drop_empty_structures(parsed: dict[str, Any], **_: Any) -> None:
+        """moto answers e.g. `VpcConfig: {}` or `DataCaptureConfig: {}` where SageMaker leaves the key out;
+        SDK v3's models refuse such empty structures."""
+        for key in [key for key, value in parsed.items() if value == {}]:
+            del parsed[key]
+
+    @staticmethod
     def answer_empty(**_: Any) -> tuple[Any, dict[str, Any]]:
         return AWSResponse(None, 200, {}, None), {
             "ResponseMetadata": {"HTTPStatusCode": 200, "HTTPHeaders": {}}
@@ -259,6 +276,8 @@ def offline_aws(folder: Path, config: ProjectConfig) -> Iterator[OfflineAws]:
         boto_session.events.register(
             "before-call.sagemaker-runtime.InvokeEndpoint", offline.answer_invocation
         )
+        boto_session.events.register("after-call.sagemaker.*", offline.drop_empty_structures)
+        boto_session.events.register("before-call.iam.SimulatePrincipalPolicy", offline.answer_no_verdict)
         for operation in _ANSWERED_EMPTY:
             boto_session.events.register(f"before-call.{operation}", offline.answer_empty)
         try:

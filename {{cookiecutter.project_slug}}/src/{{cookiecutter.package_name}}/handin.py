@@ -90,11 +90,14 @@ def _too_large(path: Path, limit: int) -> str:
 
 
 def rendered_without_notebook(root: Path) -> bool:
-    """Whether the project was rendered with include_notebook=no (its answers say so)."""
+    """Whether the project was rendered without the notebook (its answers say so): include_notebook=no, or
+    sagemaker_sdk=v3 (the notebook writes out SDK v2's objects; hooks/post_gen_project.py leaves it out)."""
     try:
         answers = json.loads((root / ANSWERS_FILE).read_text(encoding="utf-8"))["cookiecutter"]
     except (OSError, ValueError, KeyError, TypeError):
         return False  # no record of the answers: the notebook is expected
+    if answers.get("sagemaker_sdk") == "v3":
+        return True
     return str(answers.get("include_notebook", "yes")).strip().lower() in {"no", "n", "false", "0", "off"}
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import costs, data, payload, pricing, ray_package, sagemaker_api, tagging
+from . import costs, data, payload, pricing, ray_package, sdk, tagging
 from .config import ProjectConfig
 from .context import CAPTURED
+from .sagemaker_jobs import Deployment, watch_hyperparameters
 from .session import Session
 from .state import ENDPOINT, ENDPOINT_CONFIG, MODEL, TRAINING_JOB, TUNING_JOB, ProjectState
 
@@ -118,8 +119,9 @@ def tune(config: ProjectConfig, session: Session, *, wait: bool = True) -> Tunin
 
     A dry run captures the request and waits for nothing (nothing runs).
     """
-    name = sagemaker_api.job_name(config, "hpo", max_length=32)
-    sagemaker_api.launch_tuning(config, session.aws, tuning_job_name=name)
+    api = sdk.sagemaker_api(config)
+    name = api.job_name(config, "hpo", max_length=32)
+    api.launch_tuning(config, session.aws, tuning_job_name=name)
     record_tuning(session, name)
     if session.dry_run or not wait:
         return TuningResult(name, CAPTURED if session.dry_run else "InProgress")
@@ -136,7 +138,7 @@ def attach_tuning(
             raise LaunchError("no tuning job recorded for this project; run `tune` first")
         tuning_job_name = latest["name"]
     if wait and not session.dry_run:
-        sagemaker_api.wait_for_tuning(session.aws, tuning_job_name)
+        sdk.sagemaker_api(config).wait_for_tuning(session.aws, tuning_job_name)
     result = tuning_result(session, tuning_job_name)
     _record_best(session.state, result)
     return result
@@ -171,9 +173,7 @@ def training_hyperparameters(
     """What train_model.py receives: config.toml's defaults and what the in-job rules need, then the best
     tuned ones, then `overrides`."""
     tuned = best_hyperparameters(state) if use_tuned else {}
-    return config.script_hyperparameters(
-        {**sagemaker_api.watch_hyperparameters(config), **tuned, **(overrides or {})}
-    )
+    return config.script_hyperparameters({**watch_hyperparameters(config), **tuned, **(overrides or {})})
 
 
 def record_training(session: Session, training_job_name: str, model_data: str) -> None:
@@ -191,9 +191,10 @@ def train(
 ) -> TrainingResult:
     """Train train_model.py with the debugger and profiler rules of the configured rule set."""
     merged = training_hyperparameters(config, session.state, hyperparameters, use_tuned=use_tuned)
-    name = sagemaker_api.job_name(config, "train")
+    api = sdk.sagemaker_api(config)
+    name = api.job_name(config, "train")
     wait = wait and not session.dry_run
-    launch = sagemaker_api.launch_training(config, session.aws, merged, training_job_name=name, wait=wait)
+    launch = api.launch_training(config, session.aws, merged, training_job_name=name, wait=wait)
     record_training(session, name, launch.model_data)
     if session.dry_run:
         status = CAPTURED
@@ -236,26 +237,27 @@ def _require_object(session: Session, uri: str) -> None:
 
 def deploy(
     config: ProjectConfig, session: Session, model_data: str | Path | None = None, *, wait: bool = True
-) -> sagemaker_api.Deployment:
+) -> Deployment:
     """Deploy a model.tar.gz (S3 URI, local file, or the last trained model) behind an endpoint."""
     if config.settings.endpoint.server == "ray_serve":
         ray_package.toolkit_source()  # before anything is uploaded: the package needs it
-    model_name = sagemaker_api.job_name(config, "model")
+    api = sdk.sagemaker_api(config)
+    model_name = api.job_name(config, "model")
     uri = _model_data_uri(session, model_data, model_name)
     _require_object(session, uri)
-    deployment = sagemaker_api.deploy_model(
+    deployment = api.deploy_model(
         config,
         session.aws,
         uri,
         model_name=model_name,
-        endpoint_name=sagemaker_api.job_name(config, "endpoint"),
+        endpoint_name=api.job_name(config, "endpoint"),
         wait=wait and not session.dry_run,
     )
     record_deployment(session, deployment)
     return deployment
 
 
-def record_deployment(session: Session, deployment: sagemaker_api.Deployment) -> None:
+def record_deployment(session: Session, deployment: Deployment) -> None:
     """Remember the model, endpoint config and endpoint (`predict`, `status` and `teardown` find them)."""
     session.state.record(MODEL, deployment.model_name, model_data=deployment.repacked_model_data)
     session.state.record(ENDPOINT_CONFIG, deployment.endpoint_config_name)
@@ -322,7 +324,7 @@ def verify_endpoint(config: ProjectConfig, session: Session, endpoint_name: str)
     InService only says the container started; this says a model loaded and answered. In a dry run the
     invocation is captured and nothing answers (`ok`, with the detail saying so)."""
     payload, content_type, where = sample_image(config)
-    invoke = sagemaker_api.endpoint_invoker(session.aws, endpoint_name)
+    invoke = sdk.sagemaker_api(config).endpoint_invoker(session.aws, endpoint_name)
     try:
         answer = invoke(payload, content_type, "application/json;top_k=1")
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
@@ -383,7 +385,7 @@ def predict(
         if latest is None:
             raise LaunchError("no endpoint recorded for this project; run `deploy` or pass --endpoint")
         endpoint_name = latest["name"]
-    invoke = sagemaker_api.endpoint_invoker(session.aws, endpoint_name)
+    invoke = sdk.sagemaker_api(config).endpoint_invoker(session.aws, endpoint_name)
     results = []
     for image, content_type in zip(images, content_types, strict=True):
         try:
@@ -633,7 +635,7 @@ def budget_problem(config: ProjectConfig, session: Session, command: str) -> str
     return costs.over_budget(config, command, lines, spent_so_far(config, session))
 
 
-def teardown_deployment(session: Session, deployment: sagemaker_api.Deployment) -> list[tuple[str, str, str]]:
+def teardown_deployment(session: Session, deployment: Deployment) -> list[tuple[str, str, str]]:
     """Delete one deployment's endpoint, endpoint config and model (a deploy that did not prove itself)."""
     client = session.aws.client("sagemaker")
     actions = []

@@ -41,7 +41,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import extras, payload, sagemaker_api
+from . import extras, payload, sdk
 from .config import ProjectConfig
 
 if TYPE_CHECKING:
@@ -145,7 +145,9 @@ def prepare_model_dir(model_data: Path, workdir: Path, project_root: Path | None
         )
         shutil.rmtree(model_dir)
         model_dir.mkdir()
-        repacked = sagemaker_api.repack_model_locally(config, model_data, workdir / "repacked.tar.gz")
+        repacked = sdk.sagemaker_api(config).repack_model_locally(
+            config, model_data, workdir / "repacked.tar.gz"
+        )
         _extract_archive(repacked, model_dir)
     return model_dir, model_dir / CODE_DIRNAME
 

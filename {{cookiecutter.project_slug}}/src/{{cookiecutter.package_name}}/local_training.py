@@ -37,10 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import experiments, extras, sagemaker_api
+from . import experiments, extras, sagemaker_jobs, sdk
 from .config import ProjectConfig
 
-CHANNEL = sagemaker_api.DATA_CHANNEL
+CHANNEL = sagemaker_jobs.DATA_CHANNEL
 HOST = "algo-1"
 LOG_TAIL_LINES = 40
 QUIET_TAIL_LINES = 6
@@ -161,7 +161,7 @@ def run_local_training(
     data_dir: Path,
     output_dir: Path,
     hyperparameters: dict | None = None,
-    entry_point: str = sagemaker_api.TRAINING_ENTRY_POINT,
+    entry_point: str = sagemaker_jobs.TRAINING_ENTRY_POINT,
     quiet: bool = False,
     resume: bool = False,
 ) -> Path:
@@ -178,7 +178,7 @@ def run_local_training(
         raise LocalTrainingError(f"no entry point {entry_point} in {config.training_dir}")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        archive = sagemaker_api.training_source_archive(config, output_dir / "sourcedir.tar.gz")
+        archive = sdk.sagemaker_api(config).training_source_archive(config, output_dir / "sourcedir.tar.gz")
         return run_toolkit(
             archive,
             entry_point,

@@ -23,7 +23,7 @@ from typing import Any
 
 import botocore.exceptions
 
-from . import sagemaker_api, support
+from . import sagemaker_jobs, sdk, support
 from .config import ProjectConfig
 from .context import AwsSetupError
 from .findings import FAIL, PASS, SKIP, WARN, Finding
@@ -88,7 +88,7 @@ def needs(config: ProjectConfig, command: str | None = None) -> list[Need]:
                 "lower [instances.training] count, or choose another type",
             )
         )
-        rules = sagemaker_api.rule_job_count(config)
+        rules = sagemaker_jobs.rule_job_count(config)
         if rules:
             found.append(
                 Need(
@@ -277,7 +277,9 @@ def image_checks(config: ProjectConfig, region: str, command: str | None) -> lis
     for scope, instance_type in dict.fromkeys(wanted):
         name = f"image: {scope} on {instance_type or 'serverless'}"
         try:
-            checks.append(Finding(name, PASS, sagemaker_api.image_uri(config, scope, instance_type, region)))
+            checks.append(
+                Finding(name, PASS, sdk.sagemaker_api(config).image_uri(config, scope, instance_type, region))
+            )
         except ValueError as error:
             checks.append(
                 Finding(

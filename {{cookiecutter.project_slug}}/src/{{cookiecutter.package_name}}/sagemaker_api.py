@@ -3,8 +3,9 @@
 The notebook writes the same constructions out in its cells for its reader (with this module's helpers for
 what is not an SDK call); tests/test_notebook_requests.py keeps both sending the same requests.
 
-The SDK is pinned to v2 (`>=2.257,<3`): v3 removed the estimator, tuner and
-debugger APIs used here, so a move to v3 rewrites this file and nothing else.
+This is SDK v2's module (`sagemaker>=2.257,<3`, config.toml `[aws] sagemaker_sdk = "v2"`); SDK v3's
+ModelTrainer, tuner and ModelBuilder live in `sagemaker_api_v3`, with the same functions, and
+`sdk.sagemaker_api(config)` picks one. What both send is decided in `sagemaker_jobs` (re-exported here).
 Nothing imports this module at start-up (the CLI imports it inside commands),
 so `--help` does not pay for importing the SDK.
 
@@ -25,7 +26,6 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -73,30 +73,35 @@ from . import experiments, ray_package, tagging  # noqa: E402
 from .config import ConfigError, ProjectConfig, schema  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
+# Re-exported: callers and the notebook read these here, whichever generation they use.
+from .sagemaker_jobs import (  # noqa: E402, F401
+    DATA_CHANNEL,
+    IN_JOB_PROFILER_RULE,
+    INFERENCE_ENTRY_POINT,
+    LAST_FRAMEWORK_WITH_SMDEBUG,
+    LOGGED_METRICS,
+    SHARED_PACKAGE,
+    TRAINING_ENTRY_POINT,
+    TUNING_ENTRY_POINT,
+    Deployment,
+    RuleSet,
+    TrainingLaunch,
+    data_channels,
+    in_job_rules,
+    job_name_base,
+    metric_definitions,
+    refused_for_debugger,
+    rule_job_count,
+    rule_notes,
+    rule_parameters,
+    rule_set,
+    source_arguments,
+    training_output,
+    watch_hyperparameters,
+    where_judged,
+)
+
 # The single input channel; the scripts read SM_CHANNEL_TRAINING/{train,valid,test}.
-DATA_CHANNEL = "training"
-TUNING_ENTRY_POINT = "hpo.py"
-TRAINING_ENTRY_POINT = "train_model.py"
-INFERENCE_ENTRY_POINT = "inference.py"
-# Shipped with both source directories (see the module's docstring).
-SHARED_PACKAGE = "classifier"
-
-# The scripts print `validation:loss=0.123456 validation:accuracy=0.912345` once per epoch; the
-# objective's own regex comes from config.toml, these are what the console charts besides.
-LOGGED_METRICS = ("validation:loss", "validation:accuracy")
-
-
-@dataclass(frozen=True)
-class RuleSet:
-    """Built-in rules by their `rule_configs` names: debugger rules (functions), profiler rules (classes)."""
-
-    debugger: tuple[str, ...]
-    profiler: tuple[str, ...]
-
-
-# The last PyTorch training image with smdebug, which SageMaker's debugger rules read tensors from:
-# smdebug 1.0.34 cannot go on later images without breaking numpy 2 and protobuf (training/requirements.txt).
-LAST_FRAMEWORK_WITH_SMDEBUG = (2, 0)
 
 
 _RANGE_TYPES = {"continuous": ContinuousParameter, "integer": IntegerParameter}
@@ -157,12 +162,6 @@ def connect(config: ProjectConfig) -> AwsContext:
 # --- the code SageMaker receives -------------------------------------------------------------------
 
 
-def source_arguments(config: ProjectConfig, role: str) -> dict[str, Any]:
-    """`source_dir` and `dependencies` for `PyTorch` (role "training") or `PyTorchModel` ("inference")."""
-    folder = config.training_dir if role == "training" else config.inference_dir
-    return {"source_dir": str(folder), "dependencies": [str(config.root / SHARED_PACKAGE)]}
-
-
 def training_source_archive(config: ProjectConfig, destination: Path) -> Path:
     """sourcedir.tar.gz as the estimator uploads it, written to `destination` (for local runs)."""
     arguments = source_arguments(config, "training")
@@ -191,14 +190,6 @@ def repack_model_locally(config: ProjectConfig, model_data: Path, destination: P
 # --- configuration turned into SDK objects ---------------------------------------------------------
 
 
-def metric_definitions(config: ProjectConfig) -> list[dict[str, str]]:
-    """Loss and accuracy, with the config's regex for the objective metric."""
-    tuning = config.section("tuning")
-    regexes = {name: re.escape(name) + r"=([0-9\.]+)" for name in LOGGED_METRICS}
-    regexes[tuning["objective_metric_name"]] = tuning["objective_metric_regex"]
-    return [{"Name": name, "Regex": regex} for name, regex in regexes.items()]
-
-
 def hyperparameter_ranges(config: ProjectConfig) -> dict[str, Any]:
     """[tuning.ranges.<name>] tables as SDK parameter ranges."""
     ranges = {}
@@ -215,110 +206,6 @@ def hyperparameter_ranges(config: ProjectConfig) -> dict[str, Any]:
                 f"[tuning.ranges.{name}] type is {kind!r}; choose continuous, integer or categorical"
             )
     return ranges
-
-
-def _image_has_smdebug(config: ProjectConfig) -> bool:
-    image = config.section("images")["training"]
-    if image.get("image_uri"):
-        return True  # a custom image: its author decides what it holds
-    major, minor = (int(part) for part in image["framework_version"].split(".")[:2])
-    return (major, minor) <= LAST_FRAMEWORK_WITH_SMDEBUG
-
-
-def in_job_rules(config: ProjectConfig) -> tuple[str, ...]:
-    """The rules train_model.py judges itself ([debugger] evaluation "in_job" or "both")."""
-    debugger = config.section("debugger")
-    return () if debugger["evaluation"] == "sagemaker" else tuple(debugger["rules"])
-
-
-def rule_set(config: ProjectConfig) -> RuleSet:
-    """The rules SageMaker's own rule jobs judge ([debugger] evaluation "sagemaker" or "both").
-
-    Debugger rules need the hook's tensors, so smdebug in the job: on images without it they are left to
-    the in-job evaluation (`rule_notes` says so). Profiler rules read SageMaker's own system metrics."""
-    debugger = config.section("debugger")
-    if debugger["evaluation"] == "in_job":
-        return RuleSet(debugger=(), profiler=())
-    rules = debugger["rules"]
-    debugger_rules = tuple(name for name in rules if name in schema.SAGEMAKER_DEBUGGER_RULES)
-    return RuleSet(
-        debugger=debugger_rules if _image_has_smdebug(config) else (),
-        profiler=tuple(name for name in rules if name in schema.SAGEMAKER_PROFILER_RULES),
-    )
-
-
-def rule_notes(config: ProjectConfig) -> tuple[str, ...]:
-    """One line for each configured rule that SageMaker's rule jobs cannot judge here, and why."""
-    debugger = config.section("debugger")
-    skipped = [name for name in debugger["rules"] if name in schema.SAGEMAKER_DEBUGGER_RULES]
-    if debugger["evaluation"] == "in_job" or not skipped or _image_has_smdebug(config):
-        return ()
-    version = config.section("images")["training"]["framework_version"]
-    where = "in the job only" if debugger["evaluation"] == "both" else 'by nobody: set evaluation = "both"'
-    return (
-        f"SageMaker's debugger rules ({', '.join(skipped)}) need smdebug, which the PyTorch {version} "
-        f"training image cannot install; they are judged {where}",
-    )
-
-
-# The rule train_model.py adds by itself whenever its profiler runs (training/rules.py).
-IN_JOB_PROFILER_RULE = "DataLoadingBottleneck"
-
-
-def where_judged(config: ProjectConfig) -> list[str]:
-    """One line for each rule judged for the training job: where, on this image and account, and why.
-
-    The notebook prints these lines; train_model.py's log names the rules it judges itself (debugger.py)."""
-    debugger = config.section("debugger")
-    evaluation = debugger["evaluation"]
-    selected = rule_set(config)
-    version = config.section("images")["training"]["framework_version"]
-    account = "on accounts with SageMaker Debugger (closed to new customers since 2026-07-30)"
-    names = list(debugger["rules"])
-    profiled = any(name in (*schema.SAGEMAKER_PROFILER_RULES, *schema.IN_JOB_ONLY_RULES) for name in names)
-    if evaluation != "sagemaker" and profiled and IN_JOB_PROFILER_RULE not in names:
-        names.append(IN_JOB_PROFILER_RULE)
-    lines = []
-    for name in names:
-        places = (
-            ["in the job by train_model.py's own rules (every account)"] if evaluation != "sagemaker" else []
-        )
-        if name in selected.debugger:
-            places.append(f"by SageMaker's rule container from smdebug's tensors, {account}")
-        elif name in selected.profiler:
-            places.append(
-                f"by SageMaker's rule container from its system metrics (no smdebug needed), {account}"
-            )
-        if name in selected.debugger or name in selected.profiler:
-            why = ""
-        elif name in schema.IN_JOB_ONLY_RULES:
-            added = "" if name in debugger["rules"] else "added whenever the in-job profiler runs; "
-            why = f"{added}SageMaker has no built-in rule of that name"
-        elif evaluation == "in_job":
-            why = 'not by SageMaker: [debugger] evaluation = "in_job"'
-        else:
-            why = (
-                f"not by SageMaker: its rule reads smdebug's tensors, which the PyTorch {version} training "
-                "image cannot install (training/requirements.txt)"
-            )
-        where = " and ".join(places) if places else 'by nobody (set [debugger] evaluation = "both")'
-        lines.append(f"{name}: judged {where}" + (f"; {why}" if why else ""))
-    return lines
-
-
-def watch_hyperparameters(config: ProjectConfig) -> dict[str, Any]:
-    """What train_model.py needs to judge the rules in the job: the rules, save intervals, profiler rate."""
-    debugger = config.section("debugger")
-    judged = in_job_rules(config)
-    parameters = {rule: values for rule, values in rule_parameters(debugger).items() if rule in judged}
-    return {
-        "rules": ",".join(judged),
-        # Only where set: a job launched without it judges with AWS's defaults (train_model.py's "{}").
-        **({"rule_parameters": json.dumps(parameters, sort_keys=True)} if parameters else {}),
-        "train_save_interval": debugger["train_save_interval"],
-        "eval_save_interval": debugger["eval_save_interval"],
-        "profiler_interval_millis": config.section("profiler")["system_monitor_interval_millis"],
-    }
 
 
 def rule_collections(
@@ -343,11 +230,6 @@ def rule_collections(
         parameters["eval.save_interval"] = str(eval_interval)
         collections.append(CollectionConfig(name=item["CollectionName"], parameters=parameters))
     return collections
-
-
-def rule_parameters(debugger: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """[debugger.rule_parameters]: per rule, the parameters set over AWS's defaults."""
-    return {rule: dict(values) for rule, values in debugger.get("rule_parameters", {}).items()}
 
 
 def sagemaker_rule_parameters(debugger: dict[str, Any], rule: str) -> dict[str, str]:
@@ -404,23 +286,10 @@ def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, regi
     )
 
 
-def rule_job_count(config: ProjectConfig) -> int:
-    """Processing jobs SageMaker starts beside the training job: one per rule of `rule_set` (one
-    instance each), all counted against the account's processing-instance quota."""
-    selected = rule_set(config)
-    return len(selected.debugger) + len(selected.profiler)
-
-
 def job_name(config: ProjectConfig, kind: str, max_length: int = 63) -> str:
-    """`<slug>-<kind>-<timestamp>` within SageMaker's limits (63 characters; 32 for tuning jobs).
-
-    The slug is shortened first so the kind survives; every name starts with
-    (part of) the slug, which is what the IAM policy's resource patterns match.
-    """
-    short = max_length < 40
-    timestamp_length = 12 if short else 24  # "-yyMMdd-HHmm" or "-yyyy-mm-dd-HH-MM-SS-mmm"
-    slug = config.section("project")["slug"][: max_length - timestamp_length - len(kind) - 1].rstrip("-")
-    return name_from_base(f"{slug}-{kind}", max_length=max_length, short=short)
+    """`<slug>-<kind>-<timestamp>` within SageMaker's limits (63 characters; 32 for tuning jobs)."""
+    base, short = job_name_base(config, kind, max_length)
+    return name_from_base(base, max_length=max_length, short=short)
 
 
 # What an estimator without the debugger gets: no hook, no rules, no system profiling.
@@ -511,11 +380,6 @@ def pytorch_estimator(
 # --- tuning and training ---------------------------------------------------------------------------
 
 
-def data_channels(aws: AwsContext) -> dict[str, str]:
-    """The jobs' one input channel: the uploaded dataset (the scripts read SM_CHANNEL_TRAINING)."""
-    return {DATA_CHANNEL: aws.s3_uri("data")}
-
-
 def tuning_estimator(config: ProjectConfig, aws: AwsContext) -> PyTorch:
     """The estimator each tuning job runs: hpo.py with config.toml's fixed hyperparameters, no debugger."""
     ranges = hyperparameter_ranges(config)
@@ -551,14 +415,6 @@ def wait_for_tuning(aws: AwsContext, tuning_job_name: str) -> None:
     sagemaker_session(aws).wait_for_tuning_job(tuning_job_name)
 
 
-@dataclass(frozen=True)
-class TrainingLaunch:
-    job_name: str
-    model_data: str
-    # One line each, for the user: e.g. that the job was relaunched without the Debugger configuration.
-    notes: tuple[str, ...] = ()
-
-
 def training_estimator(
     config: ProjectConfig,
     aws: AwsContext,
@@ -578,20 +434,6 @@ def training_estimator(
         debugger=debugger,
         checkpoint_job_name=training_job_name,
     )
-
-
-def training_output(aws: AwsContext, training_job_name: str) -> str:
-    """Where SageMaker writes the job's model.tar.gz."""
-    return aws.s3_uri("output", training_job_name, "output", "model.tar.gz")
-
-
-def refused_for_debugger(error: botocore.exceptions.ClientError) -> bool:
-    """CreateTrainingJob refused because of its Debugger or Profiler configuration (e.g. an account that
-    Debugger is closed to): the rules, hook and profiler are what it names."""
-    if getattr(error, "operation_name", "") != "CreateTrainingJob":
-        return False
-    message = str(error.response.get("Error", {}).get("Message", "")).lower()
-    return any(word in message for word in ("debug", "profiler", "rule"))
 
 
 def launch_training(
@@ -633,15 +475,6 @@ def launch_training(
 
 
 # --- deployment and prediction ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Deployment:
-    model_name: str
-    endpoint_config_name: str
-    endpoint_name: str
-    # The model.tar.gz with code/ added, as the endpoint loads it.
-    repacked_model_data: str
 
 
 def pytorch_model(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import sagemaker_api
+from . import sdk
 from .config import ProjectConfig
 from .context import AwsContext
 from .state import ProjectState
@@ -59,7 +59,7 @@ def open_session(
     """A session on the account, or (`dry_run`) on the offline AWS recorded in `dry_run_folder(...)`."""
     state = session_state(config, dry_run=dry_run, folder=folder)
     if not dry_run:
-        yield Session(sagemaker_api.connect(config), state)
+        yield Session(sdk.sagemaker_api(config).connect(config), state)
         return
     # moto is imported for dry runs only: a real run neither loads nor needs the stand-in.
     from .dryrun import offline_aws
