@@ -165,9 +165,7 @@ def run_row(run: Any) -> dict[str, Any]:
     }
     for metric, column in KEY_METRICS.items():
         value = metrics.get(metric)
-        row[column] = (
-            None if value is None else (int(value) if metric in COUNTS else round(value, 4))
-        )
+        row[column] = None if value is None else (int(value) if metric in COUNTS else round(value, 4))
     row["tuning job"] = tags.get(TAG_TUNING_JOB)
     row["parent run"] = tags.get(PARENT_TAG)
     row["run id"] = run.info.run_id

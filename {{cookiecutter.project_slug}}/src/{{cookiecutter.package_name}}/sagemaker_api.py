@@ -20,10 +20,8 @@ archives with the same SDK functions (`training_source_archive`, `repack_model_l
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
