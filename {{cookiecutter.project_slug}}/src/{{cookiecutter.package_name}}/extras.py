@@ -20,6 +20,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "sagemaker_inference",
         "sagemaker_pytorch_serving_container",
         "waitress",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
     ),
 }
 
