@@ -167,7 +167,11 @@ class OnnxNetwork:
         import onnxruntime  # only where an int8 model is served or made
 
         source = model if isinstance(model, bytes) else str(model)
-        self.session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # As many threads as torch uses here (the container's OMP_NUM_THREADS, or torch.set_num_threads),
+        # so int8 and float share the CPU alike.
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
