@@ -259,7 +259,8 @@ def main() -> None:
                     break
                 continue
             int8_lines = [line for line in result.stdout.splitlines() if line.startswith("int8:")]
-            print(f"[{backbone} / {role}] " + " | ".join(int8_lines), flush=True)
+            if int8_lines:  # the training job's own account
+                print(f"[{backbone} / {role}] " + " | ".join(int8_lines), flush=True)
             if step == "write":
                 lines.append(job_figures(work, backbone))
             else:
