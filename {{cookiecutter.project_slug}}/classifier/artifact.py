@@ -2,7 +2,8 @@
 
 Layout of SM_MODEL_DIR (and of model.tar.gz):
     model.pth       the network's state_dict (load with weights_only=True)
-    model_int8.pt   the same network quantized to int8, TorchScript (when it could be quantized)
+    model_int8.onnx the same network quantized to int8, ONNX in QDQ format for ONNX Runtime (when it
+                    could be quantized: training/quantize.py)
     metadata.json   everything needed to rebuild the network and its input transform, and the
                     int8 model's figures (`quantization`), from which the endpoint chooses one
 """
@@ -19,6 +20,7 @@ import torch
 import torchvision
 from torch import nn
 
+from classifier import schema
 from classifier.backbones import build_model
 from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, resize_size_for
 from classifier.schema import QUANTIZE_ENV as QUANTIZE_ENV  # serving and the benchmarks import it from here
@@ -26,8 +28,12 @@ from classifier.schema import readable_class_name as readable_class_name  # the 
 from classifier.schema import serving_precision
 
 WEIGHTS_FILENAME = "model.pth"
-QUANTIZED_FILENAME = "model_int8.pt"
+QUANTIZED_FILENAME = "model_int8.onnx"
 METADATA_FILENAME = "metadata.json"
+# The int8 model's format (metadata.json's quantization.format) and the ONNX opset it is written in:
+# 18 is read by every ONNX Runtime since 1.14, so the serving image's onnxruntime need not be new.
+INT8_FORMAT = schema.INT8_FORMAT
+ONNX_OPSET = 18
 
 
 @dataclass
@@ -127,14 +133,14 @@ def save_artifact(
     model_dir: str | Path,
     model: nn.Module,
     metadata: ModelMetadata,
-    quantized: torch.jit.ScriptModule | None = None,
+    quantized: bytes | None = None,
 ) -> None:
-    """Write the weights, the int8 network if any, then the metadata; each file whole or not at all."""
+    """Write the weights, the int8 ONNX model if any, then the metadata; each file whole or not at all."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(model.state_dict(), model_dir / WEIGHTS_FILENAME)
     if quantized is not None:
-        _write_atomically(model_dir / QUANTIZED_FILENAME, lambda stream: torch.jit.save(quantized, stream))
+        _write_atomically(model_dir / QUANTIZED_FILENAME, lambda stream: stream.write(quantized))
     atomic_write_text(metadata.to_json(), model_dir / METADATA_FILENAME)
 
 
@@ -153,16 +159,32 @@ def load_artifact(
     return model.to(device).eval(), metadata
 
 
-def load_quantized(model_dir: str | Path, metadata: ModelMetadata) -> torch.jit.ScriptModule:
-    """The int8 TorchScript network of the artifact, on the CPU, with the kernels it was quantized for.
+class OnnxNetwork:
+    """An ONNX Runtime session on the CPU, called as the float network is: a float (N, C, H, W) batch in,
+    the logits out, as tensors. ONNX Runtime reads the model itself: no Python runs from the file."""
 
-    TorchScript, not a pickle: torch.jit.load runs no Python from the file.
-    """
-    engine = metadata.quantization.get("engine", "x86")
-    if engine in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = engine
-    module = torch.jit.load(str(Path(model_dir) / QUANTIZED_FILENAME), map_location="cpu")
-    return module.eval()
+    def __init__(self, model: bytes | str | Path) -> None:
+        import onnxruntime  # only where an int8 model is served or made
+
+        source = model if isinstance(model, bytes) else str(model)
+        options = onnxruntime.SessionOptions()
+        # As many threads as torch uses here (the container's OMP_NUM_THREADS, or torch.set_num_threads),
+        # so int8 and float share the CPU alike.
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        # ONNX Runtime takes NCHW float32 in C order; channels_last batches are copied into it.
+        array = images.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def load_quantized(model_dir: str | Path, metadata: ModelMetadata) -> OnnxNetwork:
+    """The int8 ONNX model of the artifact, in an ONNX Runtime session on the CPU."""
+    if metadata.quantization.get("format") != INT8_FORMAT:
+        raise ValueError(f"the artifact's int8 model is not {INT8_FORMAT}: {metadata.quantization}")
+    return OnnxNetwork(Path(model_dir) / QUANTIZED_FILENAME)
 
 
 def choose_precision(

@@ -303,6 +303,9 @@ def instance_type_problem(instance_type: str) -> str | None:
 AUTO_MAX_ACCURACY_DROP_POINTS = 0.5
 # Set on the model (PyTorchModel env=) to override the setting the artifact was trained with.
 QUANTIZE_ENV = "CLASSIFIER_QUANTIZE"
+# The int8 model's format (training/quantize.py): ONNX with QuantizeLinear/DequantizeLinear pairs, for
+# ONNX Runtime. Artifacts from before it hold a TorchScript int8 model, which no longer serves.
+INT8_FORMAT = "onnx-qdq"
 
 
 def serving_precision(
@@ -331,6 +334,8 @@ def serving_precision(
     if not quantization.get("available"):
         missing = quantization.get("reason")
         return "float", f"{source}={setting}, but the artifact has no int8 model ({missing})"
+    if quantization.get("format") != INT8_FORMAT:
+        return "float", f"{source}={setting}, but the artifact's int8 model is TorchScript (retrain for ONNX)"
     drop = quantization["accuracy_drop_points"]
     figures = (
         f"validation accuracy float {quantization['float_accuracy']:.4f}, "

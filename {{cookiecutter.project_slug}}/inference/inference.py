@@ -77,6 +77,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib
 from classifier.artifact import (  # noqa: E402
     QUANTIZE_ENV,
     ModelMetadata,
+    OnnxNetwork,
     choose_precision,
     load_artifact,
     load_metadata,
@@ -154,7 +155,7 @@ class RequestError(GenericInferenceToolkitError):
 class LoadedModel:
     """What `model_fn` builds once per worker: the network and everything around it."""
 
-    network: torch.nn.Module
+    network: torch.nn.Module | OnnxNetwork  # the float network, or the int8 one in ONNX Runtime
     metadata: ModelMetadata
     preset: EvalPreset
     device: torch.device
@@ -185,8 +186,8 @@ class Prediction:
 
 
 def model_fn(model_dir: str) -> LoadedModel:
-    """The int8 network on a CPU where the setting and metadata.json choose it; else the float one
-    rebuilt from metadata.json + model.pth, on the GPU when there is one."""
+    """The int8 network (ONNX Runtime, model_int8.onnx) on a CPU where the setting and metadata.json
+    choose it; else the float one rebuilt from metadata.json + model.pth, on the GPU when there is one."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     metadata = load_metadata(model_dir)
     precision, reason = choose_precision(metadata, device.type, os.environ.get(QUANTIZE_ENV) or None)

@@ -1,8 +1,9 @@
 """int8: quantized at the end of train_model.py's run, chosen by model_fn, float wherever it must be.
 
-Correctness only (agreement with float, the fallbacks, the artifact round trip), never speed:
-benchmarks/bench_inference.py measures that, and benchmarks/int8_across_versions.py the round trip
-from the training image's PyTorch to the inference image's.
+Correctness only (agreement with float, int8 operators really in the graph, the fallbacks, the
+artifact round trip, no deprecated API on the way), never speed: benchmarks/bench_inference.py
+measures that, and benchmarks/int8_across_versions.py the round trip from the training image's
+PyTorch to each serving image.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 import json
 import logging
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from torch import nn
 from classifier.artifact import (
     QUANTIZE_ENV,
     ModelMetadata,
+    OnnxNetwork,
     choose_precision,
     load_artifact,
     load_metadata,
@@ -62,9 +66,12 @@ def hue_batch(metadata: ModelMetadata, per_class: int = 4) -> tuple[torch.Tensor
 @pytest.mark.slow
 def test_the_final_job_saves_an_int8_copy_with_its_figures(trained):
     quantization = json.loads((trained / "metadata.json").read_text())["quantization"]
-    assert (trained / "model_int8.pt").is_file()
+    assert (trained / "model_int8.onnx").is_file()
     assert quantization["setting"] == "auto" and quantization["available"] is True
-    assert quantization["engine"] == "x86"
+    assert quantization["format"] == "onnx-qdq" and quantization["opset"] == 18
+    assert quantization["int8_bytes"] == (trained / "model_int8.onnx").stat().st_size
+    assert quantization["int8_bytes"] < quantization["float_bytes"] / 3  # int8 weights: a quarter
+    assert quantization["int8_cpu_ms"] > 0 and quantization["float_cpu_ms"] > 0
     assert quantization["calibration_images"] == 24 and quantization["validation_images"] == 12
     drop = (quantization["float_accuracy"] - quantization["int8_accuracy"]) * 100
     assert quantization["accuracy_drop_points"] == pytest.approx(drop)
@@ -84,7 +91,7 @@ def test_int8_agrees_with_float_on_generated_images(trained):
 
 @pytest.mark.slow
 def test_the_saved_int8_model_gives_the_figures_the_job_measured(trained, training):
-    """Round trip: the TorchScript file, loaded again, scores the validation split as the job's copy did."""
+    """Round trip: the ONNX file, loaded again, scores the validation split as the job's copy did."""
     metadata = load_metadata(trained)
     quantized = load_quantized(trained, metadata)
     network, _ = load_artifact(trained)
@@ -108,7 +115,7 @@ def test_model_fn_serves_int8_on_a_cpu_and_says_why(trained, inference_source, m
     handler = load_handler(inference_source)
     with caplog.at_level(logging.INFO):
         model = handler.model_fn(str(trained))
-    assert isinstance(model.network, torch.jit.ScriptModule)
+    assert isinstance(model.network, OnnxNetwork)
     assert "int8: quantize=auto and int8 loses" in caplog.text
     body = io.BytesIO()
     make_image(0.0, (64, 48), random.Random(1)).save(body, format="JPEG")
@@ -122,7 +129,7 @@ def test_the_endpoint_setting_overrides_the_trained_one(trained, inference_sourc
     monkeypatch.setenv(QUANTIZE_ENV, "float")
     with caplog.at_level(logging.INFO):
         model = load_handler(inference_source).model_fn(str(trained))
-    assert not isinstance(model.network, torch.jit.ScriptModule)
+    assert isinstance(model.network, torch.nn.Module)
     assert f"float: ${QUANTIZE_ENV}=float" in caplog.text
 
 
@@ -130,7 +137,13 @@ def metadata_with(**quantization) -> ModelMetadata:
     return ModelMetadata("resnet18", 2, ["a", "b"], 32, quantization=quantization)
 
 
-MEASURED = {"available": True, "float_accuracy": 0.9, "int8_accuracy": 0.897, "agreement": 0.98}
+MEASURED = {
+    "available": True,
+    "format": "onnx-qdq",
+    "float_accuracy": 0.9,
+    "int8_accuracy": 0.897,
+    "agreement": 0.98,
+}
 
 
 @pytest.mark.parametrize(
@@ -171,6 +184,13 @@ MEASURED = {"available": True, "float_accuracy": 0.9, "int8_accuracy": 0.897, "a
             "x cannot",
         ),
         ({}, "cpu", None, "float", "predates int8"),
+        (  # an artifact from before ONNX: its TorchScript int8 model is not served
+            {"setting": "int8", **MEASURED, "format": None, "accuracy_drop_points": 0.0},
+            "cpu",
+            None,
+            "float",
+            "int8 model is TorchScript",
+        ),
     ],
 )
 def test_which_network_the_endpoint_serves(quantization, device, override, expected, why):
@@ -188,7 +208,7 @@ def test_quantize_float_makes_no_int8_copy(training, capsys):
     quantized = training("export").quantize_for_cpu(
         argparse.Namespace(quantize="float"), None, None, None, print
     )
-    assert quantized.module is None and quantized.figures["available"] is False
+    assert quantized.model is None and quantized.figures["available"] is False
     assert "quantize=float" in capsys.readouterr().out
 
 
@@ -206,7 +226,8 @@ def random_batches(count: int, size: int = 32, classes: int = 3):
 @pytest.mark.slow
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_every_offered_backbone_quantizes(training, backbone):
-    """At 32 px with random weights: it converts, traces, runs on another batch size, and is measured."""
+    """At 32 px with random weights: it exports, quantizes (int8 operators checked), runs on another batch
+    size, and is measured."""
     torch.manual_seed(0)
     model = build_model(backbone, 3, finetune="full").eval()
     messages = []
@@ -218,14 +239,14 @@ def test_every_offered_backbone_quantizes(training, backbone):
         torch.device("cpu"),
         lambda text, **_: messages.append(text),
     )
-    assert quantized.module is not None, messages
+    assert quantized.model is not None, messages
     assert quantized.figures["validation_images"] == 4
-    with torch.inference_mode():
-        assert quantized.module(torch.randn(3, 3, 32, 32)).shape == (3, 3)
+    assert quantized.figures["int8_bytes"] < quantized.figures["float_bytes"] / 3
+    assert OnnxNetwork(quantized.model)(torch.randn(3, 3, 32, 32)).shape == (3, 3)
 
 
 class Untraceable(nn.Module):
-    """Control flow on a tensor's value: torch.fx cannot trace it, so it cannot be quantized."""
+    """Control flow on a tensor's value: torch.export refuses it, so it cannot be quantized."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -247,7 +268,62 @@ def test_a_network_that_cannot_be_quantized_keeps_float_and_the_job_says_why(tra
         torch.device("cpu"),
         lambda text, **_: messages.append(text),
     )
-    assert quantized.module is None
+    assert quantized.model is None
     assert quantized.figures["available"] is False
-    assert quantized.figures["reason"].startswith("untraceable cannot be quantized: TraceError")
+    assert quantized.figures["reason"].startswith("untraceable cannot be quantized: ")
+    assert "data-dependent" in quantized.figures["reason"]
     assert messages == [f"int8: {quantized.figures['reason']}; the artifact keeps the float model only"]
+
+
+# Convolution, BatchNorm, ReLU, pooling and a linear head: what the backbones are made of, in 0.1 s.
+TINY_CONV_NET = (
+    "nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+    "nn.Linear(8, 3))"
+)
+
+
+def test_a_model_without_int8_operators_is_refused_loudly(training):
+    """The float export itself, handed to the check: no QuantizeLinear, DequantizeLinear or int8 weight."""
+    quantize = training("quantize")
+    float_model = quantize.export_onnx(eval(TINY_CONV_NET).eval(), torch.randn(2, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"holds no int8 operators \(0 QuantizeLinear, 0 DequantizeLinear"):
+        quantize.check_int8(float_model)
+
+
+# Made, saved, loaded and run in a fresh interpreter, where every warning is an error: imports included,
+# since a deprecation warning is shown once per process, and pytest's filterwarnings ignores them here.
+INT8_PATH_WITH_WARNINGS_AS_ERRORS = f"""
+import sys, tempfile, torch
+from torch import nn
+sys.path.insert(0, sys.argv[1])
+import quantize
+from classifier.artifact import ModelMetadata, load_quantized, save_artifact
+def batches(count):
+    return [(torch.randn(2, 3, 32, 32), torch.randint(3, (2,))) for _ in range(count)]
+model = {TINY_CONV_NET}.eval()
+made = quantize.quantize_and_compare(
+    model, "tiny", lambda: batches(2), lambda: batches(1), torch.device("cpu"), lambda *a, **k: None
+)
+assert made.model is not None, made.figures
+folder = tempfile.mkdtemp()
+metadata = ModelMetadata("tiny", 3, ["a", "b", "c"], 32, quantization=made.figures)
+save_artifact(folder, model, metadata, made.model)
+with torch.inference_mode():
+    assert load_quantized(folder, metadata)(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+print(quantize.int8_operators(made.model))
+"""
+
+
+@pytest.mark.slow
+def test_the_int8_path_emits_no_warning(training_source):
+    """The job's quantize_and_compare, the artifact written and read back as model_fn reads it."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", INT8_PATH_WITH_WARNINGS_AS_ERRORS, str(training_source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr == ""
+    counts = json.loads(result.stdout.replace("'", '"'))
+    assert counts["QuantizeLinear"] and counts["int8 weights"]

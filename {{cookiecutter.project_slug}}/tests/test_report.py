@@ -795,7 +795,7 @@ def measured(int8_correct: int, images: int = 200, float_correct: int = 170) -> 
     float_accuracy, int8_accuracy = float_correct / images, int8_correct / images
     return {
         "available": True,
-        "engine": "x86",
+        "format": "onnx-qdq",
         "calibration_images": 300,
         "validation_images": images,
         "agreement": 0.985,
@@ -872,7 +872,7 @@ def test_an_int8_model_that_could_not_be_made_says_why(project_config, run, trai
     import torch
 
     class Branching(torch.nn.Module):
-        def forward(self, images):  # control flow on a tensor: FX cannot trace it
+        def forward(self, images):  # control flow on a tensor: torch.export refuses it
             return images.flatten(1)[:, :3] if images.sum() > 0 else images.flatten(1)[:, 3:6]
 
     batches = [(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]))]

@@ -158,7 +158,8 @@ def test_toolkit_runs_train_model_and_it_learns(toolkit_run):
     base_dir, log = toolkit_run
     assert (base_dir / "output" / "success").is_file()
     # train_model.py also writes the int8 copy a CPU endpoint may serve (quantize = auto).
-    assert {p.name for p in (base_dir / "model").iterdir()} == {"model.pth", "metadata.json", "model_int8.pt"}
+    saved = {p.name for p in (base_dir / "model").iterdir()}
+    assert saved == {"model.pth", "metadata.json", "model_int8.onnx"}
     test_accuracy = float(
         re.search(r"^test:loss=[0-9.]+ test:accuracy=([0-9.]+)$", log, re.MULTILINE).group(1)
     )

@@ -84,7 +84,7 @@ def save(
         training={**result, "hyperparameters": run_signature(args)},
         quantization={"setting": args.quantize, **quantized.figures} if quantized is not None else {},
     )
-    save_artifact(args.model_dir, training.model, metadata, None if quantized is None else quantized.module)
+    save_artifact(args.model_dir, training.model, metadata, None if quantized is None else quantized.model)
     if quantized is not None:  # runs on the main process only: print is its log
         precision, reason = choose_precision(metadata, "cpu")
         print(f"int8: a CPU endpoint will serve {precision}: {reason}; GPU endpoints serve float", flush=True)

@@ -21,6 +21,9 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "sagemaker_inference",
         "sagemaker_pytorch_serving_container",
         "waitress",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
     ),
     # `serve --server ray_serve`: the package deploy ships for AWS's Ray Serve container, run here.
     "ray": ("ray",),

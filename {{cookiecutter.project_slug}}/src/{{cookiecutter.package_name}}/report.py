@@ -1104,11 +1104,19 @@ def int8_figures(quantization: dict[str, Any]) -> str:
         return f"not made: {quantization.get('reason') or 'no reason recorded'}"
     drop = quantization["accuracy_drop_points"]
     change = f"{drop:.2f} points lost" if drop >= 0 else f"{-drop:.2f} points gained"
-    return (
+    figures = (
         f"{quantization['agreement']:.2%} top-1 agreement with float on "
         f"{quantization['validation_images']} validation images; validation accuracy "
         f"float {quantization['float_accuracy']:.2%}, int8 {quantization['int8_accuracy']:.2%} ({change})"
     )
+    if "int8_bytes" in quantization:  # measured since the int8 model is ONNX
+        megabytes = {precision: quantization[f"{precision}_bytes"] / 1e6 for precision in ("int8", "float")}
+        figures += (
+            f"; {megabytes['int8']:.1f} MB (float {megabytes['float']:.1f} MB), "
+            f"{quantization['int8_cpu_ms']:.1f} ms per image on the training job's CPU "
+            f"(float {quantization['float_cpu_ms']:.1f} ms)"
+        )
+    return figures
 
 
 def _setting_note(config: ProjectConfig, quantization: dict[str, Any]) -> str:
