@@ -99,7 +99,16 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
     ]
     outcome = run_without_extras(project_root, commands)
     extras = project_module("extras")
-    unexpected = {name: why for name, why in outcome["failed"].items() if name not in extras.EXTRA_MODULES}
+    # The other SDK generation's module needs the SDK this environment cannot hold beside its own.
+    installed = "v" + importlib.metadata.version("sagemaker").split(".")[0]
+    other_sdk = {
+        module for generation, module in project_module("sdk").SDK_MODULES.items() if generation != installed
+    }
+    unexpected = {
+        name: why
+        for name, why in outcome["failed"].items()
+        if name not in extras.EXTRA_MODULES and name not in other_sdk
+    }
     assert not unexpected, f"modules that need an extra at import: {unexpected}"
     serve, train, serve_under_ray, config, deploy_on_ray, runs = outcome["answers"]
     for answer in (serve, train, serve_under_ray, config, deploy_on_ray, runs):
