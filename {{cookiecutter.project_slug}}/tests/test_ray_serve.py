@@ -9,6 +9,7 @@ the one the TorchServe stand-in (the toolkit's Transformer over the same inferen
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
 import io
 import json
@@ -205,7 +206,7 @@ def test_preflight_checks_the_ray_image_and_drops_the_pytorch_inference_images_e
     (check,) = preflight.image_checks(config, "eu-west-1", "deploy")
     instance_type = config.section("instances")["endpoint"]["type"]
     assert (check.status, check.detail) == ("pass", ray_package.image_uri(config, "eu-west-1", instance_type))
-    subjects = [entry.subject for entry in support.relevant_dates(config)]
+    subjects = [entry.subject for entry in support.relevant_dates(config, datetime.date(2026, 12, 1))]
     assert not any("inference image" in subject for subject in subjects), subjects
 
 
