@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import NO_ACCOUNT, PACKAGE, project_module
+from conftest import NO_ACCOUNT, PACKAGE, project_module, sdk_module
 from launch_helpers import copy_project
 
 cli = project_module("cli")
@@ -86,13 +86,15 @@ def test_missing_credentials_is_one_line_naming_what_to_set(project):
 
 
 def test_missing_role_names_the_setting(project, monkeypatch):
-    sagemaker_api = project_module("sagemaker_api")
+    sagemaker_api = sdk_module()
     context = project_module("context")
 
     def outside_sagemaker(session):
         raise ValueError("The current AWS identity is not a role")
 
-    monkeypatch.setattr(sagemaker_api.sagemaker, "get_execution_role", outside_sagemaker)
+    # v2's module calls sagemaker.get_execution_role, v3's the function it imported.
+    owner = getattr(sagemaker_api, "sagemaker", sagemaker_api)
+    monkeypatch.setattr(owner, "get_execution_role", outside_sagemaker)
     with pytest.raises(context.AwsSetupError, match=r"role_arn in config.toml or \$SAGEMAKER_ROLE_ARN"):
         sagemaker_api._execution_role(boto_session=None)
 
