@@ -43,8 +43,8 @@ def chosen(value: object) -> bool:
 
 
 def main(answers: dict, project: Path) -> int:
-    # The notebook writes out SDK v2's objects and trains locally in its dry run (the [local] extra, whose
-    # toolkits pin protobuf 3, which SDK v3 cannot share an environment with): v2 renders only, for now.
+    # The notebook writes out SDK v2's objects (PyTorch, PyTorchModel, Rule.sagemaker): v2 renders only, until
+    # it has a v3 counterpart (a v3 render's `.[dev]` installs, so its local cells could run).
     if not chosen(answers["include_notebook"]) or answers.get("sagemaker_sdk") == "v3":
         remove_notebook(project)
     if not chosen(answers["include_github_actions"]):

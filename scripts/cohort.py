@@ -3,6 +3,11 @@
     python scripts/cohort.py roster.csv --course "Dog Breed Classifier" --prefix dogs25 --out students/
     python scripts/cohort.py roster.csv ... --update          # bring existing projects to the template
     python scripts/cohort.py roster.csv ... --check --fast    # run every project's `check`, one table
+    SDK_V3_PYTHON=.venv-sdk3/bin/python python scripts/cohort.py ... --check   # with SDK v3 projects too
+
+Each project is checked with the Python of its SDK generation (`[aws] sagemaker_sdk`): v2 projects with
+this script's, v3 projects with --v3-python / $SDK_V3_PYTHON (scripts/setup-sdk3-env.sh builds one; the
+two generations cannot share an environment); without it a v3 project's check fails saying so.
 
 The roster is a CSV file with a header: `student_id`, `name`, `email` and, optionally, columns named
 after any template answer (`aws_region`, `s3_bucket`, `backbone`, `training_instance_type`, ...) whose
@@ -56,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import tomllib
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -619,14 +625,38 @@ def package_of(project: Path) -> str:
         return project.name.replace("-", "_")
 
 
+# Where the Python of an SDK generation's environment comes from: the two generations cannot share one (v3's
+# packages replace v2's `sagemaker`), so a v3 project is checked with the Python of a v3 environment.
+V3_PYTHON_ENV = "SDK_V3_PYTHON"
+
+
+def sdk_generation_of(project: Path) -> str:
+    """The project's `[aws] sagemaker_sdk` ("v2" or "v3"), as its own sdk.py reads it; its answers record
+    when config.toml cannot be read (the check then reports the config), "v2" when neither says."""
+    try:
+        with (project / "config.toml").open("rb") as file:
+            return str(tomllib.load(file)["aws"]["sagemaker_sdk"])
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        pass
+    try:
+        answers = json.loads((project / ANSWERS_FILE).read_text(encoding="utf-8"))["cookiecutter"]
+        return str(answers.get("sagemaker_sdk") or "v2")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "v2"
+
+
 @dataclass(frozen=True)
 class CheckJob:
     result: RowResult
     fast: bool
     timeout_s: float
+    # The Python that runs a project of each SDK generation; None: no environment was given for it.
+    pythons: dict[str, str | None] = field(default_factory=lambda: {"v2": sys.executable})
 
 
-def project_records(project: Path, arguments: list[str], timeout: float, name: str) -> list[dict[str, Any]]:
+def project_records(
+    project: Path, arguments: list[str], timeout: float, name: str, python: str = sys.executable
+) -> list[dict[str, Any]]:
     """`python -m <package> <arguments>` in the project, with its sources on the path: the JSON records it
     prints, one per line; a single failed record named `name` when it prints none or runs out of time."""
     env = dict(os.environ, SAGEMAKER_SUPPRESS_V2_WARNING="1")
@@ -634,7 +664,7 @@ def project_records(project: Path, arguments: list[str], timeout: float, name: s
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(project / "src"), str(project), env.get("PYTHONPATH")])
     )
-    command = [sys.executable, "-m", package_of(project), *arguments]
+    command = [python, "-m", package_of(project), *arguments]
     try:
         ran = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -654,11 +684,21 @@ def check_student(job: CheckJob) -> RowResult:
     """The project's own `check --json`, then its `handin --json --offline` (what the student handed in;
     the cohort asks no AWS account about it), each in the project with its sources on the path."""
     result, project = job.result, Path(job.result.folder)
+    generation = sdk_generation_of(project)
+    python = job.pythons.get(generation)
+    if python is None:
+        detail = (
+            f"a SDK {generation} project: give --{generation}-python (or ${V3_PYTHON_ENV}) the Python of an "
+            f"environment with SDK {generation} (scripts/setup-sdk3-env.sh builds one)"
+        )
+        result.checks = [{"name": "check", "status": "fail", "seconds": 0, "detail": detail}]
+        result.handin = [{"name": "handin", "status": "fail", "seconds": 0, "detail": detail}]
+        return result
     result.checks = project_records(
-        project, ["check", "--json", *(["--fast"] if job.fast else [])], job.timeout_s, "check"
+        project, ["check", "--json", *(["--fast"] if job.fast else [])], job.timeout_s, "check", python
     )
     result.handin = project_records(
-        project, ["handin", "--json", "--offline"], min(job.timeout_s, HANDIN_TIMEOUT_S), "handin"
+        project, ["handin", "--json", "--offline"], min(job.timeout_s, HANDIN_TIMEOUT_S), "handin", python
     )
     return result
 
@@ -839,6 +879,13 @@ def print_report(results: list[RowResult], checked: bool) -> None:
     help="With --check: seconds one project's check may take.",
 )
 @click.option(
+    "--v3-python",
+    envvar=V3_PYTHON_ENV,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --check: the Python of an SDK v3 environment, for the projects rendered with SDK v3 "
+    "(scripts/setup-sdk3-env.sh builds one; v2 projects run with this script's Python).",
+)
+@click.option(
     "--summary",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Summary CSV (row, student, folder, status, reason); default: OUT/cohort-summary.csv.",
@@ -867,6 +914,7 @@ def main(
     run_check: bool,
     fast: bool,
     check_timeout: float,
+    v3_python: Path | None,
     summary: Path | None,
     jobs: int,
     isolated_hooks: bool,
@@ -916,9 +964,14 @@ def main(
     shutil.rmtree(out / STAGING, ignore_errors=True)
 
     if run_check:
+        pythons = {"v2": sys.executable, "v3": str(v3_python) if v3_python else None}
         checkable = [r for r in results if r.folder and Path(r.folder).is_dir()]
         checked = run_pool(
-            check_student, [CheckJob(r, fast, check_timeout) for r in checkable], jobs, "check", False
+            check_student,
+            [CheckJob(r, fast, check_timeout, pythons) for r in checkable],
+            jobs,
+            "check",
+            False,
         )
         by_row = {r.row: r for r in checked}
         results = [by_row.get(r.row, r) for r in results]

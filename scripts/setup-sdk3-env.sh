@@ -9,13 +9,16 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 V3_VENV="${V3_VENV:-$ROOT/.venv-sdk3}"
 v3_stamp="$V3_VENV/.render-pyproject.sha256"
-v3_wanted="$(cat "$ROOT/cookiecutter.json" "$ROOT/{{cookiecutter.project_slug}}/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+v3_wanted="$(cat "$ROOT/cookiecutter.json" "$ROOT/{{cookiecutter.project_slug}}/pyproject.toml" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$v3_stamp" 2>/dev/null)" != "$v3_wanted" ]; then
     echo "==> creating $V3_VENV: a SDK v3 render's core install, for the v3 tests (about 150 packages)"
     rm -rf "$V3_VENV"
     "${PYTHON:-python3}" -m venv "$V3_VENV"
     python -m cookiecutter --no-input -o "$V3_VENV/render" "$ROOT" sagemaker_sdk=v3 include_notebook=no >/dev/null
-    "$V3_VENV/bin/python" -m pip install --quiet --progress-bar off -e "$V3_VENV"/render/*/ pytest pytest-xdist
+    # sagemaker-inference (the `local` extra's, without torch): a Ray Serve package carries it (ray_package.py),
+    # so a v3 `deploy --dry-run` with [endpoint] server = "ray_serve" builds one.
+    "$V3_VENV/bin/python" -m pip install --quiet --progress-bar off -e "$V3_VENV"/render/*/ pytest pytest-xdist \
+        "sagemaker-inference>=1.10"
     echo "$v3_wanted" > "$v3_stamp"
 fi
 export SDK_V3_PYTHON="$V3_VENV/bin/python"

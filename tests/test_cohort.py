@@ -455,3 +455,56 @@ def test_check_runs_every_projects_check_into_one_class_table(tmp_path):
     assert "WRITEUP.md: placeholders left: 'TODO'" in cai["handin missing"]
     assert "screenshots/endpoint.png: missing" in cai["handin missing"]
     assert "Cy" in result.stderr and "no id" not in result.stderr
+
+
+def _fake_python(path: Path, label: str) -> str:
+    """An executable standing in for an environment's Python: prints one check record naming itself and
+    the command it was given (`-m <package> check ...`)."""
+    path.write_text(
+        "#!/bin/sh\n"
+        f'printf \'{{"name": "which", "status": "pass", "seconds": 0, "detail": "{label} %s"}}\\n\' "$*"\n'
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_each_project_is_checked_with_the_python_of_its_sdk_generation(tmp_path):
+    """A v3 project runs under the v3 environment's Python, a v2 one under v2's; without a v3 Python a v3
+    project's check and hand-in fail in one line saying what to give (not the SDK mismatch inside)."""
+    projects = {}
+    for generation in ("v2", "v3"):
+        project = tmp_path / f"dogs-{generation}"
+        project.mkdir()
+        (project / "config.toml").write_text(f'[aws]\nsagemaker_sdk = "{generation}"\n')
+        (project / cohort.ANSWERS_FILE).write_text(json.dumps({"cookiecutter": {"package_name": "dogs"}}))
+        projects[generation] = project
+    # A config.toml that cannot be read: the answers record says the generation.
+    broken = tmp_path / "dogs-broken"
+    broken.mkdir()
+    (broken / "config.toml").write_text("[aws\n")
+    (broken / cohort.ANSWERS_FILE).write_text(json.dumps({"cookiecutter": {"sagemaker_sdk": "v3"}}))
+    assert [cohort.sdk_generation_of(p) for p in (*projects.values(), broken, tmp_path)] == [
+        "v2",
+        "v3",
+        "v3",
+        "v2",
+    ]
+
+    pythons = {"v2": _fake_python(tmp_path / "py2", "v2-env"), "v3": _fake_python(tmp_path / "py3", "v3-env")}
+    for generation, project in projects.items():
+        row = cohort.RowResult(2, "s", str(project), cohort.CREATED)
+        checked = cohort.check_student(cohort.CheckJob(row, True, 30, pythons))
+        assert [record["detail"] for record in checked.checks] == [
+            f"{generation}-env -m dogs check --json --fast"
+        ]
+        assert checked.handin[0]["detail"] == f"{generation}-env -m dogs handin --json --offline"
+
+    row = cohort.RowResult(2, "s", str(projects["v3"]), cohort.CREATED)
+    checked = cohort.check_student(cohort.CheckJob(row, True, 30, {"v2": pythons["v2"], "v3": None}))
+    (record,) = checked.checks
+    assert (
+        record["status"] == "fail"
+        and "--v3-python" in record["detail"]
+        and "SDK_V3_PYTHON" in record["detail"]
+    )
+    assert cohort.check_outcome(checked)[0] == "fail"

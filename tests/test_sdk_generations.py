@@ -6,6 +6,12 @@ one: v3 replaces v2's `sagemaker` package). The CreateHyperParameterTuningJob, C
 CreateEndpointConfig and CreateEndpoint requests are then compared field by field. Every field that still
 differs must match a row of ALLOWED_DIFFERENCES, which says why; a new difference fails the test.
 
+A second configuration, in the same renders, then runs `train` and `deploy` again with what the first leaves
+at its defaults (SECOND_CONFIGURATION): an endpoint on AWS's Ray Serve image (a GPU one, so its host image
+too), a managed MLflow server for the jobs' environment, and [debugger.rule_parameters] for the in-job rules.
+Hyperparameters are compared as the script receives them: v2 JSON-encodes each value for the image's training
+toolkit, which decodes it ('"head"' reaches the script as head), and v3's driver sends the plain text.
+
 The v2 side runs in this test's own Python; the v3 side in $SDK_V3_PYTHON (scripts/setup-env.sh builds it
 in CI). Without it the test is skipped, and says so.
 """
@@ -15,12 +21,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import tomllib
 from cookiecutter.main import cookiecutter
 
 TEMPLATE = Path(__file__).resolve().parents[1]
@@ -50,11 +57,6 @@ ALLOWED_DIFFERENCES: tuple[tuple[str, str], ...] = (
         "image's training toolkit; v3's driver reads the entry point from its code channel instead",
     ),
     (
-        r"CreateTrainingJob\.HyperParameters\.(?!sagemaker_)\w+",
-        "v2 JSON-encodes each value (a string keeps its quotes, e.g. '\"head\"'), v3 sends the plain text; "
-        "both reach the script as --name value",
-    ),
-    (
         r"CreateTrainingJob\.(DebugHookConfig|DebugRuleConfigurations|ProfilerConfig|ProfilerRuleConfigurations)"
         r"(\..*|\[\d+\].*)?",
         "v2 switches the hook and profiler off explicitly; v3 has no Debugger or Profiler fields "
@@ -75,10 +77,6 @@ ALLOWED_DIFFERENCES: tuple[tuple[str, str], ...] = (
         "v2 adds its estimator's class and log level for its own attach(), v3 does not",
     ),
     (
-        r"CreateHyperParameterTuningJob\.TrainingJobDefinition\.StaticHyperParameters\.(?!sagemaker_)\w+",
-        "v3 serialises each value as JSON (a string keeps its quotes) where v2 sends str(value)",
-    ),
-    (
         r"CreateHyperParameterTuningJob\.TrainingJobDefinition\.InputDataConfig(\[\d+\].*)?",
         "v3 adds its sm_drivers channel (unused by the framework image, which runs sagemaker_program)",
     ),
@@ -89,11 +87,14 @@ ALLOWED_DIFFERENCES: tuple[tuple[str, str], ...] = (
         "objective either way",
     ),
     (
-        r"CreateHyperParameterTuningJob\.HyperParameterTuningJobConfig\.ParameterRanges\.CategoricalParameterRanges"
-        r"\[\d+\]\.Values\[\d+\]|CreateHyperParameterTuningJob\.TrainingJobDefinition\.StaticHyperParameters\."
-        r"sagemaker_(program|job_name)",
-        "v2 JSON-encodes each value for a framework image (e.g. '\"40\"', '\"hpo.py\"'; the training toolkit "
-        "decodes it) and adds the job name; v3 sends the plain value, which the toolkit reads as it is",
+        r"CreateHyperParameterTuningJob\.TrainingJobDefinition\.StaticHyperParameters\.pretrained",
+        "a boolean: v3's tuner writes str(True) ('True'), v2 JSON ('true'); train_model.py's str2bool reads "
+        "either case",
+    ),
+    (
+        r"CreateHyperParameterTuningJob\.TrainingJobDefinition\.StaticHyperParameters\.sagemaker_(program|job_name)",
+        "v2 names the entry point and job for the image's training toolkit; v3's driver reads the entry "
+        "point from its code channel",
     ),
     (
         r"CreateHyperParameterTuningJob\.TrainingJobDefinition\.(HyperParameterTuningResourceConfig|ResourceConfig)"
@@ -132,13 +133,33 @@ def _render(folder: Path, generation: str) -> Path:
     )
 
 
-def _captured(project: Path, python: str) -> dict[str, dict]:
-    """Each compared operation's request from `tune`, `train` and `deploy` dry runs, run by `python`."""
+TRACKING_SERVER = "arn:aws:sagemaker:us-east-1:111122223333:mlflow-tracking-server/cohort"
+# (old line of config.toml, new line) for the second configuration; each old line must be in the render.
+SECOND_CONFIGURATION = (
+    ('server = "torchserve"', 'server = "ray_serve"'),
+    ('server_arn = ""', f'server_arn = "{TRACKING_SERVER}"'),
+    ('[instances.endpoint]\ntype = "ml.m5.large"', '[instances.endpoint]\ntype = "ml.g4dn.xlarge"'),
+    (
+        '# [debugger.rule_parameters.loss_not_decreasing]\n# mode = "TRAIN"',
+        '[debugger.rule_parameters.loss_not_decreasing]\nmode = "EVAL"\nnum_steps = 12',
+    ),
+)
+
+
+def _second_configuration(config: str) -> str:
+    for old, new in SECOND_CONFIGURATION:
+        assert old in config, f"the render's config.toml has no {old!r}"
+        config = config.replace(old, new, 1)
+    return config
+
+
+def _captured(project: Path, python: str, commands: tuple[str, ...]) -> dict[str, dict]:
+    """Each compared operation's request from dry runs of `commands`, run by `python`."""
     package = project.name.replace("-", "_")
     record = project / "dry-run" / "aws"
     environment = {**os.environ, "PYTHONPATH": f"{project / 'src'}{os.pathsep}{project}"}
     requests: dict[str, dict] = {}
-    for command in ("tune", "train", "deploy"):
+    for command in commands:
         subprocess.run(
             [python, "-m", package, command, "--dry-run", "--skip-preflight", "--yes"],
             cwd=project,
@@ -151,6 +172,16 @@ def _captured(project: Path, python: str) -> dict[str, dict]:
             if call["operation"] in COMPARED:
                 requests[call["operation"]] = call["params"]
     return requests
+
+
+def _both_captured(
+    v2_project: Path, v3_project: Path, commands: tuple[str, ...]
+) -> tuple[dict[str, dict], dict[str, dict]]:
+    """`_captured` for both generations at once (separate projects and processes): half the wall time."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        v2 = pool.submit(_captured, v2_project, sys.executable, commands)
+        v3 = pool.submit(_captured, v3_project, V3_PYTHON, commands)
+        return v2.result(), v3.result()
 
 
 def _fields(value: object, path: str) -> dict[str, object]:
@@ -173,7 +204,22 @@ _TIMESTAMP = re.compile(
 )
 
 
-def _normalised(value: object) -> object:
+_RECEIVED_AS_TEXT = re.compile(r".*(HyperParameters\.\w+|CategoricalParameterRanges\[\d+\]\.Values\[\d+\])")
+
+
+def _as_received(value: object) -> object:
+    """A hyperparameter as the script receives it: a JSON-encoded string ('"head"', v2's toolkit decodes
+    it) as its text; anything else (40, a JSON object) as sent."""
+    try:
+        decoded = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        return value
+    return decoded if isinstance(decoded, str) else value
+
+
+def _normalised(path: str, value: object) -> object:
+    if _RECEIVED_AS_TEXT.fullmatch(path):
+        value = _as_received(value)
     return _TIMESTAMP.sub("<time>", value) if isinstance(value, str) else value
 
 
@@ -183,7 +229,7 @@ def differences(v2: dict[str, dict], v3: dict[str, dict]) -> dict[str, tuple[obj
     for operation in COMPARED:
         left, right = _fields(v2.get(operation), operation), _fields(v3.get(operation), operation)
         for path in sorted(set(left) | set(right)):
-            if _normalised(left.get(path)) != _normalised(right.get(path)):
+            if _normalised(path, left.get(path)) != _normalised(path, right.get(path)):
                 found[path] = (left.get(path), right.get(path))
     return found
 
@@ -201,23 +247,72 @@ def test_an_unexplained_difference_is_caught():
     v2 = {"CreateTrainingJob": {"ResourceConfig": {"InstanceType": "ml.g4dn.xlarge"}, "HyperParameters": {}}}
     v3 = {"CreateTrainingJob": {"ResourceConfig": {"InstanceType": "ml.m5.large"}, "HyperParameters": {}}}
     v2["CreateTrainingJob"]["HyperParameters"]["sagemaker_program"] = '"train_model.py"'
-    assert list(unexplained(differences(v2, v3))) == ["CreateTrainingJob.ResourceConfig.InstanceType"]
+    # A value the script receives alike is no difference; a parameter one side lacks is unexplained.
+    v2["CreateTrainingJob"]["HyperParameters"].update(finetune='"head"', epochs="5", rules='"a,b"')
+    v3["CreateTrainingJob"]["HyperParameters"].update(finetune="head", epochs="5", rule_parameters="{}")
+    assert list(unexplained(differences(v2, v3))) == [
+        "CreateTrainingJob.HyperParameters.rule_parameters",
+        "CreateTrainingJob.HyperParameters.rules",
+        "CreateTrainingJob.ResourceConfig.InstanceType",
+    ]
 
 
 @pytest.mark.skipif(not V3_PYTHON, reason="$SDK_V3_PYTHON names no SDK v3 environment (scripts/setup-env.sh)")
 def test_both_generations_send_the_same_requests(tmp_path):
     v2_project = _render(tmp_path / "v2", "v2")
     v3_project = _render(tmp_path / "v3", "v3")
-    # The same configuration: the v3 render's, with only the generation switched back.
-    config = (v3_project / "config.toml").read_text()
-    shutil.copy(v3_project / "config.toml", v2_project / "config.toml")
-    (v2_project / "config.toml").write_text(config.replace('sagemaker_sdk = "v3"', 'sagemaker_sdk = "v2"'))
+    # The same configuration: the v3 render's, on the v2 render's training image (v3's default, an Amazon
+    # Linux 2023 image, is in no v2 table), with only the generation switched back.
+    v3_default = (v3_project / "config.toml").read_text()
+    images = {
+        project: tomllib.loads((project / "config.toml").read_text())["images"]["training"]
+        for project in (v2_project, v3_project)
+    }
+    shared = v3_default.replace(
+        f'framework_version = "{images[v3_project]["framework_version"]}"',
+        f'framework_version = "{images[v2_project]["framework_version"]}"',
+        1,
+    ).replace(
+        f'py_version = "{images[v3_project]["py_version"]}"',
+        f'py_version = "{images[v2_project]["py_version"]}"',
+        1,
+    )
+    v2_config = shared.replace('sagemaker_sdk = "v3"', 'sagemaker_sdk = "v2"')
+    (v3_project / "config.toml").write_text(shared)
+    (v2_project / "config.toml").write_text(v2_config)
 
-    v2 = _captured(v2_project, sys.executable)
-    v3 = _captured(v3_project, V3_PYTHON)
-
+    all_commands = ("tune", "train", "deploy")
+    v2, v3 = _both_captured(v2_project, v3_project, all_commands)
     assert set(v2) == set(v3) == set(COMPARED)
-    left = unexplained(differences(v2, v3))
+    _assert_explained(v2, v3)
+
+    # The second configuration; the v3 render back on its own default training image.
+    (v2_project / "config.toml").write_text(_second_configuration(v2_config))
+    (v3_project / "config.toml").write_text(_second_configuration(v3_default))
+    second = ("train", "deploy")
+    v2, v3 = _both_captured(v2_project, v3_project, second)
+    _assert_explained(v2, v3, also=(r"CreateTrainingJob\.AlgorithmSpecification\.TrainingImage",))
+    training_images = [
+        requests["CreateTrainingJob"]["AlgorithmSpecification"]["TrainingImage"] for requests in (v2, v3)
+    ]
+    assert "amzn2023" in training_images[1] and "amzn2023" not in training_images[0], training_images
+    # What the second configuration is for reached both generations' requests.
+    for requests in (v2, v3):
+        assert "/ray:serve-ml-sagemaker-cuda" in requests["CreateModel"]["PrimaryContainer"]["Image"]
+        assert requests["CreateEndpointConfig"]["ProductionVariants"][0]["InferenceAmiVersion"]
+        environment = requests["CreateTrainingJob"]["Environment"]
+        assert environment["MLFLOW_TRACKING_URI"] == TRACKING_SERVER
+        rule_parameters = _as_received(requests["CreateTrainingJob"]["HyperParameters"]["rule_parameters"])
+        assert json.loads(rule_parameters) == {"loss_not_decreasing": {"mode": "EVAL", "num_steps": 12}}
+
+
+def _assert_explained(v2: dict[str, dict], v3: dict[str, dict], also: tuple[str, ...] = ()) -> None:
+    """Every difference is in ALLOWED_DIFFERENCES, or matches a pattern of `also` (a configuration's own)."""
+    left = {
+        path: values
+        for path, values in unexplained(differences(v2, v3)).items()
+        if not any(re.fullmatch(pattern, path) for pattern in also)
+    }
     assert not left, "differences with no reason in ALLOWED_DIFFERENCES:\n" + "\n".join(
         f"{path}: v2 {values[0]!r} / v3 {values[1]!r}" for path, values in left.items()
     )

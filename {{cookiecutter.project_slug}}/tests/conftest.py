@@ -36,6 +36,12 @@ def project_module(name: str) -> ModuleType:
     return importlib.import_module(f"{PACKAGE}.{name}")
 
 
+def sdk_module() -> ModuleType:
+    """The render's SDK module (`sagemaker_api` or `sagemaker_api_v3`), as `sdk.sagemaker_api` picks it."""
+    config = project_module("config").ProjectConfig.load(PROJECT_ROOT)
+    return project_module("sdk").sagemaker_api(config)
+
+
 # Hyperparameters of the tiny CPU training runs: one size fits the tests' 32 px images and seconds.
 def offline_notebook_environment(patch: pytest.MonkeyPatch, dry_run_dir: Path) -> None:
     """What the notebook's kernel inherits for an offline run: the dry-run switch, where the dry run
@@ -124,8 +130,7 @@ def training_source(tmp_path_factory, project_config) -> Path:
     import tarfile
 
     folder = tmp_path_factory.mktemp("staged")
-    sagemaker_api = project_module("sagemaker_api")
-    archive = sagemaker_api.training_source_archive(project_config, folder / "sourcedir.tar.gz")
+    archive = sdk_module().training_source_archive(project_config, folder / "sourcedir.tar.gz")
     with tarfile.open(archive) as tar:
         tar.extractall(folder / "training", filter="data")
     return folder / "training"
@@ -196,8 +201,7 @@ def model_archive(tmp_path_factory, model_artifact_dir, project_config) -> Path:
     with tarfile.open(trained, "w:gz", compresslevel=1) as tar:
         for path in sorted(model_artifact_dir.iterdir()):
             tar.add(path, arcname=path.name)
-    sagemaker_api = project_module("sagemaker_api")
-    return sagemaker_api.repack_model_locally(project_config, trained, folder / "model.tar.gz")
+    return sdk_module().repack_model_locally(project_config, trained, folder / "model.tar.gz")
 
 
 @pytest.fixture(scope="session")

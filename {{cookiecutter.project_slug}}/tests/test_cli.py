@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import NO_ACCOUNT, PACKAGE, project_module
+from conftest import NO_ACCOUNT, PACKAGE, project_module, sdk_module
 from launch_helpers import copy_project
 
 cli = project_module("cli")
@@ -86,13 +86,15 @@ def test_missing_credentials_is_one_line_naming_what_to_set(project):
 
 
 def test_missing_role_names_the_setting(project, monkeypatch):
-    sagemaker_api = project_module("sagemaker_api")
+    sagemaker_api = sdk_module()
     context = project_module("context")
 
     def outside_sagemaker(session):
         raise ValueError("The current AWS identity is not a role")
 
-    monkeypatch.setattr(sagemaker_api.sagemaker, "get_execution_role", outside_sagemaker)
+    # v2's module calls sagemaker.get_execution_role, v3's the function it imported.
+    owner = getattr(sagemaker_api, "sagemaker", sagemaker_api)
+    monkeypatch.setattr(owner, "get_execution_role", outside_sagemaker)
     with pytest.raises(context.AwsSetupError, match=r"role_arn in config.toml or \$SAGEMAKER_ROLE_ARN"):
         sagemaker_api._execution_role(boto_session=None)
 
@@ -112,7 +114,13 @@ def test_train_dry_run_writes_requests_and_uploads(project, tmp_path):
     calls = json.loads((tmp_path / "aws" / "requests.json").read_text())
     (job,) = [call["params"] for call in calls if call["operation"] == "CreateTrainingJob"]
     assert json.loads(job["HyperParameters"]["lr"]) == 0.02
-    assert list((tmp_path / "aws" / "s3").rglob("sourcedir.tar.gz"))
+    # The code went up: v2's sourcedir.tar.gz, or v3's code channel (the staged folder's files).
+    uploaded = (
+        "sourcedir.tar.gz"
+        if ProjectConfig.load(project).aws.get("sagemaker_sdk") != "v3"
+        else "train_model.py"
+    )
+    assert list((tmp_path / "aws" / "s3").rglob(uploaded))
     assert "CreateTrainingJob" in result.output
     assert "captured, not run" in result.output
     assert "InProgress" not in result.output and "Completed" not in result.output
@@ -484,7 +492,9 @@ def test_policies_use_the_regions_partition(project, region, partition):
     import dataclasses
 
     config = ProjectConfig.load(project)
-    data = {**config.data, "aws": {**config.data["aws"], "region": region, "role_arn": ""}}
+    # An image both generations have in every partition (v3's default, 2.14, is not in these regions yet).
+    images = {**config.data["images"], "training": {"framework_version": "2.8.0", "py_version": "py312"}}
+    data = {**config.data, "aws": {**config.data["aws"], "region": region, "role_arn": ""}, "images": images}
     other = dataclasses.replace(config, data=data)
     operations = [("sagemaker", "CreateEndpoint"), ("s3", "PutObject"), ("logs", "GetLogEvents")]
     for policy in (iam.user_policy(other, operations), iam.execution_role_policy(other)):

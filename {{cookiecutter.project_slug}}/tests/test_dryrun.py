@@ -599,9 +599,11 @@ def test_the_serverless_option_makes_a_valid_endpoint_config(config, tmp_path):
     assert {tag["Key"] for tag in endpoint_config["params"]["Tags"]} >= {"project", "owner", "created"}
 
 
+@v2_layout
 def test_rule_parameters_reach_sagemakers_rules_and_the_in_job_ones(config):
     """[debugger.rule_parameters] goes to Rule.sagemaker(rule_parameters=...) as strings, and to
-    train_model.py as one JSON hyperparameter holding the rules judged in the job."""
+    train_model.py as one JSON hyperparameter holding the rules judged in the job (a v3 render's jobs get
+    the same hyperparameter: the template's test_sdk_generations sees it in both generations' requests)."""
     sagemaker_api = project_module("sagemaker_api")
     document = json.loads(json.dumps(config.data))
     parameters = {"overfit": {"patience": 3}, "exploding_tensor": {"only_nan": True}}

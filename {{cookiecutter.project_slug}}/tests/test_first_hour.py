@@ -8,7 +8,7 @@ import urllib.error
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_TRAINING, project_module, tiny_args
+from conftest import TINY_TRAINING, project_module, sdk_module, tiny_args
 from launch_helpers import copy_project
 
 from classifier import backbones
@@ -189,7 +189,7 @@ def test_a_full_disk_on_the_launchers_side_is_one_line(project_config, tiny_data
         archive.write_bytes(b"half an archive")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(project_module("sagemaker_api"), "training_source_archive", disk_full)
+    monkeypatch.setattr(sdk_module(), "training_source_archive", disk_full)
     with pytest.raises(local_training.LocalTrainingError) as failure:
         local_training.run_local_training(project_config, tiny_dataset, tmp_path / "run", {})
     run_dir = tmp_path / "run"

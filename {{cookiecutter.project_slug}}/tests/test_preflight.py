@@ -175,8 +175,11 @@ def test_an_image_version_the_sdk_lacks_fails(config, tmp_path):
     ],
 )
 def test_support_dates_warn_when_near_or_past(config, today, expected):
+    # SDK v2's advice (a v3 render's config switched back to v2 and its newest image).
     training = with_data(
-        config, images={"training": {"framework_version": "2.8.0", "py_version": "py312", "image_uri": ""}}
+        config,
+        images={"training": {"framework_version": "2.8.0", "py_version": "py312", "image_uri": ""}},
+        aws={"sagemaker_sdk": "v2"},
     )
     checks = by_name(preflight.support_checks(training, today))
     check = checks["support: PyTorch 2.8.0 training image"]
@@ -188,7 +191,9 @@ def test_support_dates_warn_when_near_or_past(config, today, expected):
 
 def test_support_advice_names_the_newest_patched_image_of_the_same_sdk_first(config):
     older = with_data(
-        config, images={"training": {"framework_version": "2.6.0", "py_version": "py312", "image_uri": ""}}
+        config,
+        images={"training": {"framework_version": "2.6.0", "py_version": "py312", "image_uri": ""}},
+        aws={"sagemaker_sdk": "v2"},
     )
     check = by_name(preflight.support_checks(older, datetime.date(2026, 3, 1)))[
         "support: PyTorch 2.6.0 training image"
@@ -222,7 +227,10 @@ def test_debugger_date_only_when_sagemaker_judges_debugger_rules(config):
     in_job = with_data(config, debugger={"evaluation": "in_job"})
     assert support.DEBUGGER_CLOSED not in support.relevant_dates(in_job, datetime.date(2026, 12, 1))
     sagemaker = with_data(
-        config, debugger={"evaluation": "both", "rules": STANDARD_RULES}, aws={"sagemaker_sdk": "v2"}
+        config,
+        debugger={"evaluation": "both", "rules": STANDARD_RULES},
+        aws={"sagemaker_sdk": "v2"},
+        images={"training": {"framework_version": "2.8.0", "py_version": "py312", "image_uri": ""}},
     )
     assert support.DEBUGGER_CLOSED in support.relevant_dates(sagemaker, datetime.date(2026, 12, 1))
     status, detail = support.standing(support.DEBUGGER_CLOSED, datetime.date(2026, 12, 1))

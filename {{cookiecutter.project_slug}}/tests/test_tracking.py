@@ -220,17 +220,17 @@ def with_tracking(config, **tracking):
 
 
 def test_only_a_configured_server_reaches_the_jobs_and_the_iam_policies(project_config):
-    sagemaker_api = project_module("sagemaker_api")
+    sagemaker_jobs = project_module("sagemaker_jobs")  # the jobs' environment, whichever SDK sends it
     iam = project_module("iam")
     assert project_config.settings.tracking.server_arn == ""  # the default: the jobs install and log nothing
-    assert "MLFLOW_TRACKING_URI" not in sagemaker_api.job_environment(project_config)
+    assert "MLFLOW_TRACKING_URI" not in sagemaker_jobs.job_environment(project_config)
     assert not any(
         s.get("Sid") == "MlflowTracking" for s in iam.execution_role_policy(project_config)["Statement"]
     )
 
     configured = with_tracking(project_config, server_arn=ARN, experiment="team/dogs")
     wanted = {"MLFLOW_TRACKING_URI": ARN, "MLFLOW_EXPERIMENT_NAME": "team/dogs"}
-    assert wanted.items() <= sagemaker_api.job_environment(configured).items()
+    assert wanted.items() <= sagemaker_jobs.job_environment(configured).items()
     operations = [("sagemaker", "CreateTrainingJob")]
     for policy in (iam.execution_role_policy(configured), iam.user_policy(configured, operations)):
         (statement,) = [s for s in policy["Statement"] if s.get("Sid") == "MlflowTracking"]

@@ -15,7 +15,7 @@ import tarfile
 
 import pytest
 import torch
-from conftest import TINY_TRAINING, make_dataset, project_module
+from conftest import TINY_TRAINING, make_dataset, project_module, sdk_module
 from PIL import Image
 
 from classifier.artifact import load_artifact
@@ -104,9 +104,7 @@ def toolkit_run(project_config, tmp_path_factory):
         root / "data", num_classes=4, images_per_class={"train": 10, "valid": 3, "test": 3}, size=(40, 32)
     )
     base_dir = root / "opt_ml"
-    archive = project_module("sagemaker_api").training_source_archive(
-        project_config, root / "sourcedir.tar.gz"
-    )
+    archive = sdk_module().training_source_archive(project_config, root / "sourcedir.tar.gz")
     hyperparameters = project_config.script_hyperparameters(
         # resnet18 whatever the render's backbone: this proves the loop, labels and evaluation, and
         # resnet18 reliably learns these tiny images from scratch in 4 epochs (mobilenet_v3 does not).

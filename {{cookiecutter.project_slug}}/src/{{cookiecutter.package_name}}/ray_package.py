@@ -136,10 +136,12 @@ def lay_out(config: ProjectConfig, trained_model: Path, folder: Path) -> Path:
     """Write the package's files into the empty `folder` (as /opt/ml/model holds them); returns it.
 
     `trained_model` is the training job's model.tar.gz (model.pth + metadata.json at its root)."""
-    from . import sagemaker_api  # the SDK: imported by the one function that repacks
+    from . import sdk  # the SDK of the project's generation: imported by the one function that repacks
 
     with tempfile.TemporaryDirectory(prefix="ray-package-") as scratch:
-        repacked = sagemaker_api.repack_model_locally(config, trained_model, Path(scratch) / "model.tar.gz")
+        repacked = sdk.sagemaker_api(config).repack_model_locally(
+            config, trained_model, Path(scratch) / "model.tar.gz"
+        )
         with tarfile.open(repacked) as tar:
             tar.extractall(folder, filter="data")
     for name in PACKAGE_FILES:

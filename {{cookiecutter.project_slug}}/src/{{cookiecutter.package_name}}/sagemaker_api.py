@@ -67,7 +67,7 @@ from sagemaker.tuner import (  # noqa: E402
 )
 from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
-from . import experiments, ray_package, tagging  # noqa: E402
+from . import ray_package, tagging  # noqa: E402
 from .config import ConfigError, ProjectConfig, schema  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
@@ -86,6 +86,7 @@ from .sagemaker_jobs import (  # noqa: E402, F401
     TrainingLaunch,
     data_channels,
     in_job_rules,
+    job_environment,
     job_name_base,
     metric_definitions,
     refused_for_debugger,
@@ -318,13 +319,6 @@ def debugger_settings(config: ProjectConfig, aws: AwsContext) -> dict[str, Any]:
             system_monitor_interval_millis=config.section("profiler")["system_monitor_interval_millis"],
         ),
     }
-
-
-def job_environment(config: ProjectConfig) -> dict[str, str]:
-    """The jobs' environment variables: config.toml's [environment], then MLflow's where [tracking] names a
-    server (training/tracking.py installs mlflow in the job and logs there; without it, nothing)."""
-    variables = {str(key): str(value) for key, value in config.data.get("environment", {}).items()}
-    return {**variables, **experiments.job_environment(config, local=False)}
 
 
 def pytorch_estimator(

@@ -12,6 +12,10 @@ has `[debugger] evaluation = "in_job"` (the schema refuses anything else).
 
 v3 has no `dependencies=`: the shared `classifier/` package is copied next to the entry point in a staging
 folder that becomes the source directory, which is what v2 builds in `sourcedir.tar.gz` and `code/`.
+
+An endpoint with [endpoint] server = "ray_serve" is not a ModelBuilder's: its package (`ray_package`) goes
+to AWS's Ray Serve image in a plain `Model`, `EndpointConfig` and `Endpoint` (sagemaker-core's resources),
+the three requests v2's plain `Model.deploy` sends.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ from sagemaker.core.parameter import (  # noqa: E402
     ContinuousParameter,
     IntegerParameter,
 )
-from sagemaker.core.resources import TrainingJob  # noqa: E402
+from sagemaker.core.resources import Endpoint, EndpointConfig, Model, TrainingJob  # noqa: E402
 from sagemaker.core.session_settings import SessionSettings  # noqa: E402
-from sagemaker.core.shapes import MetricDefinition  # noqa: E402
+from sagemaker.core.shapes import ContainerDefinition, MetricDefinition, ProductionVariant, Tag  # noqa: E402
 from sagemaker.core.training.configs import (  # noqa: E402
     CheckpointConfig,
     Compute,
@@ -56,8 +60,8 @@ from sagemaker.train import ModelTrainer  # noqa: E402
 from sagemaker.train.distributed import Torchrun  # noqa: E402
 from sagemaker.train.tuner import HyperparameterTuner  # noqa: E402
 
-from . import tagging  # noqa: E402
-from .config import ConfigError, ProjectConfig  # noqa: E402
+from . import ray_package, tagging  # noqa: E402
+from .config import ConfigError, ProjectConfig, schema  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
 # Re-exported: callers and the notebook read these here, whichever generation they use.
@@ -74,6 +78,7 @@ from .sagemaker_jobs import (  # noqa: E402, F401
     TrainingLaunch,
     data_channels,
     in_job_rules,
+    job_environment,
     job_name_base,
     metric_definitions,
     rule_job_count,
@@ -233,12 +238,16 @@ def hyperparameter_ranges(config: ProjectConfig) -> dict[str, Any]:
 
 def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, region: str) -> str:
     """The image SDK v3 names for [images.<scope>] ("training" or "inference") on `instance_type`
-    (None: serverless, a CPU image); a custom image_uri as it is. ValueError when the SDK has none."""
+    (None: serverless, a CPU image); a custom image_uri as it is; AWS's Ray Serve image for an endpoint
+    with [endpoint] server = "ray_serve". ValueError when there is none."""
+    if scope == "inference" and config.data.get("endpoint", {}).get("server") == "ray_serve":
+        return ray_package.image_uri(config, region, instance_type)
     images = config.section("images")[scope]
     if images.get("image_uri"):
         return images["image_uri"]
     return image_uris.retrieve(
-        "pytorch",
+        # From 2.11 the training images are Amazon Linux 2023 ones, a framework of their own in the tables.
+        schema.sdk_image_framework(images["framework_version"]),
         region=region,
         version=images["framework_version"],
         py_version=images["py_version"],
@@ -298,7 +307,7 @@ def model_trainer(
             else None
         ),
         hyperparameters=dict(hyperparameters),
-        environment={str(key): str(value) for key, value in config.data.get("environment", {}).items()},
+        environment=job_environment(config),
         tags=sdk_tags(config),
     )
     return trainer.with_metric_definitions(
@@ -415,6 +424,67 @@ def model_builder(config: ProjectConfig, aws: AwsContext, model_data: str, sourc
     return builder
 
 
+def ray_serve_package(config: ProjectConfig, aws: AwsContext, model_data: str, *, model_name: str) -> str:
+    """`model_data` (an S3 URI) packaged for AWS's Ray Serve container (`ray_package`: config.yaml,
+    deployment.py and the same code/ as TorchServe's), uploaded beside it; its S3 URI, where v2 puts it."""
+    bucket, _, key = model_data.removeprefix("s3://").partition("/")
+    package_key = aws.s3_key("models", model_name, "ray-serve", "model.tar.gz")
+    with tempfile.TemporaryDirectory(prefix="ray-serve-") as scratch:
+        trained = Path(scratch) / "trained.tar.gz"
+        aws.client("s3").download_file(bucket, key, str(trained))
+        package = ray_package.build_package(config, trained, Path(scratch) / "model.tar.gz")
+        aws.client("s3").upload_file(str(package), aws.bucket, package_key)
+    return aws.s3_uri("models", model_name, "ray-serve", "model.tar.gz")
+
+
+def deploy_ray_serve(
+    config: ProjectConfig,
+    aws: AwsContext,
+    model_data: str,
+    *,
+    model_name: str,
+    endpoint_name: str,
+    wait: bool,
+) -> Deployment:
+    """The Ray Serve package in AWS's Ray Serve image on [instances.endpoint]: CreateModel,
+    CreateEndpointConfig (named as the endpoint, as v2 names it) and CreateEndpoint, through sagemaker-core's
+    plain resources (ModelBuilder would add a model server of its own choosing)."""
+    instance_type = config.section("instances")["endpoint"]["type"]  # the schema refuses a serverless one
+    count = config.section("instances")["endpoint"]["count"]
+    tags = [Tag(key=tag["Key"], value=tag["Value"]) for tag in tagging.project_tags(config)]
+    package = ray_serve_package(config, aws, model_data, model_name=model_name)
+    where = {"session": aws.boto_session, "region": aws.region}
+    Model.create(
+        model_name=model_name,
+        primary_container=ContainerDefinition(
+            image=ray_package.image_uri(config, aws.region, instance_type),
+            model_data_url=package,
+            environment={},
+        ),
+        execution_role_arn=aws.role_arn,
+        tags=tags,
+        **where,
+    )
+    ami = ray_package.inference_ami_version(instance_type)
+    variant = ProductionVariant(
+        variant_name="AllTraffic",
+        model_name=model_name,
+        initial_variant_weight=1,
+        initial_instance_count=count,
+        instance_type=instance_type,
+        **({"inference_ami_version": ami} if ami else {}),
+    )
+    EndpointConfig.create(
+        endpoint_config_name=endpoint_name, production_variants=[variant], tags=tags, **where
+    )
+    endpoint = Endpoint.create(
+        endpoint_name=endpoint_name, endpoint_config_name=endpoint_name, tags=tags, **where
+    )
+    if wait:
+        endpoint.wait_for_status("InService")
+    return Deployment(model_name, endpoint_name, endpoint_name, package)
+
+
 def deploy_model(
     config: ProjectConfig,
     aws: AwsContext,
@@ -424,7 +494,13 @@ def deploy_model(
     endpoint_name: str,
     wait: bool,
 ) -> Deployment:
-    """Repack `model_data` (an S3 URI) with inference.py and its sources, and start an endpoint."""
+    """Package `model_data` (an S3 URI) with inference.py and its sources for the configured server
+    ([endpoint] server), and start an endpoint: ModelBuilder's repack for TorchServe, the plain resources
+    of `deploy_ray_serve` for Ray Serve."""
+    if config.settings.endpoint.server == "ray_serve":
+        return deploy_ray_serve(
+            config, aws, model_data, model_name=model_name, endpoint_name=endpoint_name, wait=wait
+        )
     tags = tagging.project_tags(config)
     serverless = serverless_config(config)
     endpoint = config.section("instances")["endpoint"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from . import experiments
 from .config import ProjectConfig, schema
 from .context import AwsContext
 
@@ -164,6 +165,13 @@ def watch_hyperparameters(config: ProjectConfig) -> dict[str, Any]:
         "eval_save_interval": debugger["eval_save_interval"],
         "profiler_interval_millis": config.section("profiler")["system_monitor_interval_millis"],
     }
+
+
+def job_environment(config: ProjectConfig) -> dict[str, str]:
+    """The jobs' environment variables: config.toml's [environment], then MLflow's where [tracking] names a
+    server (training/tracking.py installs mlflow in the job and logs there; without it, nothing)."""
+    variables = {str(key): str(value) for key, value in config.data.get("environment", {}).items()}
+    return {**variables, **experiments.job_environment(config, local=False)}
 
 
 def rule_job_count(config: ProjectConfig) -> int:
