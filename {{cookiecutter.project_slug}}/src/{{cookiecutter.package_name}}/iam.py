@@ -189,6 +189,14 @@ def user_policy(config: ProjectConfig, operations: list[tuple[str, str]] | None 
             "Resource": config.aws.get("role_arn") or f"{arn}:iam::*:role/*",
             "Condition": {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
         },
+        {
+            # SDK v3's ModelTrainer asks IAM what the execution role may do before each job (it picks
+            # the staging bucket by the answer): allowed on that role alone.
+            "Sid": "SdkRoleCheck",
+            "Effect": "Allow",
+            "Action": [a for a in actions if a == "iam:SimulatePrincipalPolicy"],
+            "Resource": config.aws.get("role_arn") or f"{arn}:iam::*:role/*",
+        },
         *tracking_statements(config),
     ]
     return {"Version": "2012-10-17", "Statement": [s for s in statements if s["Action"]]}
