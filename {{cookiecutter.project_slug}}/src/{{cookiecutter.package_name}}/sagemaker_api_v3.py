@@ -127,6 +127,9 @@ def sagemaker_session(aws: AwsContext) -> Session:
     return Session(
         boto_session=aws.boto_session,
         default_bucket=aws.bucket,
+        # What v3 uploads by itself (the code, its drivers, the repacked model) goes under the project's
+        # prefix, like v2's code_location: the user policy allows objects under that prefix only.
+        default_bucket_prefix=aws.prefix or None,
         sagemaker_config=_NO_TELEMETRY if aws.dry_run else None,
     )
 
