@@ -29,9 +29,8 @@ from launch_helpers import archive_names, copy_project, model_archive, only, s3_
 from PIL import Image
 from test_endpoint_bounds import HOSTILE_DECODES, PEAK_BYTES_PER_DECODED_PIXEL, json_batch, saved, webp_6000
 
-from classifier import schema
-
 ray_package = project_module("ray_package")
+schema = project_module("config_schema")
 local_endpoint = project_module("local_endpoint")
 launcher = project_module("launcher")
 dryrun = project_module("dryrun")
