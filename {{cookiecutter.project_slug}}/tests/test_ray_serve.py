@@ -184,6 +184,7 @@ def test_deploy_dry_run_ships_the_ray_package_in_a_plain_model(project_root, tmp
         "deployment.py",
         "model.pth",
         "code/inference.py",
+        "code/protocol.py",
         "code/lib/classifier/__init__.py",
     } <= names
     variant = only(calls, "CreateEndpointConfig")["ProductionVariants"][0]
