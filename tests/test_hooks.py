@@ -68,7 +68,7 @@ def test_defaults_are_valid() -> None:
     assert pre_gen.validate(default_answers()) == []
 
 
-schema = pre_gen.load_module(TEMPLATE_DIR / pre_gen.SCHEMA, "classifier.schema")
+schema = pre_gen.load_module(TEMPLATE_DIR / pre_gen.SCHEMA, pre_gen.SCHEMA_MODULE)
 
 
 def test_every_choice_in_cookiecutter_json_is_the_schemas() -> None:
@@ -84,8 +84,8 @@ def test_every_choice_in_cookiecutter_json_is_the_schemas() -> None:
 
 def test_backbones_come_from_the_schema() -> None:
     text = (TEMPLATE_DIR / "{{cookiecutter.project_slug}}" / "classifier" / "backbones.py").read_text()
-    assert "from .schema import BACKBONES" in text
-    assert '"resnet18"' not in text, "the names live in schema.py only"
+    assert "from .choices import BACKBONES" in text
+    assert '"resnet18"' not in text, "the names live in choices.py only"
 
 
 def test_every_config_answer_is_found_on_its_line() -> None:

@@ -20,19 +20,19 @@ import torch
 import torchvision
 from torch import nn
 
-from classifier import schema
+from classifier import choices
 from classifier.backbones import build_model
+from classifier.choices import QUANTIZE_ENV as QUANTIZE_ENV  # serving and the benchmarks import it from here
+from classifier.choices import readable_class_name as readable_class_name  # serving imports it from here
+from classifier.choices import serving_precision
 from classifier.presets import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, resize_size_for
-from classifier.schema import QUANTIZE_ENV as QUANTIZE_ENV  # serving and the benchmarks import it from here
-from classifier.schema import readable_class_name as readable_class_name  # the report imports it from schema
-from classifier.schema import serving_precision
 
 WEIGHTS_FILENAME = "model.pth"
 QUANTIZED_FILENAME = "model_int8.onnx"
 METADATA_FILENAME = "metadata.json"
 # The int8 model's format (metadata.json's quantization.format) and the ONNX opset it is written in:
 # 18 is read by every ONNX Runtime since 1.14, so the serving image's onnxruntime need not be new.
-INT8_FORMAT = schema.INT8_FORMAT
+INT8_FORMAT = choices.INT8_FORMAT
 ONNX_OPSET = 18
 
 
@@ -193,7 +193,7 @@ def choose_precision(
     """("int8" or "float", why) for an endpoint on `device_type` ("cpu", "cuda"); `override` is the
     endpoint's $CLASSIFIER_QUANTIZE.
 
-    The rules are classifier/schema.py's `serving_precision`: torch-free, so the CLI's `report` shows
+    The rules are classifier/choices.py's `serving_precision`: torch-free, so the CLI's `report` shows
     the same choice.
     """
     return serving_precision(metadata.quantization, device_type, override)

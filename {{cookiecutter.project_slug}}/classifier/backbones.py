@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torchvision import models
 
-from .schema import BACKBONES, FINETUNE_MODES
+from .choices import BACKBONES, FINETUNE_MODES
 
-# The backbones the template offers, named once in schema.py. Any torchvision classification
+# The backbones the template offers, named once in choices.py. Any torchvision classification
 # model whose last module is an nn.Linear works; these are the ones that are tested.
 SUPPORTED_BACKBONES = BACKBONES
 

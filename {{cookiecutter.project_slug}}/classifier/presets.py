@@ -15,7 +15,7 @@ from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from classifier.schema import resize_size_for
+from classifier.choices import resize_size_for
 
 try:  # Deprecated since torchvision 0.29 (for TorchCodec); where it is gone, Pillow decodes instead.
     from torchvision.io import ImageReadMode, decode_jpeg

@@ -281,6 +281,7 @@ def test_deployment_repacks_the_model_with_the_inference_sources(config, deploy_
         "model.pth",
         "metadata.json",
         "code/inference.py",
+        "code/protocol.py",
         "code/requirements.txt",
         "code/lib/classifier/__init__.py",
     } <= names

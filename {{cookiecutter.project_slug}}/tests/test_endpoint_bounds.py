@@ -303,8 +303,8 @@ FORMAT_CASES = {
 
 def decoded_pixel_count(body: bytes) -> int:
     """What the endpoint's decoder writes for this file: presets.decoded_pixels at the served size."""
+    from classifier.choices import resize_size_for
     from classifier.presets import decoded_pixels
-    from classifier.schema import resize_size_for
 
     return decoded_pixels(Image.open(io.BytesIO(body)), resize_size_for(IMAGE_SIZE))
 

@@ -234,7 +234,7 @@ class Container:
         return Response(context.status_code, context.content_type, payload)
 
 
-HANDLER_PACKAGES = ("inference", "classifier")
+HANDLER_PACKAGES = ("inference", "protocol", "classifier")
 
 
 def _handler_modules() -> dict[str, object]:
@@ -277,6 +277,7 @@ def test_container_imports_handler_and_classifier_from_code_dir(container):
     """The model as the SDK repacks it: inference.py in code/, the `dependencies=` package in code/lib/."""
     code_dir = container.model_dir / "code"
     assert Path(sys.modules["inference"].__file__).parent == code_dir
+    assert Path(sys.modules["protocol"].__file__).parent == code_dir  # the request handling beside it
     assert Path(sys.modules["classifier"].__file__).parent == code_dir / "lib" / "classifier"
 
 
@@ -389,6 +390,12 @@ def test_container_only_toolkit_errors_are_4xx(container, monkeypatch, raised, s
 @pytest.fixture(scope="module")
 def handler(inference_source):
     return load_handler(inference_source)
+
+
+@pytest.fixture(scope="module")
+def protocol(handler):
+    """protocol.py, the request and response handling the handler imports from beside it."""
+    return sys.modules[handler.RequestError.__module__]
 
 
 @pytest.fixture(scope="module")
@@ -562,20 +569,22 @@ def test_accept_refusals_are_clean_4xx(handler, a_prediction, accept, status):
     assert json.loads(raised.value.message)["status"] == status
 
 
-def test_the_jpeg_walk_counts_every_components_blocks_and_every_scans_visits(handler):
+def test_the_jpeg_walk_counts_every_components_blocks_and_every_scans_visits(protocol):
     whole = encode(photo((640, 480)))
-    layout = handler.jpeg_layout(whole)
+    layout = protocol.jpeg_layout(whole)
     assert layout.blocks == 80 * 60 + 2 * 40 * 30  # 4:2:0: full-size luma, chroma at half in each direction
     assert layout.scans == 1 and layout.block_scans == layout.blocks  # one interleaved scan
     assert layout.scan_bytes < len(whole) and layout.scan_bytes * 8 >= layout.blocks
     # libjpeg's progressive script: DC scans over all three components twice, each component's AC
     # bands in 2 (chroma) or 4 (luma) scans of that component alone.
-    progressive = handler.jpeg_layout(encode(photo((640, 480)), progressive=True, subsampling=0))
+    progressive = protocol.jpeg_layout(encode(photo((640, 480)), progressive=True, subsampling=0))
     assert progressive.scans == 10 and progressive.block_scans == 14 * 80 * 60
     # Junk between segments is skipped, as libjpeg skips it: the scans after it still count.
     junk = repeated_scans(photo((64, 48)), 3).replace(b"\xff\xda", b"junk\xff\xda")
     assert (
-        handler.jpeg_layout(junk).scans == handler.jpeg_layout(repeated_scans(photo((64, 48)), 3)).scans == 13
+        protocol.jpeg_layout(junk).scans
+        == protocol.jpeg_layout(repeated_scans(photo((64, 48)), 3)).scans
+        == 13
     )
 
 
@@ -609,7 +618,16 @@ def test_gpu_model_and_cpu_logits(handler, model_artifact_dir):
 # --- what the source directory may depend on -------------------------------------------------------
 
 # What the PyTorch serving image has; training-only packages (smdebug) must never be needed.
-SERVING_IMAGE_MODULES = {"torch", "torchvision", "PIL", "numpy", "sagemaker_inference", "classifier"}
+# classifier and protocol are the sources' own (code/lib/classifier/, code/protocol.py).
+SERVING_IMAGE_MODULES = {
+    "torch",
+    "torchvision",
+    "PIL",
+    "numpy",
+    "sagemaker_inference",
+    "classifier",
+    "protocol",
+}
 # What inference/requirements.txt installs at start-up, by distribution and the module it brings: ONNX
 # Runtime, imported only where an int8 model is served (classifier/artifact.py).
 STARTUP_REQUIREMENTS = {"onnxruntime": "onnxruntime"}

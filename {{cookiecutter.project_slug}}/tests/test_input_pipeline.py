@@ -19,8 +19,8 @@ import torch
 from conftest import project_module
 from PIL import Image
 
+from classifier.choices import resize_size_for
 from classifier.presets import EvalPreset, TrainPreset
-from classifier.schema import resize_size_for
 
 data = project_module("data")
 ProjectConfig = project_module("config").ProjectConfig

@@ -17,9 +17,8 @@ from click.testing import CliRunner
 from conftest import project_module
 from launch_helpers import copy_project
 
-from classifier import schema
-
 preflight = project_module("preflight")
+schema = project_module("config_schema")
 support = project_module("support")
 cli = project_module("cli")
 open_session = project_module("session").open_session

@@ -32,7 +32,7 @@ from classifier.artifact import (
     load_quantized,
 )
 from classifier.backbones import build_model
-from classifier.schema import BACKBONES
+from classifier.choices import BACKBONES
 
 load_handler = project_module("local_endpoint").load_handler
 make_image = project_module("synthetic").make_image

@@ -29,9 +29,8 @@ from launch_helpers import archive_names, copy_project, model_archive, only, s3_
 from PIL import Image
 from test_endpoint_bounds import HOSTILE_DECODES, PEAK_BYTES_PER_DECODED_PIXEL, json_batch, saved, webp_6000
 
-from classifier import schema
-
 ray_package = project_module("ray_package")
+schema = project_module("config_schema")
 local_endpoint = project_module("local_endpoint")
 launcher = project_module("launcher")
 dryrun = project_module("dryrun")
@@ -185,6 +184,7 @@ def test_deploy_dry_run_ships_the_ray_package_in_a_plain_model(project_root, tmp
         "deployment.py",
         "model.pth",
         "code/inference.py",
+        "code/protocol.py",
         "code/lib/classifier/__init__.py",
     } <= names
     variant = only(calls, "CreateEndpointConfig")["ProductionVariants"][0]

@@ -24,6 +24,8 @@ from launch_helpers import copy_project
 from PIL import Image
 
 report = project_module("report")
+# Where the report's size limits are read (a test lowers them there).
+report_fetch = project_module("report.fetch")
 cli = project_module("cli")
 launcher = project_module("launcher")
 open_session = project_module("session").open_session
@@ -455,7 +457,7 @@ def test_insights_say_what_each_finding_means_and_what_to_change():
 
 def test_an_oversized_file_is_left_out_with_a_note(tmp_path, monkeypatch):
     folder = write_outputs(tmp_path / "data")
-    monkeypatch.setattr(report, "MAX_FILE_BYTES", 4096)
+    monkeypatch.setattr(report_fetch, "MAX_FILE_BYTES", 4096)
     (folder / "recording.json").write_text(json.dumps(recording_document(epochs=1, steps_per_epoch=2000)))
     output = report.read_output(folder)
     assert output.recording is None
@@ -600,7 +602,7 @@ def test_job_report_reads_the_archive_from_the_offline_s3(project_config, tmp_pa
 
 
 def test_job_report_refuses_an_archive_over_the_limit(project_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "MAX_ARCHIVE_BYTES", 100)
+    monkeypatch.setattr(report_fetch, "MAX_ARCHIVE_BYTES", 100)
     with open_session(project_config, dry_run=True, folder=tmp_path / "dry") as session:
         put_output(session, create_job(session, JOB), JOB, b"x" * 101)
         with pytest.raises(report.ReportError, match="more than the report downloads"):

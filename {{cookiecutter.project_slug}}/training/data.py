@@ -36,8 +36,8 @@ from torch.utils.data import (
     get_worker_info,
 )
 
+from classifier.choices import IMAGE_SUFFIXES
 from classifier.presets import is_interleaved
-from classifier.schema import IMAGE_SUFFIXES
 
 SPLITS = ("train", "valid", "test")
 # Batches each loader worker prepares ahead of the one being trained on.

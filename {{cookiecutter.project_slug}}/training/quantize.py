@@ -15,7 +15,7 @@ and a Python 3.13 Ray Serve image serve the same bytes with the same kernels.
 
 Then both networks run over the validation split: top-1 agreement, the accuracy of each, and, on this
 machine's CPU, their size and latency for one image. The endpoint chooses between them from these
-figures (classifier/schema.py: `serving_precision`).
+figures (classifier/choices.py: `serving_precision`).
 
 A network that cannot be quantized (it does not export, an op has no ONNX translation, ...) is reported
 with the reason, and the artifact keeps only the float model.

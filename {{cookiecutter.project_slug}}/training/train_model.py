@@ -56,7 +56,7 @@ from tracking import Tracker, start_tracking
 from watchers import Watchers, judge, start_watchers
 
 from classifier.backbones import WeightsUnavailable, build_model, has_batch_norm
-from classifier.schema import FINETUNE_MODES, OPTIMIZERS, QUANTIZE_SETTINGS, SCHEDULERS
+from classifier.choices import FINETUNE_MODES, OPTIMIZERS, QUANTIZE_SETTINGS, SCHEDULERS
 
 # The hook's modes (smdebug.pytorch.modes, by name): training steps, validation steps, the test pass.
 TRAIN, EVAL, PREDICT = "TRAIN", "EVAL", "PREDICT"

@@ -1,21 +1,20 @@
 """The project's configuration: `config.toml` at the project root, read once and checked against the schema.
 
-The schema (every key, its type and what it allows) is `classifier/schema.py`, shared with the
-render hook and the training code; `ProjectConfig.load` refuses a file that does not fit it, in
+The schema (every key, its type and what it allows) is `config_schema.py`, shared with the
+render hook; `ProjectConfig.load` refuses a file that does not fit it, in
 one line naming the file, the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
-import sys
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from . import config_schema as schema
 
 try:
     import tomllib
@@ -35,32 +34,6 @@ class ConfigError(Exception):
 _PROBLEMS_SHOWN = 3
 # config.toml is a page of settings (about 6 KB); a file far larger is not one, and is refused unread.
 MAX_CONFIG_BYTES = 1 << 20
-
-
-def _load_schema() -> ModuleType:
-    """classifier/schema.py of this project.
-
-    Importable when the project root is on sys.path (pytest, `python -m`, the containers); an
-    installed console script has only src/ there, so fall back to the file next to the package.
-    It is registered under its own name, so both ways give the same module (and classes).
-    """
-    try:
-        from classifier import schema
-    except ImportError:
-        name = "classifier.schema"
-        if name in sys.modules:
-            return sys.modules[name]
-        path = Path(__file__).resolve().parents[2] / "classifier" / "schema.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None or not path.is_file():
-            raise ConfigError(f"{path} is missing: the project's config schema lives there") from None
-        schema = importlib.util.module_from_spec(spec)
-        sys.modules[name] = schema
-        spec.loader.exec_module(schema)
-    return schema
-
-
-schema = _load_schema()
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -135,7 +108,7 @@ class ProjectConfig:
 
     @cached_property
     def settings(self) -> schema.Settings:
-        """config.toml typed by classifier/schema.py; ConfigError when it does not fit."""
+        """config.toml typed by config_schema.py; ConfigError when it does not fit."""
         try:
             return schema.parse(self.data)
         except schema.SchemaError as error:

@@ -2,7 +2,7 @@
 
 `pip install -e .` (SageMaker Studio, where the containers train and serve) installs the launcher only;
 the commands that train or serve on this machine need `local` (the report's pictures need `debug`, which
-report.py says itself), and `runs` needs `tracking` (local runs without it are not recorded, and say
+report/figures.py says itself), and `runs` needs `tracking` (local runs without it are not recorded, and say
 so). Their modules import those packages inside the functions that use them, so every other command, and
 every error message, works without them.
 """

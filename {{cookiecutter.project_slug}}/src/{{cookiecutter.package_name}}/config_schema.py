@@ -1,12 +1,13 @@
-"""The one schema of config.toml: every key, its type, what it allows, and the names the project offers.
+"""The one schema of config.toml: every key, its type, what it allows, and the AWS tables it checks against.
 
-Three readers share this file, so each value is defined here once:
+Two readers share this file, so each rule is defined here once:
 
 - the template's render hook loads it by path and validates the config the answers would produce;
-- the package (`config.py`) validates config.toml with it when a command loads the config;
-- the training and serving code (shipped with `classifier/`) takes the backbone names from it.
+- the package (`config.py`) validates config.toml with it when a command loads the config.
 
-Standard library only (it runs in the render hook, in the SageMaker containers and in the CLI).
+The choices the containers also need (backbones, optimisers, image suffixes, which network an endpoint
+serves) are classifier/choices.py's; this file imports them and checks config.toml against them.
+Standard library only (it runs in the render hook, whose environment has cookiecutter and nothing more).
 
 Adding a key is one line in the table's dataclass below, e.g. in `Debugger`:
 
@@ -18,23 +19,59 @@ A field without a default is required; with one, older config files that lack it
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Union
+
+
+def _import_shared_choices() -> None:
+    """Register this project's `classifier/` (two folders up) as the package `classifier`.
+
+    An installed console script has only src/ on sys.path, and the render hook loads this file from the
+    template, where another project's `classifier` could be importable: both must read this project's.
+    Registered as the package it is, so `classifier.choices` is one module however it is reached.
+    """
+    folder = Path(__file__).resolve().parents[2] / "classifier"
+    if "classifier" in sys.modules or not (folder / "choices.py").is_file():
+        return  # imported already (pytest, `python -m`, the containers), or left to the import below
+    spec = importlib.util.spec_from_file_location(
+        "classifier", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    assert spec is not None and spec.loader is not None, folder
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["classifier"] = package
+    spec.loader.exec_module(package)
+
+
+_import_shared_choices()
+
+from classifier.choices import (  # noqa: E402
+    BACKBONES,
+    FINETUNE_MODES,
+    OPTIMIZERS,
+    QUANTIZE_SETTINGS,
+    SCHEDULERS,
+)
+
+# The package reads these through the schema (config.py's `schema`), which makes `classifier` importable.
+from classifier.choices import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # noqa: E402
+from classifier.choices import readable_class_name as readable_class_name  # noqa: E402
+from classifier.choices import resize_size_for as resize_size_for  # noqa: E402
+from classifier.choices import serving_precision as serving_precision  # noqa: E402
 
 # --- the names the project offers ------------------------------------------------------------------
 
-# Tested torchvision classification models (each ends in an nn.Linear the project replaces).
-BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny")
-FINETUNE_MODES = ("head", "full")
-# The backbones above with BatchNorm layers (convnext_tiny normalises with LayerNorm). BatchNorm in
-# training mode cannot normalise a batch of one image, and with finetune = "full" it trains: there,
-# batch_size must be at least 2. The render's tests check this list against the networks themselves.
+# The backbones (classifier/choices.py) with BatchNorm layers (convnext_tiny normalises with LayerNorm).
+# BatchNorm in training mode cannot normalise a batch of one image, and with finetune = "full" it trains:
+# there, batch_size must be at least 2. The render's tests check this list against the networks themselves.
 BATCH_NORM_BACKBONES = ("resnet18", "resnet34", "resnet50", "efficientnet_b0", "mobilenet_v3_large")
 # The rules the project judges, by the names of SageMaker's built-in rules: debugger rules as the SDK's
 # `rule_configs` functions, profiler rules as its classes. DataLoadingBottleneck is judged in the job only.
@@ -63,18 +100,12 @@ RULE_SET_NAMES = tuple(RULE_SETS)
 # Where the rules are judged: in the training job itself (any account), by SageMaker Debugger's rule jobs
 # (accounts that still have Debugger), or both.
 RULE_EVALUATIONS = ("in_job", "sagemaker", "both")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULERS = ("cosine", "step", "none")
-# Which network a CPU endpoint serves: int8 when auto finds it costs little accuracy (`serving_precision`).
-QUANTIZE_SETTINGS = ("auto", "int8", "float")
 LR_SCALINGS = ("Logarithmic", "Linear", "ReverseLogarithmic", "Auto")
 OBJECTIVE_TYPES = ("Minimize", "Maximize")
 EARLY_STOPPING_TYPES = ("Off", "Auto")
 RANGE_TYPES = ("continuous", "integer", "categorical")
 # The only system-monitor intervals SageMaker's profiler accepts.
 PROFILER_INTERVALS = (100, 200, 500, 1000, 5000, 60000)
-# Files that data preparation, training and serving all treat as images (suffix, lowercase).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 # --- what AWS and the SageMaker SDK accept ---------------------------------------------------------
 
@@ -240,20 +271,6 @@ MINIMUM_PYTORCH_REASON = {
 AWS_PYTORCH_IMAGE_RE = re.compile(r"/pytorch(-training|-inference)?[a-z-]*:([0-9]+\.[0-9]+(\.[0-9]+)?)-")
 
 
-# A class's name as people read it (serving, the report): the dataset's folder name without its number.
-def readable_class_name(folder_name: str) -> str:
-    """`001.Affenpinscher` -> `Affenpinscher`, `017.Bull_terrier` -> `Bull terrier`."""
-    prefix, dot, rest = folder_name.partition(".")
-    name = rest if dot and prefix.isdigit() else folder_name
-    return name.replace("_", " ")
-
-
-def resize_size_for(image_size: int) -> int:
-    """The shorter side the eval preset resizes to before its centre crop (256 for 224, as in ImageNet);
-    here, not in presets.py, because `data prepare` (no torch on the launcher's side) writes images at it."""
-    return round(image_size / 0.875)
-
-
 def partition(region: str) -> str:
     """The AWS partition of a region: ARNs in cn-* regions start `arn:aws-cn:`, and so on."""
     if region.startswith("cn-"):
@@ -295,58 +312,6 @@ def instance_type_problem(instance_type: str) -> str | None:
     if family.startswith("eia"):
         return "is an Elastic Inference accelerator, not an instance type"
     return None
-
-
-# --- which network an endpoint serves --------------------------------------------------------------
-
-# `auto` serves int8 on a CPU when it loses at most this many percentage points of validation accuracy.
-AUTO_MAX_ACCURACY_DROP_POINTS = 0.5
-# Set on the model (PyTorchModel env=) to override the setting the artifact was trained with.
-QUANTIZE_ENV = "CLASSIFIER_QUANTIZE"
-# The int8 model's format (training/quantize.py): ONNX with QuantizeLinear/DequantizeLinear pairs, for
-# ONNX Runtime. Artifacts from before it hold a TorchScript int8 model, which no longer serves.
-INT8_FORMAT = "onnx-qdq"
-
-
-def serving_precision(
-    quantization: dict[str, Any], device_type: str, override: str | None = None
-) -> tuple[str, str]:
-    """("int8" or "float", why) for an endpoint on `device_type` ("cpu", "cuda"), from the artifact's
-    `quantization` (metadata.json: the setting it was trained with and the int8 model's figures).
-
-    The setting is `override` (the endpoint's $CLASSIFIER_QUANTIZE) or the one training recorded:
-    `float` always serves float; `int8` serves int8 where it exists; `auto` serves int8 when it
-    costs at most AUTO_MAX_ACCURACY_DROP_POINTS of validation accuracy. int8 kernels run on the
-    CPU only, so a GPU endpoint serves float whatever the setting.
-
-    Here, not in artifact.py, so that the CLI's `report` (no torch) shows the decision model_fn makes.
-    """
-    setting = override or quantization.get("setting") or "float"
-    source = f"${QUANTIZE_ENV}" if override else "quantize"
-    if setting not in QUANTIZE_SETTINGS:
-        raise ValueError(f"{source} is {setting!r}; choose one of {', '.join(QUANTIZE_SETTINGS)}")
-    if setting == "float":
-        if not quantization:
-            return "float", "the artifact predates int8 models"
-        return "float", f"{source}=float"
-    if device_type != "cpu":
-        return "float", f"{source}={setting}, but int8 runs on CPUs only and the endpoint has a {device_type}"
-    if not quantization.get("available"):
-        missing = quantization.get("reason")
-        return "float", f"{source}={setting}, but the artifact has no int8 model ({missing})"
-    if quantization.get("format") != INT8_FORMAT:
-        return "float", f"{source}={setting}, but the artifact's int8 model is TorchScript (retrain for ONNX)"
-    drop = quantization["accuracy_drop_points"]
-    figures = (
-        f"validation accuracy float {quantization['float_accuracy']:.4f}, "
-        f"int8 {quantization['int8_accuracy']:.4f}, top-1 agreement {quantization['agreement']:.4f}"
-    )
-    limit = AUTO_MAX_ACCURACY_DROP_POINTS
-    if setting == "int8":
-        return "int8", f"{source}=int8 ({figures})"
-    if drop <= limit:
-        return "int8", f"{source}=auto and int8 loses {drop:.2f} points, at most {limit} ({figures})"
-    return "float", f"{source}=auto and int8 would lose {drop:.2f} points, more than {limit} ({figures})"
 
 
 def smallest_batch_size(finetune: str, backbone: str) -> int:
