@@ -43,9 +43,7 @@ def chosen(value: object) -> bool:
 
 
 def main(answers: dict, project: Path) -> int:
-    # The notebook writes out SDK v2's objects (PyTorch, PyTorchModel, Rule.sagemaker): v2 renders only, until
-    # it has a v3 counterpart (a v3 render's `.[dev]` installs, so its local cells could run).
-    if not chosen(answers["include_notebook"]) or answers.get("sagemaker_sdk") == "v3":
+    if not chosen(answers["include_notebook"]):
         remove_notebook(project)
     if not chosen(answers["include_github_actions"]):
         remove_github_actions(project)

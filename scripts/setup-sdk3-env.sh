@@ -16,14 +16,17 @@ if [ "$(cat "$v3_stamp" 2>/dev/null)" != "$v3_wanted" ]; then
     "${PYTHON:-python3}" -m venv "$V3_VENV"
     python -m cookiecutter --no-input -o "$V3_VENV/render" "$ROOT" sagemaker_sdk=v3 include_notebook=no >/dev/null
     # sagemaker-inference (the `local` extra's, without torch): a Ray Serve package carries it (ray_package.py),
-    # so a v3 `deploy --dry-run` with [endpoint] server = "ray_serve" builds one.
-    "$V3_VENV/bin/python" -m pip install --quiet --progress-bar off -e "$V3_VENV"/render/*/ pytest pytest-xdist \
-        "sagemaker-inference>=1.10"
+    # so a v3 `deploy --dry-run` with [endpoint] server = "ray_serve" builds one. The `debug` extra (matplotlib,
+    # for the notebook's `%matplotlib inline`) and a kernel: the notebook's SageMaker cells run as a dry run.
+    v3_render=("$V3_VENV"/render/*/)
+    "$V3_VENV/bin/python" -m pip install --quiet --progress-bar off -e "${v3_render[0]}[debug]" pytest \
+        pytest-xdist "sagemaker-inference>=1.10" nbclient nbformat ipykernel
     echo "$v3_wanted" > "$v3_stamp"
 fi
 export SDK_V3_PYTHON="$V3_VENV/bin/python"
 if [ "${1:-}" ]; then
-    # The launcher side only: the training and serving code is the same files as a v2 render's.
+    # The launcher side only: the training and serving code is the same files as a v2 render's. The notebook's
+    # requests test skips its local cells, so it needs no torch (tests/test_notebook.py trains: not here).
     cd "$1" && PYTHONPATH=src:. "$SDK_V3_PYTHON" -m pytest -q -p no:cacheprovider -n 2 \
-        tests/test_dryrun.py tests/test_preflight.py
+        tests/test_dryrun.py tests/test_preflight.py tests/test_notebook_requests.py
 fi

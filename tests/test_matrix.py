@@ -43,7 +43,7 @@ CYCLED = {
     "use_spot": [True, False],
     "python_version": QUESTIONS["python_version"],
     "lr_scaling": QUESTIONS["lr_scaling"],
-    # Each generation with and without the notebook (which a v3 render leaves out).
+    # Each generation with and without the notebook.
     "sagemaker_sdk": ["v2", "v2", "v3", "v3"],
 }
 
@@ -73,7 +73,7 @@ def expected_files(case: dict, package: str) -> set[str]:
             files.add(
                 str(path.relative_to(PROJECT_TEMPLATE)).replace("{{cookiecutter.package_name}}", package)
             )
-    if not case["include_notebook"] or case["sagemaker_sdk"] == "v3":
+    if not case["include_notebook"]:
         files.discard("train_and_deploy.ipynb")
     if not case["include_github_actions"]:
         files = {f for f in files if not f.startswith(".github/")}

@@ -9,7 +9,7 @@ import re
 import nbclient
 import nbformat
 import pytest
-from conftest import PACKAGE, PROJECT_ROOT, offline_notebook_environment, project_module
+from conftest import PACKAGE, PROJECT_ROOT, offline_notebook_environment, project_module, sdk_module
 
 NOTEBOOK = PROJECT_ROOT / "train_and_deploy.ipynb"
 MAX_CODE_LINES = 40
@@ -17,6 +17,8 @@ MAX_CODE_LINES = 40
 JINJA_MARKERS = ("{" + "{", "{" + "%", "cookie" + "cutter")
 
 pytestmark = pytest.mark.skipif(not NOTEBOOK.exists(), reason="rendered without the notebook")
+# The notebook writes out the objects of the SDK generation the project uses ([aws] sagemaker_sdk).
+SDK_V3 = project_module("config").ProjectConfig.load(PROJECT_ROOT).aws.get("sagemaker_sdk") == "v3"
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +52,28 @@ def test_notebook_is_rendered_into_plain_python(notebook):
 SDK_CONSTRUCTIONS = (
     "ContinuousParameter(",
     "CategoricalParameter(",
-    "PyTorch(",
     "HyperparameterTuner(",
-    "Rule.sagemaker(",
-    "ProfilerRule.sagemaker(",
-    "getattr(rule_configs, name)()",
-    "DebuggerHookConfig(",
-    "ProfilerConfig(",
-    "PyTorchModel(",
-    'IdentitySerializer("image/jpeg")',
+) + (
+    (
+        "ModelTrainer(",
+        "SourceCode(",
+        "Compute(",
+        "StoppingCondition(",
+        "CheckpointConfig(",
+        "HyperparameterTuner(\n    model_trainer=tuning_trainer,",
+        "ModelBuilder(",
+    )
+    if SDK_V3
+    else (
+        "PyTorch(",
+        "Rule.sagemaker(",
+        "ProfilerRule.sagemaker(",
+        "getattr(rule_configs, name)()",
+        "DebuggerHookConfig(",
+        "ProfilerConfig(",
+        "PyTorchModel(",
+        'IdentitySerializer("image/jpeg")',
+    )
 )
 # The package's builders of SDK objects: the notebook writes the construction out instead of calling these.
 HIDDEN_BUILDERS = (
@@ -66,10 +81,14 @@ HIDDEN_BUILDERS = (
     "training_estimator(",
     "pytorch_estimator(",
     "sagemaker_api.tuner(",
+    "sagemaker_api_v3.tuner(",
     "debugger_settings(",
     "debugger_rules(",
     "sagemaker_api.hyperparameter_ranges(",
+    "sagemaker_api_v3.hyperparameter_ranges(",
     "pytorch_model(",
+    "model_trainer(",
+    "model_builder(",
     "deploy_arguments(",
     "launch_tuning(",
     "launch_training(",
@@ -100,28 +119,46 @@ def test_a_reviewer_finds_every_step_of_the_sagemaker_api(notebook):
     hook configuration, training fitted, debugging output plotted, profiler report shown, deploy, predict
     as image/jpeg, delete."""
     code = "\n".join(cell.source for cell in code_cells(notebook))
-    for expected in (
+    shared = (
         "hyperparameter_ranges = {",
         'objective_metric_name=tuning["objective_metric_name"]',
-        "estimator = PyTorch(",
         "tuner = HyperparameterTuner(",
-        "tuner.fit(",
-        "tuner.best_training_job()",
-        "tuner.best_estimator().hyperparameters()",
         "best_hyperparameters",
-        "rules.append(Rule.sagemaker(",
-        "hook_config = DebuggerHookConfig(",
-        "profiler_config = ProfilerConfig(",
-        "debugger_hook_config=hook_config",
-        "profiler_config=profiler_config",
-        "estimator.fit(",
         'figures["loss"]',
         "srcdoc",
-        "model = PyTorchModel(",
-        "model.deploy(",
-        'predictor.predict(images[0].read_bytes(), initial_args={"ContentType": "image/jpeg"})',
-        "predictor.delete_endpoint()",
-    ):
+    )
+    if SDK_V3:
+        steps = (
+            "tuning_trainer = ModelTrainer(",
+            "tuner.tune(",
+            "tuner.best_training_job()",
+            "sagemaker_api_v3.where_judged(config)",  # the rules are judged in the job: it says so
+            "trainer = ModelTrainer(",
+            "TrainingJob.create(",
+            "model_builder = ModelBuilder(",
+            "model_builder.build(",
+            "model_builder.deploy(",
+            'predictor.invoke(body=images[0].read_bytes(), content_type="image/jpeg"',
+            "predictor.delete()",
+        )
+    else:
+        steps = (
+            "estimator = PyTorch(",
+            "tuner.fit(",
+            "tuner.best_training_job()",
+            "tuner.best_estimator().hyperparameters()",
+            "rules.append(Rule.sagemaker(",
+            "hook_config = DebuggerHookConfig(",
+            "profiler_config = ProfilerConfig(",
+            "debugger_hook_config=hook_config",
+            "profiler_config=profiler_config",
+            "estimator.fit(",
+            "model = PyTorchModel(",
+            "model.deploy(",
+            'predictor.predict(images[0].read_bytes(), initial_args={"ContentType": "image/jpeg"})',
+            "predictor.delete_endpoint()",
+        )
+    for expected in shared + steps:
         assert expected in code, expected
 
 
@@ -133,7 +170,8 @@ def test_no_placeholder_is_left_for_the_reader(notebook):
 def test_first_code_cell_is_the_dry_run_switch_and_the_last_tears_down(notebook):
     cells = code_cells(notebook)
     assert re.search(r"^DRY_RUN = .*NOTEBOOK_DRY_RUN", cells[0].source, re.MULTILINE)
-    assert "predictor.delete_endpoint()" in cells[-1].source and "launcher.teardown(" in cells[-1].source
+    deletion = "predictor.delete()" if SDK_V3 else "predictor.delete_endpoint()"
+    assert deletion in cells[-1].source and "launcher.teardown(" in cells[-1].source
     assert notebook.cells[-2].cell_type == "markdown" and "Tear down" in notebook.cells[-2].source
 
 
@@ -182,7 +220,7 @@ def test_notebook_runs_top_to_bottom_offline(notebook, tmp_path, monkeypatch):
         at = shown.find(wrong)
         assert at < 0, f"{wrong!r} shown: ...{shown[max(at - 400, 0) : at + 200]}..."
     config = project_module("config").ProjectConfig.load(PROJECT_ROOT)
-    sagemaker_api = project_module("sagemaker_api")
+    sagemaker_api = sdk_module()
     if sagemaker_api.rule_set(config).profiler:
         assert "not evaluated offline" in text
     rules = config.section("debugger")["rules"]

@@ -1,14 +1,16 @@
 """The notebook's SDK constructions and the command line send SageMaker the same requests.
 
-The notebook writes out each SDK call (`PyTorch(...)`, `HyperparameterTuner(...)`, `PyTorchModel(...)`,
-`deploy`) with values read from config.toml; `tune`, `train` and `deploy` build theirs in sagemaker_api.
-Both are captured by dry runs and compared field by field, ignoring only the generated names (they carry
+The notebook writes out each SDK call (v2: `PyTorch(...)`, `HyperparameterTuner(...)`, `PyTorchModel(...)`,
+`deploy`; v3: `ModelTrainer(...)`, `HyperparameterTuner(model_trainer=...)`, `ModelBuilder(...)`) with values
+read from config.toml; `tune`, `train` and `deploy` build theirs in sagemaker_api (or sagemaker_api_v3). Both
+are captured by dry runs and compared field by field, ignoring only the generated names (they carry
 timestamps), so the two cannot drift apart.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,15 @@ GENERATED_NAMES = {
     "EndpointConfigName": "<endpoint config>",
     "EndpointName": "<endpoint>",
 }
+# Folders SDK v3 names itself from the time, for what it uploads (neither the notebook nor the command line
+# chooses them; SageMaker reads the URIs as they are sent):
+SDK_PICKED_NAMES = (
+    # HyperparameterTuner.tune() uploads the code and drivers under `tuning-<unix time>/`.
+    (re.compile(r"/tuning-\d{10}/"), "/tuning-<time>/"),
+    # ModelTrainer names its upload folder `<base_job_name>-<yyyymmddHHMMSS>` (its own job name, which both
+    # replace with the project's when they send the request).
+    (re.compile(r"-\d{14}/input/"), "-<time>/input/"),
+)
 # The tag that records when a resource was made (tagging.py): the time, not a choice.
 TIME_TAG = project_module("tagging").CREATED_TAG
 
@@ -58,6 +69,8 @@ def named_apart(calls: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     text = json.dumps(found)
     for name in sorted(names, key=len, reverse=True):
         text = text.replace(name, names[name])
+    for picked, label in SDK_PICKED_NAMES:
+        text = picked.sub(label, text)
     requests: dict[str, dict[str, Any]] = {}
     for call in comparable(json.loads(text)):
         assert call["operation"] not in requests, f"two {call['operation']} requests"
