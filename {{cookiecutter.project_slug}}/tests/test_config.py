@@ -333,13 +333,16 @@ def test_a_cuda_13_training_image_is_refused_on_a_v100_type() -> None:
         '[instances.training] type = "ml.p3.2xlarge": is a V100 (Volta) type, which the CUDA 13 image of '
         "[images.training] framework_version 2.10.0 cannot run on; choose ml.g4dn, ml.g5 or ml.p4d"
     ]
-    older = dataclasses.replace(newer, images=base.images)  # the default v2 render: 2.8.0
-    assert base.images.training.framework_version == "2.8.0" and list(older._cuda_problems()) == []
+    cuda_12 = schema.Image(framework_version="2.8.0", py_version="py312", image_uri="")  # v2's default
+    older = dataclasses.replace(newer, images=dataclasses.replace(base.images, training=cuda_12))
+    assert list(older._cuda_problems()) == []
 
 
 def test_an_image_the_sdk_generation_does_not_know_is_refused_naming_the_one_that_does() -> None:
     image = {"framework_version": "2.14", "py_version": "py312", "image_uri": ""}
-    (problem,) = schema.validate(edited_document(images={"training": image}))  # no sagemaker_sdk: v2
+    # The document pinned to SDK v2, whichever generation rendered it.
+    on_v2 = edited_document(images={"training": image}, aws={"sagemaker_sdk": "v2"})
+    (problem,) = schema.validate(on_v2)
     assert problem.text().startswith('[images.training] framework_version = "2.14": has no PyTorch training')
     assert "choose one of 2.3.0" in problem.text() and "(SageMaker SDK v3 knows it)" in problem.text()
     assert image_problems("v3", "training", "2.14", "py312", "us-gov-west-1") == [
