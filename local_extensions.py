@@ -75,14 +75,14 @@ def pytorch_python(version: object, scope: str, generation: object = "v2") -> st
 
 
 def _schema() -> Any:
-    """The project's config_schema.py (one definition of the rule sets), loaded by path."""
+    """The project's config/schema.py (one definition of the rule sets), loaded by path."""
     import importlib.util
     from pathlib import Path
 
     name = "_template_config_schema"
     if name not in sys.modules:
         project = Path(__file__).resolve().parent / "{{cookiecutter.project_slug}}"
-        path = project / "src" / "{{cookiecutter.package_name}}" / "config_schema.py"
+        path = project / "src" / "{{cookiecutter.package_name}}" / "config" / "schema.py"
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

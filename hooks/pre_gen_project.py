@@ -8,7 +8,7 @@ Each problem is one line: which answer, the value given, what is allowed.
 
 The config the answers would produce is checked by rendering the template's own
 config.toml with them and validating it with the project's schema
-(`src/<package>/config_schema.py`, the one the rendered package checks config.toml with), so
+(`src/<package>/config/schema.py`, the one the rendered package checks config.toml with), so
 the hook and the package cannot disagree about what a valid config is. Messages
 name the answer the user typed, found from the answer each line of config.toml
 inserts.
@@ -32,8 +32,8 @@ except ImportError:  # Python 3.10: cookiecutter's own interpreter may not have 
 # Spelt in pieces: cookiecutter renders this file with Jinja before running it.
 OPEN, CLOSE = "{" * 2, "}" * 2
 PROJECT = OPEN + "cookiecutter.project_slug" + CLOSE
-SCHEMA = Path(PROJECT, "src", OPEN + "cookiecutter.package_name" + CLOSE, "config_schema.py")
-# The name it is loaded under (it imports classifier/choices.py, which it finds two folders up).
+SCHEMA = Path(PROJECT, "src", OPEN + "cookiecutter.package_name" + CLOSE, "config", "schema.py")
+# The name it is loaded under (it imports classifier/choices.py, which it finds three folders up).
 SCHEMA_MODULE = "config_schema"
 CONFIG = Path(PROJECT, "config.toml")
 PYPROJECT = Path(PROJECT, "pyproject.toml")

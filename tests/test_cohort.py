@@ -225,7 +225,7 @@ def test_the_student_part_survives_in_every_sagemaker_name(cohort_run, tmp_path)
         project = out / slug
         package = read_config(project)["project"]["package"]
         code = (
-            f"from {package}.config import ProjectConfig; from {package}.sagemaker_api import job_name\n"
+            f"from {package}.config import ProjectConfig; from {package}.aws.sagemaker_api import job_name\n"
             "config = ProjectConfig.load()\n"
             "print(job_name(config, 'hpo', max_length=32), job_name(config, 'endpoint'))"
         )

@@ -44,7 +44,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)]
 # The package's name is data (config.toml), as in the tests.
 PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
-local_endpoint = importlib.import_module(f"{PACKAGE}.local_endpoint")
+local_endpoint = importlib.import_module(f"{PACKAGE}.local.endpoint")
 ProjectConfig = importlib.import_module(f"{PACKAGE}.config").ProjectConfig
 
 from classifier.artifact import (  # noqa: E402
@@ -55,8 +55,8 @@ from classifier.artifact import (  # noqa: E402
     readable_class_name,
 )
 
-make_image = importlib.import_module(f"{PACKAGE}.synthetic").make_image
-make_dataset = importlib.import_module(f"{PACKAGE}.synthetic").make_dataset
+make_image = importlib.import_module(f"{PACKAGE}.workflow.synthetic").make_image
+make_dataset = importlib.import_module(f"{PACKAGE}.workflow.synthetic").make_dataset
 
 Handler = Callable[[bytes], bytes]
 

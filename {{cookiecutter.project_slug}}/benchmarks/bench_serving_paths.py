@@ -37,9 +37,9 @@ except ImportError:  # Python 3.10
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(PROJECT_ROOT / "src"), str(PROJECT_ROOT)]
 PACKAGE = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))["project"]["package"]
-local_endpoint = importlib.import_module(f"{PACKAGE}.local_endpoint")
+local_endpoint = importlib.import_module(f"{PACKAGE}.local.endpoint")
 ProjectConfig = importlib.import_module(f"{PACKAGE}.config").ProjectConfig
-make_image = importlib.import_module(f"{PACKAGE}.synthetic").make_image
+make_image = importlib.import_module(f"{PACKAGE}.workflow.synthetic").make_image
 
 from classifier.artifact import ModelMetadata, save_artifact  # noqa: E402
 from classifier.backbones import build_model  # noqa: E402
@@ -101,7 +101,7 @@ def measure(server: str, archive: Path, bodies: list[bytes], requests: int) -> d
     baseline = unique_memory_mb([me])
     start = time.perf_counter()
     if server == "ray_serve":
-        context = importlib.import_module(f"{PACKAGE}.local_ray").running_ray_endpoint(archive, PROJECT_ROOT)
+        context = importlib.import_module(f"{PACKAGE}.local.ray_endpoint").running_ray_endpoint(archive, PROJECT_ROOT)
     else:
         context = local_endpoint.running_endpoint(archive, PROJECT_ROOT)
     with context as endpoint:

@@ -48,8 +48,8 @@ sys.path[:0] = [str(PROJECT_ROOT / "training"), str(PROJECT_ROOT), str(PROJECT_R
 CONFIG = tomllib.loads((PROJECT_ROOT / "config.toml").read_text(encoding="utf-8"))
 PACKAGE = CONFIG["project"]["package"]
 EPOCHS = CONFIG["hyperparameters"]["epochs"]
-prepare_dataset = importlib.import_module(f"{PACKAGE}.data").prepare
-make_dataset = importlib.import_module(f"{PACKAGE}.synthetic").make_dataset
+prepare_dataset = importlib.import_module(f"{PACKAGE}.workflow.dataset").prepare
+make_dataset = importlib.import_module(f"{PACKAGE}.workflow.synthetic").make_dataset
 
 from data import ImageFiles, auto_num_workers, discover_splits, make_loader  # noqa: E402
 from feature_cache import extract_features  # noqa: E402

@@ -39,7 +39,7 @@ def project_module(name: str) -> ModuleType:
 def sdk_module() -> ModuleType:
     """The render's SDK module (`sagemaker_api` or `sagemaker_api_v3`), as `sdk.sagemaker_api` picks it."""
     config = project_module("config").ProjectConfig.load(PROJECT_ROOT)
-    return project_module("sdk").sagemaker_api(config)
+    return project_module("aws.sdk").sagemaker_api(config)
 
 
 # Hyperparameters of the tiny CPU training runs: one size fits the tests' 32 px images and seconds.
@@ -105,7 +105,7 @@ def tiny_args(train_model: ModuleType, data_dir: Path, run_dir: Path, *extra: st
 
 
 ProjectConfig = project_module("config").ProjectConfig
-make_dataset = project_module("synthetic").make_dataset
+make_dataset = project_module("workflow.synthetic").make_dataset
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ class StandIn(torch.nn.Module):
 
 def main(package: str, code_dir: str, model_dir: str) -> None:
     torch.set_num_threads(1)  # one allocation arena: the figure does not depend on the core count
-    local_endpoint = importlib.import_module(f"{package}.local_endpoint")
+    local_endpoint = importlib.import_module(f"{package}.local.endpoint")
     handler = local_endpoint.load_handler(Path(code_dir))
     load = handler.model_fn
 

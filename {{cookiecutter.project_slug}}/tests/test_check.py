@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import project_module
 
-checks = project_module("checks")
+checks = project_module("checks.project_check")
 main = project_module("cli").main
 
 # What a copy leaves out: records of earlier runs and caches, none of which `check` reads.
@@ -114,7 +114,7 @@ def test_an_invalid_config_fails_config_and_skips_the_dry_runs(project_root, tmp
 def test_a_missing_notebook_fails_unless_the_render_declined_it(project_root, tmp_path):
     project = copy_of(project_root, tmp_path)
     (project / checks.NOTEBOOK).unlink(missing_ok=True)
-    answers = project / project_module("handin").ANSWERS_FILE
+    answers = project / project_module("checks.handin").ANSWERS_FILE
     record = {"cookiecutter": {"include_notebook": "yes"}}
     answers.write_text(json.dumps(record), encoding="utf-8")
     assert run_check(project, "--only", checks.NOTEBOOK)[0] == 1

@@ -18,12 +18,12 @@ from conftest import NO_ACCOUNT, PACKAGE, project_module, sdk_module
 from launch_helpers import copy_project
 
 cli = project_module("cli")
-launcher = project_module("launcher")
-payload = project_module("payload")
-iam = project_module("iam")
-costs = project_module("costs")
+launcher = project_module("workflow.launcher")
+payload = project_module("workflow.payload")
+iam = project_module("checks.iam")
+costs = project_module("workflow.costs")
 ProjectConfig = project_module("config").ProjectConfig
-ProjectState = project_module("state").ProjectState
+ProjectState = project_module("aws.state").ProjectState
 
 
 # Rich fits tables to the terminal: wide enough that names and sources stay whole on one line.
@@ -87,7 +87,7 @@ def test_missing_credentials_is_one_line_naming_what_to_set(project):
 
 def test_missing_role_names_the_setting(project, monkeypatch):
     sagemaker_api = sdk_module()
-    context = project_module("context")
+    context = project_module("aws.context")
 
     def outside_sagemaker(session):
         raise ValueError("The current AWS identity is not a role")
@@ -178,7 +178,7 @@ def test_teardown_dry_run_with_nothing_recorded(project, tmp_path):
 
 
 def test_hyperparameter_overrides_parse_json_values():
-    parsed = cli._parse_hyperparameters(("lr=0.01", "backbone=resnet50", "pretrained=false", "epochs=3"))
+    parsed = project_module("cli.shared").parse_hyperparameters(("lr=0.01", "backbone=resnet50", "pretrained=false", "epochs=3"))
     assert parsed == {"lr": 0.01, "backbone": "resnet50", "pretrained": False, "epochs": 3}
 
 
@@ -237,7 +237,7 @@ def test_user_policy_covers_every_call_the_workflow_makes(project):
 
 # --- launches that check first: budget, preflight, the deploy that proves itself ----------------------
 
-dryrun = project_module("dryrun")
+dryrun = project_module("aws.offline")
 
 
 def with_budget(project, tmp_path, usd: float):

@@ -1,4 +1,4 @@
-"""config.toml is checked against config_schema.py: every command refuses an invalid edit in one line."""
+"""config.toml is checked against config/schema.py: every command refuses an invalid edit in one line."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from conftest import tiny_args
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = next(p.parent.name for p in (PROJECT_ROOT / "src").glob("*/config.py"))
+PACKAGE = next(p.parent.parent.name for p in (PROJECT_ROOT / "src").glob("*/config/__init__.py"))
 config_module = __import__(f"{PACKAGE}.config", fromlist=["ProjectConfig"])
 cli = __import__(f"{PACKAGE}.cli", fromlist=["main"])
-schema = __import__(f"{PACKAGE}.config_schema", fromlist=["parse"])
+schema = __import__(f"{PACKAGE}.config.schema", fromlist=["parse"])
 
 COMMANDS = [
     ["data", "upload", "--dry-run"],

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from conftest import project_module
 
-costs = project_module("costs")
+costs = project_module("workflow.costs")
 config_module = project_module("config")
 
 
@@ -41,7 +41,7 @@ import json  # noqa: E402
 import boto3  # noqa: E402
 from botocore.stub import ANY, Stubber  # noqa: E402
 
-pricing = project_module("pricing")
+pricing = project_module("aws.pricing")
 
 
 def price_document(usd: str) -> str:

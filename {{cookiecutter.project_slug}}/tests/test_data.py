@@ -28,11 +28,14 @@ from conftest import PACKAGE, project_module
 from launch_helpers import copy_project
 from PIL import Image
 
-data = project_module("data")
+data = project_module("workflow.dataset")
 cli = project_module("cli")
-open_session = project_module("session").open_session
+data_commands = project_module("cli.dataset")
+job_commands = project_module("cli.jobs")
+cli_shared = project_module("cli.shared")
+open_session = project_module("aws.session").open_session
 ProjectConfig = project_module("config").ProjectConfig
-local_training = project_module("local_training")
+local_training = project_module("local.training_run")
 
 
 def test_prepare_keeps_the_splits_and_excludes_corrupt_images(tiny_dataset, tmp_path):
@@ -269,7 +272,7 @@ def test_prepare_refuses_a_dest_that_is_not_empty_naming_a_real_option(project_r
     )
     assert result.exit_code == 1
     named = re.findall(r"--[a-z][a-z-]*", result.stderr)
-    prepare_options = {option for param in cli.data.commands["prepare"].params for option in param.opts}
+    prepare_options = {option for param in data_commands.data.commands["prepare"].params for option in param.opts}
     assert named and set(named) <= prepare_options
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 
@@ -287,11 +290,11 @@ def test_every_option_named_in_a_data_or_training_message_exists():
     sources += [
         inspect.getsource(function)
         for function in (
-            cli.data_prepare.callback,
-            cli.data_synthetic.callback,
-            cli.data_upload.callback,
-            cli.train.callback,
-            cli._claim_run_dir,
+            data_commands.data_prepare.callback,
+            data_commands.data_synthetic.callback,
+            data_commands.data_upload.callback,
+            job_commands.train.callback,
+            cli_shared.claim_run_dir,
         )
     ]
     named = set()

@@ -15,7 +15,7 @@ from launch_helpers import copy_project
 moto = pytest.importorskip("moto")
 boto3 = pytest.importorskip("boto3")
 
-data = project_module("data")
+data = project_module("workflow.dataset")
 cli = project_module("cli")
 ProjectConfig = project_module("config").ProjectConfig
 

@@ -27,11 +27,11 @@ from launch_helpers import (
     validation_errors,
 )
 
-launcher = project_module("launcher")
-dryrun = project_module("dryrun")
-open_session = project_module("session").open_session
+launcher = project_module("workflow.launcher")
+dryrun = project_module("aws.offline")
+open_session = project_module("aws.session").open_session
 ProjectConfig = project_module("config").ProjectConfig
-ProjectState = project_module("state").ProjectState
+ProjectState = project_module("aws.state").ProjectState
 # Tests of SDK v2's own request layout (script-mode hyperparameters JSON-encoded, sourcedir.tar.gz, the
 # Debugger/Profiler fields, a hand-written v2 estimator). A v3 render's requests are compared with v2's
 # field by field by the template's tests/test_sdk_generations.py, which names each difference.
@@ -194,7 +194,7 @@ def test_training_job_runs_train_model_with_the_configured_hyperparameters(confi
         name: json.loads(value) for name, value in parameters.items() if not name.startswith("sagemaker_")
     }
     # config.toml's values plus what the in-job rules need (the rules of [debugger], its intervals).
-    watch = project_module("sagemaker_api").watch_hyperparameters(config)
+    watch = project_module("aws.sagemaker_api").watch_hyperparameters(config)
     assert script == config.script_hyperparameters(watch)
     in_job = config.section("debugger")["evaluation"] != "sagemaker"
     assert script["rules"] == (",".join(config.section("debugger")["rules"]) if in_job else "")
@@ -371,8 +371,8 @@ def test_a_hand_written_estimator_over_training_runs_hpo_under_the_toolkit(confi
     the archive the SDK uploads runs hpo.py under the training toolkit."""
     from sagemaker.pytorch import PyTorch
 
-    local_training = project_module("local_training")
-    sagemaker_api = project_module("sagemaker_api")
+    local_training = project_module("local.training_run")
+    sagemaker_api = project_module("aws.sagemaker_api")
     with open_session(config, dry_run=True, folder=tmp_path / "dry") as session:
         estimator = PyTorch(
             entry_point="hpo.py",
@@ -463,7 +463,7 @@ def test_any_other_refusal_is_not_retried(config, tmp_path):
 
 # --- tags, teardown by tag, the deploy that proves itself, serverless ---------------------------------
 
-tagging = project_module("tagging")
+tagging = project_module("aws.tagging")
 
 
 @pytest.mark.parametrize("run", ["tune_run", "train_run", "deploy_run"])
@@ -605,7 +605,7 @@ def test_rule_parameters_reach_sagemakers_rules_and_the_in_job_ones(config):
     """[debugger.rule_parameters] goes to Rule.sagemaker(rule_parameters=...) as strings, and to
     train_model.py as one JSON hyperparameter holding the rules judged in the job (a v3 render's jobs get
     the same hyperparameter: the template's test_sdk_generations sees it in both generations' requests)."""
-    sagemaker_api = project_module("sagemaker_api")
+    sagemaker_api = project_module("aws.sagemaker_api")
     document = json.loads(json.dumps(config.data))
     parameters = {"overfit": {"patience": 3}, "exploding_tensor": {"only_nan": True}}
     document["debugger"].update(

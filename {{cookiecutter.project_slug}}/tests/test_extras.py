@@ -49,12 +49,13 @@ for name in blocked:
     sys.modules[name] = None
 imported = importlib.import_module(package)
 failed = {}
-for info in pkgutil.iter_modules(imported.__path__):
-    if info.name != "__main__":  # it runs the CLI
+for info in pkgutil.walk_packages(imported.__path__, package + "."):
+    name = info.name[len(package) + 1 :]
+    if name != "__main__":  # it runs the CLI
         try:
-            importlib.import_module(package + "." + info.name)
+            importlib.import_module(info.name)
         except ImportError as error:
-            failed[info.name] = repr(error)
+            failed[name] = repr(error)
 from click.testing import CliRunner
 cli = importlib.import_module(package + ".cli")
 results = [CliRunner().invoke(cli.main, args) for args in commands]
@@ -101,9 +102,8 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
     extras = project_module("extras")
     # The other SDK generation's module needs the SDK this environment cannot hold beside its own.
     installed = "v" + importlib.metadata.version("sagemaker").split(".")[0]
-    other_sdk = {
-        module for generation, module in project_module("sdk").SDK_MODULES.items() if generation != installed
-    }
+    sdk = project_module("aws.sdk")
+    other_sdk = {f"aws.{module}" for generation, module in sdk.SDK_MODULES.items() if generation != installed}
     unexpected = {
         name: why
         for name, why in outcome["failed"].items()
@@ -131,7 +131,7 @@ def test_without_the_extras_every_module_imports_and_commands_name_the_extra(pro
 def test_the_error_handler_imports_nothing_to_recognise_an_error():
     """An error class whose module was never imported cannot have been raised: the handler looks in
     sys.modules only, so recognising an error never imports a module (which could fail)."""
-    cli = project_module("cli")
+    cli = project_module("cli.shared")
     config = project_module("config")
     before = set(sys.modules)
     assert cli._is_expected(config.ConfigError("bad"))

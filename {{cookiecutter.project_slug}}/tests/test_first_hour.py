@@ -13,7 +13,7 @@ from launch_helpers import copy_project
 
 from classifier import backbones
 
-local_training = project_module("local_training")
+local_training = project_module("local.training_run")
 cli = project_module("cli")
 
 
@@ -116,7 +116,7 @@ def test_progress_lines_inside_an_epoch(project_config, tiny_dataset, tmp_path):
 
 def test_data_prepare_reports_a_class_count_that_differs_from_the_config(project_root, tmp_path):
     """A 3-class folder in a project whose config says otherwise: said at once, with the key to set."""
-    make_dataset = project_module("synthetic").make_dataset
+    make_dataset = project_module("workflow.synthetic").make_dataset
     project = copy_project(project_root, tmp_path / "project")
     config_path = project / "config.toml"
     config_path.write_text(

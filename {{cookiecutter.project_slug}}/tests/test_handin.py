@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from conftest import NO_ACCOUNT, PROJECT_ROOT, project_module
 from PIL import Image
 
-handin = project_module("handin")
+handin = project_module("checks.handin")
 cli = project_module("cli")
 ProjectConfig = project_module("config").ProjectConfig
-ProjectState = project_module("state").ProjectState
+ProjectState = project_module("aws.state").ProjectState
 
 # What a copy leaves out: records of earlier runs and caches, and whatever a hand-in adds.
 NOT_COPIED = shutil.ignore_patterns(
@@ -181,9 +181,9 @@ def test_a_notebook_not_run_cleanly_is_named(project, change, status, words):
 def test_a_write_up_generated_before_the_steps_ran_fails_on_its_placeholders(project, tmp_path):
     """The generator's own placeholders are what `handin` looks for; once every step ran, none is left
     and only the marker line (not yet the student's words) is a warning."""
-    writeup = project_module("writeup")
+    writeup = project_module("checks.writeup")
     report = project_module("report")
-    launcher = project_module("launcher")
+    launcher = project_module("workflow.launcher")
     config = ProjectConfig.load(project)
     state = ProjectState(tmp_path / "state")
     bare = report.Report(run="local run runs/local", folder=tmp_path, source="a local run")
@@ -316,8 +316,8 @@ def test_with_an_account_the_endpoint_and_cost_come_from_status(project, monkeyp
     """What `status` finds (here a stand-in for the account's answer) decides the two AWS items."""
     import contextlib
 
-    launcher = project_module("launcher")
-    session = project_module("session")
+    launcher = project_module("workflow.launcher")
+    session = project_module("aws.session")
     asked = []
 
     @contextlib.contextmanager

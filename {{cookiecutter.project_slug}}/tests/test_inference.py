@@ -32,8 +32,8 @@ from classifier.artifact import readable_class_name
 from classifier.backbones import SUPPORTED_BACKBONES, build_model
 from classifier.presets import EvalPreset
 
-load_handler = project_module("local_endpoint").load_handler
-make_image = project_module("synthetic").make_image
+load_handler = project_module("local.endpoint").load_handler
+make_image = project_module("workflow.synthetic").make_image
 
 
 # --- images, well-formed and hostile ----------------------------------------------------------------
@@ -208,7 +208,7 @@ ODD_BUT_VALID_IMAGES = {
 
 
 # What the toolkit reads and writes of TorchServe's `ts.context.Context`: the local endpoint's stand-in.
-ServerContext = project_module("local_endpoint")._Context
+ServerContext = project_module("local.endpoint")._Context
 
 
 @dataclass

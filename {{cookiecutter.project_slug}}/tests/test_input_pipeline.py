@@ -22,7 +22,7 @@ from PIL import Image
 from classifier.choices import resize_size_for
 from classifier.presets import EvalPreset, TrainPreset
 
-data = project_module("data")
+data = project_module("workflow.dataset")
 ProjectConfig = project_module("config").ProjectConfig
 
 

@@ -30,11 +30,11 @@ from PIL import Image
 
 from classifier.artifact import readable_class_name
 
-local_endpoint = project_module("local_endpoint")
-local_server = project_module("local_server")
-launcher = project_module("launcher")
-payload = project_module("payload")
-make_image = project_module("synthetic").make_image
+local_endpoint = project_module("local.endpoint")
+local_server = project_module("local.http_server")
+launcher = project_module("workflow.launcher")
+payload = project_module("workflow.payload")
+make_image = project_module("workflow.synthetic").make_image
 
 
 def encode(image: Image.Image, image_format: str = "JPEG") -> bytes:
@@ -448,7 +448,7 @@ def test_serve_says_when_it_is_ready_and_where(model_archive, project_root):
     """`serve` prints its URL once it answers; SIGTERM stops it cleanly."""
     code = (
         "import sys; from pathlib import Path; "
-        f"from {project_module('local_endpoint').__name__} import serve; "
+        f"from {project_module('local.endpoint').__name__} import serve; "
         "serve(Path(sys.argv[1]), port=0, project_root=Path(sys.argv[2]))"
     )
     environment = {
@@ -562,7 +562,7 @@ def test_shrinking_a_large_photo_is_bounded_in_time_and_memory(large_photo, proj
 def predict_both_ways(endpoint, config, image: Path, dry_run_dir: Path) -> tuple[Any, Any, list[dict]]:
     """`image` to the local endpoint and to a SageMaker endpoint in a dry run: each target's result or
     error, and the InvokeEndpoint requests the dry run captured."""
-    session_module = project_module("session")
+    session_module = project_module("aws.session")
     try:
         [local] = local_endpoint.invoke_local(
             endpoint.url, [image], top_k=1, body_limit=payload.body_limit(config)

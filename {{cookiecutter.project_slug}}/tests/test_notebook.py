@@ -176,8 +176,8 @@ def test_first_code_cell_is_the_dry_run_switch_and_the_last_tears_down(notebook)
 
 
 def test_cost_table_total_matches_the_estimate(project_config):
-    tables = project_module("tables")
-    costs = project_module("costs")
+    tables = project_module("report.tables")
+    costs = project_module("workflow.costs")
     table = tables.frame(tables.cost_rows(project_config, endpoint_hours=5), index="step")
     expected = costs.total(costs.estimate(project_config, endpoint_hours=5))
     assert float(table.loc["total", "USD (at most)"]) == pytest.approx(round(expected, 2))

@@ -49,7 +49,7 @@ SDK_PICKED_NAMES = (
     (re.compile(r"-\d{14}/input/"), "-<time>/input/"),
 )
 # The tag that records when a resource was made (tagging.py): the time, not a choice.
-TIME_TAG = project_module("tagging").CREATED_TAG
+TIME_TAG = project_module("aws.tagging").CREATED_TAG
 
 pytestmark = [
     pytest.mark.skipif(not NOTEBOOK.exists(), reason="rendered without the notebook"),
@@ -141,7 +141,7 @@ def notebook_requests(project, tmp_path_factory) -> dict[str, dict[str, Any]]:
         nbclient.NotebookClient(
             notebook, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(project)}}
         ).execute()
-    return named_apart(project_module("dryrun").load_requests(dry_run_dir / "aws"))
+    return named_apart(project_module("aws.offline").load_requests(dry_run_dir / "aws"))
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def command_line_requests(project, tmp_path_factory) -> dict[str, dict[str, Any]
         )
         assert result.exit_code == 0, f"{command}: {result.output}"
     # Each command's session rewrites requests.json; the journal keeps every Create call of all three.
-    journal = json.loads((dry_run_dir / "aws" / project_module("dryrun").JOURNAL_FILENAME).read_text())
+    journal = json.loads((dry_run_dir / "aws" / project_module("aws.offline").JOURNAL_FILENAME).read_text())
     return named_apart(journal)
 
 

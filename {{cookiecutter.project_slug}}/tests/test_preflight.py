@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from conftest import project_module
 from launch_helpers import copy_project
 
-preflight = project_module("preflight")
-schema = project_module("config_schema")
-support = project_module("support")
+preflight = project_module("checks.preflight")
+schema = project_module("config.schema")
+support = project_module("aws.image_support")
 cli = project_module("cli")
-open_session = project_module("session").open_session
+open_session = project_module("aws.session").open_session
 ProjectConfig = project_module("config").ProjectConfig
 
 STANDARD_RULES = [

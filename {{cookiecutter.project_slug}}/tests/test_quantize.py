@@ -34,8 +34,8 @@ from classifier.artifact import (
 from classifier.backbones import build_model
 from classifier.choices import BACKBONES
 
-load_handler = project_module("local_endpoint").load_handler
-make_image = project_module("synthetic").make_image
+load_handler = project_module("local.endpoint").load_handler
+make_image = project_module("workflow.synthetic").make_image
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,13 @@ from launch_helpers import archive_names, copy_project, model_archive, only, s3_
 from PIL import Image
 from test_endpoint_bounds import HOSTILE_DECODES, PEAK_BYTES_PER_DECODED_PIXEL, json_batch, saved, webp_6000
 
-ray_package = project_module("ray_package")
-schema = project_module("config_schema")
-local_endpoint = project_module("local_endpoint")
-launcher = project_module("launcher")
-dryrun = project_module("dryrun")
-payload = project_module("payload")
-open_session = project_module("session").open_session
+ray_package = project_module("aws.ray_package")
+schema = project_module("config.schema")
+local_endpoint = project_module("local.endpoint")
+launcher = project_module("workflow.launcher")
+dryrun = project_module("aws.offline")
+payload = project_module("workflow.payload")
+open_session = project_module("aws.session").open_session
 ProjectConfig = project_module("config").ProjectConfig
 
 
@@ -202,7 +202,7 @@ def test_preflight_checks_the_ray_image_and_drops_the_pytorch_inference_images_e
     config = ProjectConfig.load(root)
     if config.settings.endpoint.serverless:
         pytest.skip("this render's endpoint is serverless, which ray_serve refuses")
-    preflight, support = project_module("preflight"), project_module("support")
+    preflight, support = project_module("checks.preflight"), project_module("aws.image_support")
     (check,) = preflight.image_checks(config, "eu-west-1", "deploy")
     instance_type = config.section("instances")["endpoint"]["type"]
     assert (check.status, check.detail) == ("pass", ray_package.image_uri(config, "eu-west-1", instance_type))
@@ -216,7 +216,7 @@ def test_preflight_checks_the_ray_image_and_drops_the_pytorch_inference_images_e
 @pytest.fixture(scope="module")
 def ray_endpoint(trained_model, project_root) -> Iterator:
     pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
-    local_ray = project_module("local_ray")
+    local_ray = project_module("local.ray_endpoint")
     with local_ray.running_ray_endpoint(trained_model, project_root, num_cpus=1) as endpoint:
         yield endpoint
 

@@ -27,8 +27,8 @@ report = project_module("report")
 # Where the report's size limits are read (a test lowers them there).
 report_fetch = project_module("report.fetch")
 cli = project_module("cli")
-launcher = project_module("launcher")
-open_session = project_module("session").open_session
+launcher = project_module("workflow.launcher")
+open_session = project_module("aws.session").open_session
 
 JOB = "dog-train-2026-01-01-00-00-00-000"
 OUTPUT = "s3://bucket/prefix/output"
@@ -306,7 +306,7 @@ def test_summary_names_each_verdict_with_its_step_and_the_headline_facts(project
 
 
 def test_summary_has_the_best_tuned_hyperparameters_of_the_session(project_config, tmp_path):
-    state = project_module("state").ProjectState(tmp_path / "state")
+    state = project_module("aws.state").ProjectState(tmp_path / "state")
     state.set_value(
         launcher.BEST_HYPERPARAMETERS,
         {
@@ -682,7 +682,7 @@ def test_cli_report_dry_run_chains_from_the_recorded_job(project, tmp_path):
 def test_a_real_local_run_reports_its_confusion_matrix(project_config, tiny_dataset, tmp_path):
     """train_model.py under the training toolkit: the recorder's test-pass counts reach the report."""
     run_dir = tmp_path / "run"
-    project_module("local_training").run_local_training(
+    project_module("local.training_run").run_local_training(
         project_config,
         tiny_dataset,
         run_dir,
@@ -720,9 +720,9 @@ def test_a_real_local_run_reports_its_confusion_matrix(project_config, tiny_data
 def test_write_up_fills_in_what_a_reviewer_asks_for(project_config, local_run, tmp_path):
     """WRITEUP.md: tuning (search and best values), verdicts with steps, pictures, endpoint query,
     screenshots; a WRITEUP.md the student edited is never overwritten."""
-    writeup = project_module("writeup")
-    launcher = project_module("launcher")
-    ProjectState = project_module("state").ProjectState
+    writeup = project_module("checks.writeup")
+    launcher = project_module("workflow.launcher")
+    ProjectState = project_module("aws.state").ProjectState
     project = copy_project(project_config.root, tmp_path / "project")
     config = type(project_config).load(project)
     state = ProjectState(tmp_path / "state")
@@ -943,7 +943,7 @@ def test_a_run_without_its_model_says_where_the_figures_are(project_config, run,
 
 def test_a_local_model_archive_is_read_when_the_tree_is_gone(project_config, run, training, tmp_path):
     model_dir = save_model(training, tmp_path / "model", "auto", measured(int8_correct=169))
-    project_module("local_training").package_model(model_dir, run / "model.tar.gz")
+    project_module("local.training_run").package_model(model_dir, run / "model.tar.gz")
     facts = int8_section(configured(project_config), run, tmp_path)
     assert facts["Read from"] == "metadata.json in local/model.tar.gz"
     assert facts["ml.m5.large (CPU) serves"].startswith("int8: quantize=auto and int8 loses 0.50 points")
@@ -1017,12 +1017,12 @@ def test_cli_report_local_prints_the_int8_endpoint(project, run, training, tmp_p
 
 
 def test_write_up_has_the_int8_endpoint(project_config, run, training, tmp_path):
-    writeup = project_module("writeup")
+    writeup = project_module("checks.writeup")
     save_model(training, run / "opt_ml" / "model", "auto", measured(int8_correct=169))
     project = copy_project(project_config.root, tmp_path / "project")
     config = configured(type(project_config).load(project))
     result = report.build_local_report(config, run, reports_dir=tmp_path / "reports")
-    state = project_module("state").ProjectState(tmp_path / "state")
+    state = project_module("aws.state").ProjectState(tmp_path / "state")
     text = writeup.write_up(config, state, result).read_text(encoding="utf-8")
     assert "## int8 endpoint" in text
     for label, line in report.int8_facts(result.int8):

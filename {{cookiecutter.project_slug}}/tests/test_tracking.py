@@ -65,7 +65,7 @@ def local_run(project_config, tiny_dataset, tmp_path_factory, store):
     uri, run_dir = store, tmp_path_factory.mktemp("tracked") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
-        local_training = project_module("local_training")
+        local_training = project_module("local.training_run")
         local_training.run_local_training(project_config, tiny_dataset, run_dir, TRACKED_TRAINING, quiet=True)
     return uri, run_dir
 
@@ -220,8 +220,8 @@ def with_tracking(config, **tracking):
 
 
 def test_only_a_configured_server_reaches_the_jobs_and_the_iam_policies(project_config):
-    sagemaker_jobs = project_module("sagemaker_jobs")  # the jobs' environment, whichever SDK sends it
-    iam = project_module("iam")
+    sagemaker_jobs = project_module("aws.sagemaker_jobs")  # the jobs' environment, whichever SDK sends it
+    iam = project_module("checks.iam")
     assert project_config.settings.tracking.server_arn == ""  # the default: the jobs install and log nothing
     assert "MLFLOW_TRACKING_URI" not in sagemaker_jobs.job_environment(project_config)
     assert not any(

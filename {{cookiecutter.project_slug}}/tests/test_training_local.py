@@ -20,7 +20,7 @@ from PIL import Image
 
 from classifier.artifact import load_artifact
 
-local_training = project_module("local_training")
+local_training = project_module("local.training_run")
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:

@@ -113,7 +113,7 @@ def test_a_killed_local_run_resumes_when_the_same_command_runs_again(project_roo
             assert process.poll() is None and time.monotonic() < deadline, "the run ended before epoch 2"
             time.sleep(0.02)
         os.killpg(process.pid, signal.SIGKILL)
-    checkpoint = run_dir / project_module("local_training").CHECKPOINT
+    checkpoint = run_dir / project_module("local.training_run").CHECKPOINT
     saved_epoch = torch.load(checkpoint, weights_only=True)["epoch"] + 1  # counted from 1, as the log does
     assert 2 <= saved_epoch < epochs and not (run_dir / "model.tar.gz").exists()
 

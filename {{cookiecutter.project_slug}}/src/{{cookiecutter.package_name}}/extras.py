@@ -32,8 +32,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 # The package's own modules that exist for one extra and import it at their top (the local server is
-# waitress); only a command that has called `require` for that extra imports them.
-EXTRA_MODULES: dict[str, str] = {"local_server": "local"}
+# waitress), by their names under the package; only a command that has called `require` for that extra imports them.
+EXTRA_MODULES: dict[str, str] = {"local.http_server": "local"}
 
 
 class MissingExtraError(Exception):

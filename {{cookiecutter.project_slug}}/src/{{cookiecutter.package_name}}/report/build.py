@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import experiments
-from ..context import CAPTURED
-from ..launcher import BEST_HYPERPARAMETERS
-from ..session import Session, session_state
-from ..state import ProjectState
+from ..aws.context import CAPTURED
+from ..aws.session import Session, session_state
+from ..aws.state import ProjectState
+from ..workflow.launcher import BEST_HYPERPARAMETERS
 from .fetch import (
     OUTPUT_ARCHIVE,
     JobArtifacts,

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ..launcher import LaunchError
-from ..session import Session
-from ..state import TRAINING_JOB, ProjectState
+from ..aws.session import Session
+from ..aws.state import TRAINING_JOB, ProjectState
+from ..workflow.launcher import LaunchError
 
 if TYPE_CHECKING:
     pass
