@@ -52,7 +52,7 @@ def yes_no(value: object) -> bool | None:
 
 def rule_list(rule_set: object) -> str:
     """The `rule_set` answer as config.toml's [debugger] rules: a TOML array, one rule a line."""
-    rules = _schema().RULE_SETS.get(str(rule_set), ())
+    rules = _config_module("schema").RULE_SETS.get(str(rule_set), ())
     if not rules:
         return "[]"
     return "[\n" + "".join(f"    {json.dumps(name)},\n" for name in rules) + "]"
@@ -61,34 +61,33 @@ def rule_list(rule_set: object) -> str:
 def newest_pytorch(generation: object, scope: str, region: object = "") -> str:
     """The default [images.<scope>] framework_version: the newest PyTorch image the render's SDK
     generation (the `sagemaker_sdk` answer; "v2" before it exists) knows in its region."""
-    return _schema().newest_image(str(generation or "v2"), scope, str(region))[0]
+    return _config_module("aws_tables").newest_image(str(generation or "v2"), scope, str(region))[0]
 
 
 def pytorch_python(version: object, scope: str, generation: object = "v2") -> str:
     """The default [images.<scope>] py_version: the Python of the chosen PyTorch image. A version the
     SDK does not know gets the newest image's, and the pre-generation hook refuses the version."""
-    schema = _schema()
+    tables = _config_module("aws_tables")
     generation = str(generation or "v2")
-    known = schema.PYTORCH_IMAGES.get(generation, schema.PYTORCH_IMAGES["v2"])[scope]
-    full = schema.pytorch_version(scope, str(version), generation) or max(known, key=schema.version_tuple)
+    known = tables.PYTORCH_IMAGES.get(generation, tables.PYTORCH_IMAGES["v2"])[scope]
+    full = tables.pytorch_version(scope, str(version), generation) or max(known, key=tables.version_tuple)
     return known[full][0]
 
 
-def _schema() -> Any:
-    """The project's config/schema.py (one definition of the rule sets), loaded by path."""
-    import importlib.util
+def _config_module(name: str) -> Any:
+    """The project's config/<name>.py (one definition of the rule sets and image tables), loaded by
+    path as a submodule of a stand-in package (config/__init__.py, the package's loader, is not run)."""
+    import importlib
+    import types
     from pathlib import Path
 
-    name = "_template_config_schema"
-    if name not in sys.modules:
+    package_name = "_template_config_extensions"
+    if package_name not in sys.modules:
         project = Path(__file__).resolve().parent / "{{cookiecutter.project_slug}}"
-        path = project / "src" / "{{cookiecutter.package_name}}" / "config" / "schema.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+        package = types.ModuleType(package_name)
+        package.__path__ = [str(project / "src" / "{{cookiecutter.package_name}}" / "config")]
+        sys.modules[package_name] = package
+    return importlib.import_module(f"{package_name}.{name}")
 
 
 def toml_bool(value: object) -> str:

@@ -16,6 +16,7 @@ inserts.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import keyword
@@ -32,9 +33,11 @@ except ImportError:  # Python 3.10: cookiecutter's own interpreter may not have 
 # Spelt in pieces: cookiecutter renders this file with Jinja before running it.
 OPEN, CLOSE = "{" * 2, "}" * 2
 PROJECT = OPEN + "cookiecutter.project_slug" + CLOSE
-SCHEMA = Path(PROJECT, "src", OPEN + "cookiecutter.package_name" + CLOSE, "config", "schema.py")
-# The name it is loaded under (it imports classifier/choices.py, which it finds three folders up).
-SCHEMA_MODULE = "config_schema"
+CONFIG_PACKAGE = Path(PROJECT, "src", OPEN + "cookiecutter.package_name" + CLOSE, "config")
+SCHEMA = CONFIG_PACKAGE / "schema.py"
+# The package name config/'s modules are loaded under: a stand-in whose __init__ (the package's
+# config.toml loader) is not run, so schema.py finds its siblings (aws_tables.py, validation.py).
+CONFIG_MODULES = "_template_config"
 CONFIG = Path(PROJECT, "config.toml")
 PYPROJECT = Path(PROJECT, "pyproject.toml")
 
@@ -83,6 +86,19 @@ def load_module(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
+
+
+def load_config_module(template: Path, name: str) -> ModuleType:
+    """`config/<name>.py` of the template's project ("schema", "validation", "aws_tables")."""
+    folder = str(template / CONFIG_PACKAGE)
+    package = sys.modules.get(CONFIG_MODULES)
+    if package is None or list(package.__path__) != [folder]:  # first use, or another template's
+        for loaded in [key for key in sys.modules if key.startswith(CONFIG_MODULES + ".")]:
+            del sys.modules[loaded]
+        package = ModuleType(CONFIG_MODULES)
+        package.__path__ = [folder]
+        sys.modules[CONFIG_MODULES] = package
+    return importlib.import_module(f"{CONFIG_MODULES}.{name}")
 
 
 def find_template(answers: dict, rendered_in: str | None = None) -> Path:
@@ -283,12 +299,13 @@ def check_config(answers: dict, template: Path, problems: list[str]) -> None:
         who = f"{key}: {shown(answers[key])}" if key else "config.toml"
         problems.append(f"{who} does not make valid TOML in config.toml ({error})")
         return
-    schema = load_module(template / SCHEMA, SCHEMA_MODULE)
+    schema = load_config_module(template, "schema")
+    validation = load_config_module(template, "validation")
     # One line per answer (the first thing wrong with it); the names are check_identifiers' to judge.
     named = {problem.split(":")[0] for problem in problems} | {"project_slug", "package_name"}
 
     def name(path: tuple[str, ...]) -> str:
-        return keys.get(path) or schema.key_name(path)
+        return keys.get(path) or validation.key_name(path)
 
     for problem in schema.validate(document):
         answer = keys.get(problem.path)

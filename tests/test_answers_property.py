@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_hooks import default_answers, pre_gen
 
-schema = pre_gen.load_module(Path(pre_gen.__file__).parents[1] / pre_gen.SCHEMA, pre_gen.SCHEMA_MODULE)
+schema = pre_gen.load_config_module(Path(pre_gen.__file__).parents[1], "schema")
 
 numbers = st.one_of(
     st.integers(min_value=-5, max_value=200_000).map(str),

@@ -68,7 +68,8 @@ def test_defaults_are_valid() -> None:
     assert pre_gen.validate(default_answers()) == []
 
 
-schema = pre_gen.load_module(TEMPLATE_DIR / pre_gen.SCHEMA, pre_gen.SCHEMA_MODULE)
+schema = pre_gen.load_config_module(TEMPLATE_DIR, "schema")
+aws_tables = pre_gen.load_config_module(TEMPLATE_DIR, "aws_tables")
 
 
 def test_every_choice_in_cookiecutter_json_is_the_schemas() -> None:
@@ -217,16 +218,17 @@ def test_invalid_answer_is_named_in_one_line(key: str, value: str, words: str) -
 
 def test_the_training_image_minimum_is_the_oldest_version_accepted() -> None:
     """Every image from the minimum on renders; every older one is refused (the list is the SDK's)."""
-    minimum = schema.version_tuple(schema.MINIMUM_PYTORCH["training"])
-    for version, py_versions in schema.PYTORCH_IMAGES["v2"]["training"].items():
+    minimum = aws_tables.version_tuple(aws_tables.MINIMUM_PYTORCH["training"])
+    for version, py_versions in aws_tables.PYTORCH_IMAGES["v2"]["training"].items():
         answers = default_answers() | {
             "training_framework_version": version,
             "training_py_version": py_versions[0],
         }
         problems = pre_gen.validate(answers)
-        assert (problems == []) is (schema.version_tuple(version) >= minimum), (version, problems)
+        assert (problems == []) is (aws_tables.version_tuple(version) >= minimum), (version, problems)
     prompt = COOKIECUTTER_JSON["__prompts__"]["training_framework_version"]
-    assert f"{schema.MINIMUM_PYTORCH['training']} or later" in prompt, "the prompt says the schema's minimum"
+    minimum_text = aws_tables.MINIMUM_PYTORCH["training"]
+    assert f"{minimum_text} or later" in prompt, "the prompt says the schema's minimum"
 
 
 @pytest.mark.parametrize(
@@ -346,6 +348,9 @@ def test_post_gen_prunes_only_what_was_declined(tmp_path: Path) -> None:
 
 
 def test_the_schema_renders_unchanged() -> None:
-    """The hook reads the template's schema.py, the project the rendered one: they must be the same text."""
-    text = (TEMPLATE_DIR / pre_gen.SCHEMA).read_text(encoding="utf-8")
-    assert not any(marker in text for marker in ("{{", "{%", "{#"))
+    """The hook reads the template's config/ modules, the project the rendered ones: the same text."""
+    modules = sorted((TEMPLATE_DIR / pre_gen.CONFIG_PACKAGE).glob("*.py"))
+    assert {path.name for path in modules} >= {"schema.py", "validation.py", "aws_tables.py"}
+    for path in modules:
+        text = path.read_text(encoding="utf-8")
+        assert not any(marker in text for marker in ("{{", "{%", "{#")), path.name

@@ -101,7 +101,9 @@ def measure(server: str, archive: Path, bodies: list[bytes], requests: int) -> d
     baseline = unique_memory_mb([me])
     start = time.perf_counter()
     if server == "ray_serve":
-        context = importlib.import_module(f"{PACKAGE}.local.ray_endpoint").running_ray_endpoint(archive, PROJECT_ROOT)
+        context = importlib.import_module(f"{PACKAGE}.local.ray_endpoint").running_ray_endpoint(
+            archive, PROJECT_ROOT
+        )
     else:
         context = local_endpoint.running_endpoint(archive, PROJECT_ROOT)
     with context as endpoint:

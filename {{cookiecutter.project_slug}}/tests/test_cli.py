@@ -178,7 +178,9 @@ def test_teardown_dry_run_with_nothing_recorded(project, tmp_path):
 
 
 def test_hyperparameter_overrides_parse_json_values():
-    parsed = project_module("cli.shared").parse_hyperparameters(("lr=0.01", "backbone=resnet50", "pretrained=false", "epochs=3"))
+    parsed = project_module("cli.shared").parse_hyperparameters(
+        ("lr=0.01", "backbone=resnet50", "pretrained=false", "epochs=3")
+    )
     assert parsed == {"lr": 0.01, "backbone": "resnet50", "pretrained": False, "epochs": 3}
 
 

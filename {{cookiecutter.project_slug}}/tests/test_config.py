@@ -17,6 +17,8 @@ PACKAGE = next(p.parent.parent.name for p in (PROJECT_ROOT / "src").glob("*/conf
 config_module = __import__(f"{PACKAGE}.config", fromlist=["ProjectConfig"])
 cli = __import__(f"{PACKAGE}.cli", fromlist=["main"])
 schema = __import__(f"{PACKAGE}.config.schema", fromlist=["parse"])
+aws_tables = __import__(f"{PACKAGE}.config.aws_tables", fromlist=["PYTORCH_IMAGES"])
+validation = __import__(f"{PACKAGE}.config.validation", fromlist=["value_problem"])
 
 COMMANDS = [
     ["data", "upload", "--dry-run"],
@@ -108,13 +110,13 @@ def test_the_schema_regions_and_images_are_what_the_sdk_serves() -> None:
     """Every image the installed SDK's generation may pick resolves, on a GPU and a CPU type; the
     defaults in every region (but where the schema says an image is not there yet, and it is not)."""
     generation, image_uris = _installed_sdk()
-    for scope, versions in schema.PYTORCH_IMAGES[generation].items():
+    for scope, versions in aws_tables.PYTORCH_IMAGES[generation].items():
         for version, py_versions in versions.items():
             for py_version, instance_type in itertools.product(
                 py_versions, ("ml.g4dn.xlarge", "ml.m5.large")
             ):
                 uri = image_uris.retrieve(
-                    schema.sdk_image_framework(version),
+                    aws_tables.sdk_image_framework(version),
                     "us-east-1",
                     version=version,
                     py_version=py_version,
@@ -122,36 +124,38 @@ def test_the_schema_regions_and_images_are_what_the_sdk_serves() -> None:
                     image_scope=scope,
                 )
                 assert f":{version}" in uri, uri
-    for region in schema.SAGEMAKER_REGIONS:
+    for region in aws_tables.SAGEMAKER_REGIONS:
         for scope in ("training", "inference"):
-            version, py_version = schema.newest_image(generation, scope, region)
-            assert schema.image_in_region(scope, version, region)
+            version, py_version = aws_tables.newest_image(generation, scope, region)
+            assert aws_tables.image_in_region(scope, version, region)
             image_uris.retrieve(
-                schema.sdk_image_framework(version),
+                aws_tables.sdk_image_framework(version),
                 region,
                 version=version,
                 py_version=py_version,
                 instance_type="ml.m5.large",
                 image_scope=scope,
             )
-    for (scope, version), regions in schema.PYTORCH_IMAGE_NOT_IN_REGIONS.items():
-        if version in schema.PYTORCH_IMAGES[generation][scope]:
+    for (scope, version), regions in aws_tables.PYTORCH_IMAGE_NOT_IN_REGIONS.items():
+        if version in aws_tables.PYTORCH_IMAGES[generation][scope]:
             with pytest.raises(ValueError, match="region"):
                 image_uris.retrieve(
-                    schema.sdk_image_framework(version), regions[0], version=version, image_scope=scope
+                    aws_tables.sdk_image_framework(version), regions[0], version=version, image_scope=scope
                 )
 
 
 def test_the_sdk_generations_differ_only_by_the_newer_images() -> None:
     """v3 knows every image v2 does, with the same Python; the default is each generation's newest."""
-    for scope, v2_images in schema.PYTORCH_IMAGES["v2"].items():
-        v3_images = schema.PYTORCH_IMAGES["v3"][scope]
+    for scope, v2_images in aws_tables.PYTORCH_IMAGES["v2"].items():
+        v3_images = aws_tables.PYTORCH_IMAGES["v3"][scope]
         assert {v: v3_images[v] for v in v2_images} == v2_images
-    assert schema.newest_image("v2", "training") == ("2.8.0", "py312")
-    assert schema.newest_image("v3", "training") == ("2.14", "py312")
-    assert schema.newest_image("v3", "training", "us-gov-west-1") == ("2.13", "py312")
+    assert aws_tables.newest_image("v2", "training") == ("2.8.0", "py312")
+    assert aws_tables.newest_image("v3", "training") == ("2.14", "py312")
+    assert aws_tables.newest_image("v3", "training", "us-gov-west-1") == ("2.13", "py312")
     assert (
-        schema.newest_image("v3", "inference") == schema.newest_image("v2", "inference") == ("2.6.0", "py312")
+        aws_tables.newest_image("v3", "inference")
+        == aws_tables.newest_image("v2", "inference")
+        == ("2.6.0", "py312")
     )
 
 
@@ -306,14 +310,14 @@ def image_problems(generation: str, scope: str, version: str, py_version: str, r
     return [p.text() for p in image.problems_for(("images", scope), generation, region)]
 
 
-@pytest.mark.parametrize("generation", schema.SDK_GENERATIONS)
+@pytest.mark.parametrize("generation", aws_tables.SDK_GENERATIONS)
 def test_every_supported_image_version_passes(generation: str) -> None:
     """The refusal is the minimum: every image the SDK generation serves from it on is accepted."""
-    for scope, versions in schema.PYTORCH_IMAGES[generation].items():
-        minimum = schema.version_tuple(schema.MINIMUM_PYTORCH[scope])
+    for scope, versions in aws_tables.PYTORCH_IMAGES[generation].items():
+        minimum = aws_tables.version_tuple(aws_tables.MINIMUM_PYTORCH[scope])
         for version, py_versions in versions.items():
             problems = image_problems(generation, scope, version, py_versions[0], "us-east-1")
-            assert (problems == []) is (schema.version_tuple(version) >= minimum), (version, problems)
+            assert (problems == []) is (aws_tables.version_tuple(version) >= minimum), (version, problems)
     # The document's own check is the same one (the default [aws] has no sagemaker_sdk: v2).
     image = {"framework_version": "2.3.0", "py_version": "py311", "image_uri": ""}
     assert schema.validate(edited_document(images={"training": image})) == []
@@ -440,7 +444,7 @@ def test_rule_parameters_are_the_in_job_rules_parameters(training) -> None:
             hint, spec = parameters[name]
             # Of the schema's type, so that whatever the schema accepts the job's own check accepts too.
             assert value is None or type(value) is hint, (rule, name, value)
-            assert value is None or schema._problem(value, hint, spec) is None, (rule, name, value)
+            assert value is None or validation.value_problem(value, hint, spec) is None, (rule, name, value)
     document = with_rule_parameters({"loss_not_decreasing": {"mode": "TRAIN", "num_steps": 20}})
     assert schema.validate(document) == []
 

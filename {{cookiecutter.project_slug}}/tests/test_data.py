@@ -272,7 +272,9 @@ def test_prepare_refuses_a_dest_that_is_not_empty_naming_a_real_option(project_r
     )
     assert result.exit_code == 1
     named = re.findall(r"--[a-z][a-z-]*", result.stderr)
-    prepare_options = {option for param in data_commands.data.commands["prepare"].params for option in param.opts}
+    prepare_options = {
+        option for param in data_commands.data.commands["prepare"].params for option in param.opts
+    }
     assert named and set(named) <= prepare_options
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
 

@@ -18,7 +18,7 @@ from conftest import project_module
 from launch_helpers import copy_project
 
 preflight = project_module("checks.preflight")
-schema = project_module("config.schema")
+aws_tables = project_module("config.aws_tables")
 support = project_module("aws.image_support")
 cli = project_module("cli")
 open_session = project_module("aws.session").open_session
@@ -211,15 +211,15 @@ def test_support_advice_names_the_newest_patched_image_of_the_same_sdk_first(con
 
 
 def test_the_support_table_covers_every_image_a_render_can_pick_and_newer_is_patched_longer():
-    for generation, scopes in schema.PYTORCH_IMAGES.items():
+    for generation, scopes in aws_tables.PYTORCH_IMAGES.items():
         for scope, versions in scopes.items():
-            minimum = schema.version_tuple(schema.MINIMUM_PYTORCH[scope])
+            minimum = aws_tables.version_tuple(aws_tables.MINIMUM_PYTORCH[scope])
             pickable = sorted(
-                (v for v in versions if schema.version_tuple(v) >= minimum), key=schema.version_tuple
+                (v for v in versions if aws_tables.version_tuple(v) >= minimum), key=aws_tables.version_tuple
             )
             ends = [support.IMAGE_PATCH_ENDS[(scope, ".".join(v.split(".")[:2]))] for v in pickable]
             assert ends == sorted(ends), (generation, scope)  # so the newest known is patched longest
-            assert schema.newest_image(generation, scope)[0] == pickable[-1]
+            assert aws_tables.newest_image(generation, scope)[0] == pickable[-1]
 
 
 def test_debugger_date_only_when_sagemaker_judges_debugger_rules(config):

@@ -31,6 +31,7 @@ from test_endpoint_bounds import HOSTILE_DECODES, PEAK_BYTES_PER_DECODED_PIXEL, 
 
 ray_package = project_module("aws.ray_package")
 schema = project_module("config.schema")
+aws_tables = project_module("config.aws_tables")
 local_endpoint = project_module("local.endpoint")
 launcher = project_module("workflow.launcher")
 dryrun = project_module("aws.offline")
@@ -125,7 +126,7 @@ def test_the_image_is_aws_ray_serve_one_for_the_region_and_processor(
         pytest.skip("this render names its own inference image")
     uri = ray_package.image_uri(project_config, region, instance_type)
     assert uri == expected
-    assert schema.IMAGE_URI_RE.match(uri)
+    assert aws_tables.IMAGE_URI_RE.match(uri)
     gpu = instance_type is not None and instance_type.startswith(("ml.g", "ml.p"))
     assert ray_package.inference_ami_version(instance_type) == (
         ray_package.GPU_INFERENCE_AMI if gpu else None
@@ -146,7 +147,7 @@ def with_endpoint(project_config, **endpoint) -> dict:
 
 
 def test_the_server_is_one_of_two_and_ray_serve_is_refused_serverless(project_config):
-    assert project_config.settings.endpoint.server in schema.ENDPOINT_SERVERS
+    assert project_config.settings.endpoint.server in aws_tables.ENDPOINT_SERVERS
     assert not schema.validate(with_endpoint(project_config, server="ray_serve", serverless=False))
     [problem] = schema.validate(with_endpoint(project_config, server="tgi"))
     assert "torchserve" in problem.text() and "ray_serve" in problem.text()

@@ -148,7 +148,9 @@ def test_training_loader_gives_serving_tensors(training, tiny_dataset):
 
 def jpeg_or_png(size: tuple[int, int], image_format: str = "JPEG") -> bytes:
     buffer = io.BytesIO()
-    project_module("workflow.synthetic").make_image(0.3, size, random.Random(0)).save(buffer, format=image_format)
+    project_module("workflow.synthetic").make_image(0.3, size, random.Random(0)).save(
+        buffer, format=image_format
+    )
     return buffer.getvalue()
 
 

@@ -31,8 +31,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "tracking": ("mlflow", "sagemaker_mlflow"),
 }
 
-# The package's own modules that exist for one extra and import it at their top (the local server is
-# waitress), by their names under the package; only a command that has called `require` for that extra imports them.
+# The package's own modules (named under the package) that exist for one extra and import it at their
+# top (the local server is waitress); only a command that has called `require` for that extra imports them.
 EXTRA_MODULES: dict[str, str] = {"local.http_server": "local"}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from ..config import ProjectConfig, schema
+from ..config import ProjectConfig, aws_tables, schema
 
 # How early a coming date becomes a warning.
 WARN_DAYS = 90
@@ -27,7 +27,7 @@ class SupportDate:
 
 
 # PyTorch Deep Learning Container images, by (scope, major.minor): end of patching (EOP), for every image
-# a render can pick (schema.PYTORCH_IMAGES from schema.MINIMUM_PYTORCH on). Source: the repository
+# a render can pick (aws_tables.PYTORCH_IMAGES from aws_tables.MINIMUM_PYTORCH on). Source: the repository
 # aws/deep-learning-containers, which generates its "Framework Support Policy" page from these files:
 # - 2.6 to 2.10: docs/src/data/pytorch-training/<v>-{cpu,gpu}-sagemaker.yml and
 #   docs/src/data/pytorch-inference/2.6-{cpu,gpu}-sagemaker.yml, `eop:`;
@@ -88,7 +88,7 @@ def _image_entry(config: ProjectConfig, scope: str, today: datetime.date) -> Sup
     date = IMAGE_PATCH_ENDS.get((scope, _major_minor(version)))
     if date is None:
         return None
-    generation = schema.sdk_generation(config.section("aws"))
+    generation = aws_tables.sdk_generation(config.section("aws"))
     advice = _move_to(scope, version, generation, today)
     if scope == "inference" and advice.startswith("no SageMaker SDK"):
         advice += ', or [endpoint] server = "ray_serve" (AWS\'s Ray Serve image)'
@@ -98,13 +98,16 @@ def _image_entry(config: ProjectConfig, scope: str, today: datetime.date) -> Sup
 def _patched(scope: str, newer_than: str, generation: str, today: datetime.date) -> list[str]:
     """`generation`'s image versions newer than `newer_than` still patched on `today`, oldest first."""
     ends = {
-        v: IMAGE_PATCH_ENDS.get((scope, _major_minor(v))) for v in schema.PYTORCH_IMAGES[generation][scope]
+        v: IMAGE_PATCH_ENDS.get((scope, _major_minor(v)))
+        for v in aws_tables.PYTORCH_IMAGES[generation][scope]
     }
-    newer = schema.version_tuple(_major_minor(newer_than))
+    newer = aws_tables.version_tuple(_major_minor(newer_than))
     patched = [
-        v for v, end in ends.items() if end and end >= today and schema.version_tuple(_major_minor(v)) > newer
+        v
+        for v, end in ends.items()
+        if end and end >= today and aws_tables.version_tuple(_major_minor(v)) > newer
     ]
-    return sorted(patched, key=schema.version_tuple)
+    return sorted(patched, key=aws_tables.version_tuple)
 
 
 def _move_to(scope: str, version: str, generation: str, today: datetime.date) -> str:
@@ -112,7 +115,7 @@ def _move_to(scope: str, version: str, generation: str, today: datetime.date) ->
     own = _patched(scope, version, generation, today)
     if own:
         return f"move [images.{scope}] to {_image_settings(scope, own[-1], generation)}"
-    for other in schema.SDK_GENERATIONS:
+    for other in aws_tables.SDK_GENERATIONS:
         patched = _patched(scope, version, other, today) if other != generation else []
         if patched:
             settings = _image_settings(scope, patched[-1], other)
@@ -128,7 +131,7 @@ def _move_to(scope: str, version: str, generation: str, today: datetime.date) ->
 
 
 def _image_settings(scope: str, version: str, generation: str) -> str:
-    py_version = schema.PYTORCH_IMAGES[generation][scope][version][0]
+    py_version = aws_tables.PYTORCH_IMAGES[generation][scope][version][0]
     until = IMAGE_PATCH_ENDS[(scope, _major_minor(version))].isoformat()
     return f'framework_version = "{version}", py_version = "{py_version}" (patched until {until})'
 
@@ -144,7 +147,7 @@ def relevant_dates(config: ProjectConfig, today: datetime.date) -> list[SupportD
     # maintained with security patches" (its Deep Learning Containers docs), with no end date yet.
     if config.data.get("endpoint", {}).get("server", "torchserve") == "torchserve":
         entries.append(_image_entry(config, "inference", today))
-    entries.append(SDK_END.get(schema.sdk_generation(config.section("aws"))))
+    entries.append(SDK_END.get(aws_tables.sdk_generation(config.section("aws"))))
     debugger = config.section("debugger")
     if debugger["evaluation"] != "in_job":
         rules = debugger["rules"]

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from .. import extras
-from ..config import ProjectConfig, schema
+from ..config import ProjectConfig, aws_tables
 
 RAY_SERVE_DIR = "ray_serve"
 # What the container reads at the model's root, from the project's ray_serve/ folder.
@@ -106,7 +106,7 @@ def image_uri(config: ProjectConfig, region: str, instance_type: str | None) -> 
         account = DEFAULT_REGISTRY
     else:
         raise ValueError(f"AWS publishes no Ray Serve image in {region}")
-    domain = "amazonaws.com.cn" if schema.partition(region) == "aws-cn" else "amazonaws.com"
+    domain = "amazonaws.com.cn" if aws_tables.partition(region) == "aws-cn" else "amazonaws.com"
     tag = IMAGE_TAGS["gpu" if is_gpu_instance(instance_type) else "cpu"].format(version=IMAGE_VERSION)
     return f"{account}.dkr.ecr.{region}.{domain}/{IMAGE_REPOSITORY}:{tag}"
 

@@ -67,7 +67,7 @@ from sagemaker.tuner import (  # noqa: E402
 )
 from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
-from ..config import ConfigError, ProjectConfig, schema  # noqa: E402
+from ..config import ConfigError, ProjectConfig, aws_tables  # noqa: E402
 from . import ray_package, tagging  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
@@ -276,7 +276,7 @@ def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, regi
     if images.get("image_uri"):
         return images["image_uri"]
     return sagemaker.image_uris.retrieve(
-        schema.sdk_image_framework(images["framework_version"]),
+        aws_tables.sdk_image_framework(images["framework_version"]),
         region=region,
         version=images["framework_version"],
         py_version=images["py_version"],

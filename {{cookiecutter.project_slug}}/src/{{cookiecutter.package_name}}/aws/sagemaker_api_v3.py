@@ -60,7 +60,7 @@ from sagemaker.train import ModelTrainer  # noqa: E402
 from sagemaker.train.distributed import Torchrun  # noqa: E402
 from sagemaker.train.tuner import HyperparameterTuner  # noqa: E402
 
-from ..config import ConfigError, ProjectConfig, schema  # noqa: E402
+from ..config import ConfigError, ProjectConfig, aws_tables  # noqa: E402
 from . import ray_package, tagging  # noqa: E402
 from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
 
@@ -250,7 +250,7 @@ def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, regi
         return images["image_uri"]
     return image_uris.retrieve(
         # From 2.11 the training images are Amazon Linux 2023 ones, a framework of their own in the tables.
-        schema.sdk_image_framework(images["framework_version"]),
+        aws_tables.sdk_image_framework(images["framework_version"]),
         region=region,
         version=images["framework_version"],
         py_version=images["py_version"],

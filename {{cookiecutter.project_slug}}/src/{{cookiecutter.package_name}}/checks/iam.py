@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..aws.session import open_session
-from ..config import ProjectConfig, schema
+from ..config import ProjectConfig, aws_tables
 from ..workflow import launcher
 from ..workflow.synthetic import make_dataset
 from . import preflight
@@ -110,7 +110,7 @@ def captured_operations(config: ProjectConfig) -> list[tuple[str, str]]:
 
 def _partition(config: ProjectConfig) -> str:
     """aws, aws-cn or aws-us-gov: every ARN of the policy starts `arn:<partition>:`."""
-    return schema.partition(config.aws["region"])
+    return aws_tables.partition(config.aws["region"])
 
 
 def _bucket_arn(config: ProjectConfig) -> str:

@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 
 from ..aws.context import CAPTURED
-from ..config import schema
+from ..config import aws_tables
 from .shared import Launch, command_session, console, dry_run_options, launch_options, project_config
 
 
@@ -141,7 +141,7 @@ def predict(
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option(
     "--server",
-    type=click.Choice(schema.ENDPOINT_SERVERS),
+    type=click.Choice(aws_tables.ENDPOINT_SERVERS),
     help="What serves inference.py, as on the endpoint; default: [endpoint] server.",
 )
 @click.pass_context

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..aws.context import CAPTURED
-from ..config import ProjectConfig
+from ..config import ProjectConfig, validation
 
 if TYPE_CHECKING:
     from ..aws.session import Session
@@ -150,7 +150,9 @@ def parse_hyperparameters(pairs: tuple[str, ...]) -> dict[str, Any]:
             parsed[name] = value
         problem = schema.hyperparameter_problem(name, parsed[name])
         if problem:
-            raise click.BadParameter(f"{name} = {schema.show(parsed[name])}: {problem}", param_hint="--hp")
+            raise click.BadParameter(
+                f"{name} = {validation.show(parsed[name])}: {problem}", param_hint="--hp"
+            )
     return parsed
 
 

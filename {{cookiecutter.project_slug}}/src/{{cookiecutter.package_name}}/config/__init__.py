@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import schema as schema
+from . import schema, validation
 
 try:
     import tomllib
@@ -111,7 +111,7 @@ class ProjectConfig:
         """config.toml typed by config_schema.py; ConfigError when it does not fit."""
         try:
             return schema.parse(self.data)
-        except schema.SchemaError as error:
+        except validation.SchemaError as error:
             texts = [problem.text() for problem in error.problems]
             more = len(texts) - _PROBLEMS_SHOWN
             shown = "; ".join(texts[:_PROBLEMS_SHOWN]) + (f"; and {more} more" if more > 0 else "")

@@ -1,9 +1,12 @@
-"""The one schema of config.toml: every key, its type, what it allows, and the AWS tables it checks against.
+"""The one schema of config.toml: every key, its type and what it allows, one dataclass per table.
 
 Two readers share this file, so each rule is defined here once:
 
 - the template's render hook loads it by path and validates the config the answers would produce;
-- the package (`config.py`) validates config.toml with it when a command loads the config.
+- the package (`config/__init__.py`) validates config.toml with it when a command loads the config.
+
+What AWS accepts (regions, name patterns, the PyTorch images) is aws_tables.py; how a key is
+declared and checked (`setting`, `Spec`, `Problem`) is validation.py.
 
 The choices the containers also need (backbones, optimisers, image suffixes, which network an endpoint
 serves) are classifier/choices.py's; this file imports them and checks config.toml against them.
@@ -20,16 +23,63 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import math
 import re
 import sys
-import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
+
+from .aws_tables import (
+    AWS_PYTORCH_IMAGE_RE,
+    BUCKET_RE,
+    BUCKET_RESERVED_PREFIXES,
+    BUCKET_RESERVED_SUFFIXES,
+    CUDA_13_TRAINING,
+    DEFAULT_SDK,
+    ENDPOINT_SERVERS,
+    ENV_NAME_RE,
+    EXPERIMENT_NAME_RE,
+    IMAGE_URI_RE,
+    INSTANCE_TYPE_RE,
+    METRIC_NAME_RE,
+    MINIMUM_PYTORCH,
+    MINIMUM_PYTORCH_REASON,
+    MLFLOW_ARN_RE,
+    OWNER_RE,
+    PREFIX_RE,
+    PY_VERSION_RE,
+    PYTORCH_IMAGES,
+    REGION_RE,
+    ROLE_ARN_RE,
+    SAGEMAKER_REGIONS,
+    SDK_GENERATIONS,
+    SERVERLESS_MEMORY_SIZES,
+    URL_RE,
+    VERSION_RE,
+    VOLTA_FAMILIES,
+    image_in_region,
+    instance_type_problem,
+    partition,
+    pytorch_version,
+    version_tuple,
+)
+from .validation import (
+    ABSENT,
+    REF0,
+    REF1,
+    SAGEMAKER_SDKS,
+    Problem,
+    SchemaError,
+    Spec,
+    build,
+    regex_with_one_group,
+    setting,
+    single_line,
+    value_problem,
+    without_none,
+)
 
 
 def _import_shared_choices() -> None:
@@ -107,212 +157,6 @@ RANGE_TYPES = ("continuous", "integer", "categorical")
 # The only system-monitor intervals SageMaker's profiler accepts.
 PROFILER_INTERVALS = (100, 200, 500, 1000, 5000, 60000)
 
-# --- what AWS and the SageMaker SDK accept ---------------------------------------------------------
-
-INSTANCE_TYPE_RE = re.compile(r"^ml\.[a-z][a-z0-9-]*\.[0-9]*(x?large|medium|small|micro|nano|metal)$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]$")
-ROLE_ARN_RE = re.compile(r"^arn:(aws[a-z-]*):iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$")
-# A SageMaker managed MLflow App or tracking server (the pattern of the API's MlflowResourceArn).
-MLFLOW_ARN_RE = re.compile(
-    r"^arn:aws[a-z-]*:sagemaker:[a-z0-9-]+:[0-9]{12}:mlflow-(app|tracking-server)/[\w.-]{1,256}$"
-)
-# An MLflow experiment name as SageMaker's MLflow configuration accepts it.
-EXPERIMENT_NAME_RE = re.compile(r"^[a-zA-Z0-9_./-]{1,256}$")
-# S3's rules for general purpose bucket names (docs.aws.amazon.com/AmazonS3/latest/userguide/
-# bucketnamingrules.html): 3-63 characters of lowercase letters, digits, '.' and '-', starting and
-# ending with a letter or digit; no '..', no IP address form, and none of the reserved starts and ends.
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
-PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,200}$")
-VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?$")
-PY_VERSION_RE = re.compile(r"^py3[0-9]{1,2}$")
-IMAGE_URI_RE = re.compile(
-    r"^[0-9]{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/[a-z0-9._/-]+(:[\w.-]+|@sha256:[0-9a-f]{64})$"
-)
-METRIC_NAME_RE = re.compile(r"^[\w:./=+-]{1,255}$")
-URL_RE = re.compile(r"^(https?|s3)://\S+$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# An AWS tag value that is also an id (no spaces: staff type it in `--owner`).
-OWNER_RE = re.compile(r"^[A-Za-z0-9_.:/=+@-]{1,128}$")
-# What serves inference.py on the endpoint: TorchServe in AWS's PyTorch inference image (2.6 is the last
-# one), or AWS's Ray Serve container for SageMaker (ray_serve/ in the project, src/.../ray_package.py).
-ENDPOINT_SERVERS = ("torchserve", "ray_serve")
-# The memory sizes a serverless endpoint accepts, in MB.
-SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
-
-# Regions where SageMaker SDK 2.257 serves the PyTorch training and inference images
-# (sagemaker/image_uri_config/pytorch.json, "registries", for the versions below).
-# The rendered project's tests check this list against the installed SDK.
-SAGEMAKER_REGIONS = (
-    "af-south-1",
-    "ap-east-1",
-    "ap-east-2",
-    "ap-northeast-1",
-    "ap-northeast-2",
-    "ap-northeast-3",
-    "ap-south-1",
-    "ap-south-2",
-    "ap-southeast-1",
-    "ap-southeast-2",
-    "ap-southeast-3",
-    "ap-southeast-4",
-    "ap-southeast-5",
-    "ap-southeast-6",
-    "ap-southeast-7",
-    "ca-central-1",
-    "ca-west-1",
-    "cn-north-1",
-    "cn-northwest-1",
-    "eu-central-1",
-    "eu-central-2",
-    "eu-north-1",
-    "eu-south-1",
-    "eu-south-2",
-    "eu-west-1",
-    "eu-west-2",
-    "eu-west-3",
-    "il-central-1",
-    "me-central-1",
-    "me-south-1",
-    "mx-central-1",
-    "sa-east-1",
-    "us-east-1",
-    "us-east-2",
-    "us-gov-east-1",
-    "us-gov-west-1",
-    "us-west-1",
-    "us-west-2",
-)
-# The SageMaker Python SDK generations a render can use ([aws] sagemaker_sdk; "v2" where absent): the
-# images a render may pick are the ones its generation's `image_uris.retrieve` knows.
-SDK_GENERATIONS = ("v2", "v3")
-DEFAULT_SDK = "v2"
-# PyTorch 2.x images each SDK generation can retrieve, with their Python versions: v2 from sagemaker
-# 2.257.7's image_uri_config/pytorch.json; v3 from sagemaker-core 2.27.0's (sagemaker 3.27.0)
-# image_uri_config/pytorch.json and pytorch-amzn2023.json. From 2.11 AWS builds the training images on
-# Amazon Linux 2023, listed under "2.11" (not "2.11.0"); no PyTorch inference image came after 2.6.
-_PYTORCH_V2: dict[str, dict[str, tuple[str, ...]]] = {
-    "training": {
-        "2.0.0": ("py310",), "2.0.1": ("py310",), "2.1.0": ("py310",), "2.2.0": ("py310",),
-        "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",),
-        "2.6.0": ("py312",), "2.7.1": ("py312",), "2.8.0": ("py312",),
-    },
-    "inference": {
-        "2.0.0": ("py310",), "2.0.1": ("py310",), "2.1.0": ("py310",), "2.2.0": ("py310",),
-        "2.3.0": ("py311",), "2.4.0": ("py311",), "2.5.1": ("py311",), "2.6.0": ("py312",),
-    },
-}  # fmt: skip
-PYTORCH_IMAGES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
-    "v2": _PYTORCH_V2,
-    "v3": {
-        "training": {
-            **_PYTORCH_V2["training"],
-            "2.9.0": ("py312",), "2.10.0": ("py313",),
-            # Amazon Linux 2023: Python 3.12 (aws/deep-learning-containers docs/src/data/pytorch/*.yml).
-            "2.11": ("py312",), "2.12": ("py312",), "2.13": ("py312",), "2.14": ("py312",),
-        },
-        "inference": _PYTORCH_V2["inference"],
-    },
-}  # fmt: skip
-# The Amazon Linux 2023 images are a framework of their own in the SDK's tables ("pytorch-amzn2023"):
-# repository "pytorch", tags like 2.14-cu133-amzn2023-sagemaker, with no Python version in them.
-AMAZON_LINUX_PYTORCH = (2, 11, 0)
-# Regions where the SDK's table has every other image but not this one yet (sagemaker-core 2.27.0).
-PYTORCH_IMAGE_NOT_IN_REGIONS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("training", "2.14"): ("cn-north-1", "cn-northwest-1", "us-gov-east-1", "us-gov-west-1"),
-}
-
-
-# From PyTorch 2.9 the GPU training images are built with CUDA 13 (cu130, cu133: the `cuda:` of
-# aws/deep-learning-containers docs/src/data/pytorch-training/2.9-gpu-sagemaker.yml and later), which has no
-# code for Volta: on ml.p3 (V100) such a job starts, bills, and stops at its first kernel.
-CUDA_13_TRAINING = (2, 9, 0)
-VOLTA_FAMILIES = ("p3", "p3dn")
-
-
-def sdk_generation(aws: Mapping[str, Any]) -> str:
-    """The SDK generation of config.toml's [aws] table (as a dict)."""
-    return str(aws.get("sagemaker_sdk") or DEFAULT_SDK)
-
-
-def sdk_image_framework(version: str) -> str:
-    """The `framework` the SDK's `image_uris.retrieve` files a PyTorch image version under."""
-    return "pytorch-amzn2023" if version_tuple(version) >= AMAZON_LINUX_PYTORCH else "pytorch"
-
-
-def image_in_region(scope: str, version: str, region: str) -> bool:
-    return region not in PYTORCH_IMAGE_NOT_IN_REGIONS.get((scope, version), ())
-
-
-def newest_image(generation: str, scope: str, region: str = "") -> tuple[str, str]:
-    """The default image of a render: the newest PyTorch `scope` image its SDK generation knows (in
-    `region`, when given), with its Python version. Newer images are patched longer (support.py's
-    table, whose test holds it so), so this is the one patched longest."""
-    known = PYTORCH_IMAGES.get(generation, PYTORCH_IMAGES[DEFAULT_SDK])[scope]
-    version = max((v for v in known if not region or image_in_region(scope, v, region)), key=version_tuple)
-    return version, known[version][0]
-
-
-# The oldest PyTorch each image must bring, set by the newest API its code calls (the images above
-# that are older would start, bill, and fail on that line):
-# - training: torch.amp.GradScaler(device_type, ...) (training/optimisation.py), new in PyTorch 2.3;
-#   before it the class was torch.cuda.amp.GradScaler only;
-# - inference: torchvision.transforms.v2 (classifier/presets.py), new in torchvision 0.15, the one
-#   released with PyTorch 2.0 (the oldest image the SDK serves).
-MINIMUM_PYTORCH = {"training": "2.3.0", "inference": "2.0.0"}
-MINIMUM_PYTORCH_REASON = {
-    "training": "training/optimisation.py calls torch.amp.GradScaler(device), new in PyTorch 2.3",
-    "inference": "classifier/presets.py uses torchvision.transforms.v2, new with PyTorch 2.0",
-}
-# AWS's own PyTorch images (<account>.dkr.ecr.<region>.amazonaws.com/pytorch-training:2.8.0-gpu-py312,
-# and from 2.11 .../pytorch:2.14-cu133-amzn2023-sagemaker): their tag names the version, which is held
-# to the same minimum.
-AWS_PYTORCH_IMAGE_RE = re.compile(r"/pytorch(-training|-inference)?[a-z-]*:([0-9]+\.[0-9]+(\.[0-9]+)?)-")
-
-
-def partition(region: str) -> str:
-    """The AWS partition of a region: ARNs in cn-* regions start `arn:aws-cn:`, and so on."""
-    if region.startswith("cn-"):
-        return "aws-cn"
-    if region.startswith("us-gov-"):
-        return "aws-us-gov"
-    if region.startswith("us-isob-"):
-        return "aws-iso-b"
-    if region.startswith("us-iso-"):
-        return "aws-iso"
-    return "aws"
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """Version text as numbers: 2.3.0 -> (2, 3, 0), and 2.3 too, so that the two compare equal."""
-    parts = tuple(int(part) for part in version.split("."))
-    return parts + (0,) * (3 - len(parts))
-
-
-def pytorch_version(scope: str, version: str, generation: str = DEFAULT_SDK) -> str | None:
-    """The full image version the SDK resolves `version` to ("2.8" -> "2.8.0"), None if it has none."""
-    known = PYTORCH_IMAGES.get(generation, PYTORCH_IMAGES[DEFAULT_SDK])[scope]
-    if version in known:
-        return version
-    matches = [full for full in known if full.startswith(version + ".")]
-    return max(matches, key=version_tuple) if matches else None
-
-
-def instance_type_problem(instance_type: str) -> str | None:
-    """Why the project's PyTorch CPU/GPU images cannot run on `instance_type`; None when they can."""
-    family = instance_type.split(".")[1] if instance_type.count(".") == 2 else ""
-    if re.match(r"^(trn|inf)[0-9]", family):
-        return (
-            "is an AWS Trainium/Inferentia (Neuron) type; the PyTorch images this project uses "
-            "need a CPU or NVIDIA GPU type such as ml.m5.large or ml.g4dn.xlarge"
-        )
-    if re.match(r"^[a-z]+[0-9]+g[a-z]*$", family):
-        return "is an ARM (Graviton) type; the PyTorch images this project uses are built for x86"
-    if family.startswith("eia"):
-        return "is an Elastic Inference accelerator, not an instance type"
-    return None
-
 
 def smallest_batch_size(finetune: str, backbone: str) -> int:
     """The smallest batch size training `backbone` in `finetune` mode can take: 2 where BatchNorm
@@ -330,165 +174,6 @@ def batch_size_problem(batch_size: int, finetune: str, backbone: str) -> str | N
         f'batch_size = {batch_size}: must be at least {smallest} with finetune = "{finetune}" and '
         f'backbone = "{backbone}" (BatchNorm cannot train on one image)'
     )
-
-
-# --- problems ----------------------------------------------------------------------------------------
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "<absent>"
-
-
-ABSENT: Any = _Absent()  # the value of a Problem about a missing key
-# Placeholders for the keys a message names (Problem.refs). Not written as doubled braces in
-# f-strings: cookiecutter renders this file with Jinja, which would read those as its own.
-# The SageMaker Python SDK generations a project can use ([aws] sagemaker_sdk).
-SAGEMAKER_SDKS = ("v2", "v3")
-REF0, REF1 = "{0}", "{1}"
-
-
-def key_name(path: tuple[str, ...]) -> str:
-    """How a key is written in messages: `[hyperparameters] lr`, `[tuning.ranges.lr] min`, `[model]`."""
-    if len(path) == 1:
-        return f"[{path[0]}]"
-    parts = [p if re.match(r"^[A-Za-z0-9_-]+$", p) else f'"{p}"' for p in path]
-    return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
-
-
-# How much of a list a message shows: its first items, two levels deep (a value nested a thousand
-# deep, or a list of a million items, is still one short line).
-SHOWN_ITEMS, SHOWN_DEPTH = 8, 2
-
-
-def show(value: Any, depth: int = 0) -> str:
-    """A value as TOML writes it (strings quoted, true/false lowercase), cut to one short line."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        # json's escapes keep a newline or a quote in the value from breaking the one-line message.
-        return json.dumps(value if len(value) <= 60 else value[:57] + "...", ensure_ascii=False)
-    if isinstance(value, list):
-        if depth >= SHOWN_DEPTH and value:
-            return "[...]"
-        items = [show(item, depth + 1) for item in value[:SHOWN_ITEMS]]
-        return "[" + ", ".join(items + (["..."] if len(value) > SHOWN_ITEMS else [])) + "]"
-    if isinstance(value, dict):
-        return "{...}"
-    if isinstance(value, int) and abs(value) >= 10**30:  # a 4,000-digit integer would take the whole line
-        return f"<a whole number of about {round(abs(value).bit_length() * math.log10(2))} digits>"
-    return str(value)
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the config: where, the value found, and what is allowed.
-
-    `message` may name other keys as `{0}`, `{1}`, ... (paths in `refs`), so that the render hook
-    can call them by the answers the user typed instead of by their config keys.
-    """
-
-    path: tuple[str, ...]
-    value: Any
-    message: str
-    refs: tuple[tuple[str, ...], ...] = ()
-
-    def explain(self, name: Callable[[tuple[str, ...]], str] = key_name) -> str:
-        return self.message.format(*(name(ref) for ref in self.refs))
-
-    def text(self) -> str:
-        """`[hyperparameters] lr = "fast": must be a number greater than 0`."""
-        found = "" if self.value is ABSENT else f" = {show(self.value)}"
-        return f"{key_name(self.path)}{found}: {self.explain()}"
-
-
-class SchemaError(ValueError):
-    """The document does not fit the schema; `problems` lists every reason, in file order."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problem.text() for problem in problems))
-
-
-# --- declaring keys ------------------------------------------------------------------------------------
-
-_REQUIRED: Any = dataclasses.MISSING
-
-
-@dataclass(frozen=True, kw_only=True)
-class Spec:
-    """What one key allows beyond its type. Built by `setting()`."""
-
-    choices: tuple[Any, ...] = ()
-    minimum: float | None = None
-    maximum: float | None = None
-    above: float | None = None  # strictly greater than
-    pattern: re.Pattern[str] | None = None
-    describe: str = ""  # what `pattern` (or `check`) allows, in words
-    max_length: int | None = None
-    empty_ok: bool = False  # "" passes `pattern` (e.g. "leave empty to resolve it when run")
-    check: Callable[[Any], str | None] | None = None  # more rules: a message, or None when fine
-
-
-def setting(default: Any = _REQUIRED, *, default_factory: Any = dataclasses.MISSING, **spec: Any) -> Any:
-    """A dataclass field with its rules: `num_classes: int = setting(minimum=2, maximum=100_000)`."""
-    metadata = {"spec": Spec(**spec)}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def _single_line(value: str) -> str | None:
-    if not value.strip():
-        return "must not be empty"
-    if any(ord(ch) < 32 or ord(ch) == 127 or 0xD800 <= ord(ch) <= 0xDFFF for ch in value):
-        return "holds a control character (newline, tab, ...); use one plain line"
-    return None
-
-
-def _regex_with_one_group(value: str) -> str | None:
-    try:
-        groups = re.compile(value).groups
-    except re.error as error:
-        return f"is not a regular expression ({error})"
-    if groups != 1:
-        return "must have exactly one group (the number)"
-    return None
-
-
-def _range_of(spec: Spec, whole: bool) -> str:
-    noun = "a whole number" if whole else "a number"
-    if spec.minimum is not None and spec.maximum is not None:
-        return f"{noun} from {spec.minimum:g} to {spec.maximum:g}"
-    if spec.above is not None and spec.maximum is not None:
-        return f"{noun} greater than {spec.above:g} and at most {spec.maximum:g}"
-    if spec.above is not None:
-        return f"{noun} greater than {spec.above:g}"
-    if spec.minimum is not None:
-        return f"{noun} of at least {spec.minimum:g}"
-    return noun
-
-
-def allowed(hint: Any, spec: Spec) -> str:
-    """What a key allows, in words: 'a whole number from 2 to 100000', 'one of head, full', ..."""
-    if spec.choices:
-        return "one of " + ", ".join(show(c) if isinstance(c, bool) else str(c) for c in spec.choices)
-    if dataclasses.is_dataclass(hint):
-        return "a table"
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return "a list"
-    if origin is dict:
-        return "a table"
-    if hint is bool:
-        return "true or false"
-    if hint is int:
-        return _range_of(spec, whole=True)
-    if hint is float:
-        return _range_of(spec, whole=False)
-    if spec.describe:
-        return spec.describe
-    return "text"
 
 
 # --- the tables of config.toml (in file order) --------------------------------------------------------
@@ -522,7 +207,7 @@ def _dataset_url(value: str) -> str | None:
 
 @dataclass(frozen=True, kw_only=True)
 class Project:
-    name: str = setting(max_length=200, check=_single_line)
+    name: str = setting(max_length=200, check=single_line)
     slug: str = setting(
         pattern=re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$"),
         max_length=64,
@@ -533,7 +218,7 @@ class Project:
         max_length=64,
         describe="lowercase letters, digits and '_', starting with a letter",
     )
-    description: str = setting(max_length=200, check=_single_line)
+    description: str = setting(max_length=200, check=single_line)
     # Who the AWS resources belong to (their `owner` tag; staff find and tear down by it); empty: the slug.
     owner: str = setting(
         "",
@@ -661,7 +346,7 @@ class Tuning:
     max_parallel_jobs: int = setting(minimum=1, maximum=100)
     objective_metric_name: str = setting(pattern=METRIC_NAME_RE, describe="1-255 letters, digits and _:./=+-")
     objective_type: str = setting(choices=OBJECTIVE_TYPES)
-    objective_metric_regex: str = setting(max_length=500, check=_regex_with_one_group)
+    objective_metric_regex: str = setting(max_length=500, check=regex_with_one_group)
     early_stopping_type: str = setting(choices=EARLY_STOPPING_TYPES)
     ranges: dict[str, Range] = setting(default_factory=dict)
 
@@ -777,7 +462,7 @@ class Debugger:
                     )
                     continue
                 hint, spec = known[name]
-                message = _problem(value, hint, spec)
+                message = value_problem(value, hint, spec)
                 if message:
                     yield Problem(where + (rule, name), value, message)
 
@@ -1079,7 +764,7 @@ class Settings:
                 tunable = ", ".join(hyperparameters)
                 yield Problem(where, ABSENT, f"tunes no hyperparameter; tunable: {tunable}")
                 continue
-            hint = _without_none(hints[name])
+            hint = without_none(hints[name])
             rules = hyperparameters[name].metadata["spec"]
             ends = (
                 [("values", v) for v in spec.values]
@@ -1087,7 +772,7 @@ class Settings:
                 else [(end, getattr(spec, end)) for end in ("min", "max") if getattr(spec, end) is not None]
             )
             for end, value in ends:
-                message = _problem(value, hint, rules)
+                message = value_problem(value, hint, rules)
                 if message:
                     yield Problem(where + (end,), value, f"{message} (as [hyperparameters] {name})")
         for name, price in self.prices.items():
@@ -1149,63 +834,6 @@ class Settings:
             yield Problem(where + ("min",), tuned.min, f"must be {least}", refs)
 
 
-# --- reading a document against the schema -----------------------------------------------------------------
-
-
-def _without_none(hint: Any) -> Any:
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        arms = [arm for arm in typing.get_args(hint) if arm is not type(None)]
-        return arms[0] if len(arms) == 1 else Union[tuple(arms)]  # noqa: UP007
-    return hint
-
-
-def _problem(value: Any, hint: Any, spec: Spec) -> str | None:
-    """What is wrong with a scalar (or list of scalars) for this hint and spec; None when fine."""
-    hint = _without_none(hint)
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        arms = typing.get_args(hint)
-        if not isinstance(value, arms) or (isinstance(value, bool) and bool not in arms):
-            return "must be text, a number or true/false" if str in arms else "must be a number"
-        if isinstance(value, float) and not math.isfinite(value):
-            return "must be a finite number (not inf or nan)"
-    elif origin is tuple:
-        if not isinstance(value, list):
-            return f"must be {allowed(hint, spec)}"
-        item = typing.get_args(hint)[0]
-        for element in value:
-            message = _problem(element, item, Spec())
-            if message:
-                return f"holds {show(element)}, which {message}"
-        value = tuple(value)
-    elif hint is bool:
-        if not isinstance(value, bool):
-            return "must be true or false"
-    elif hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"must be {allowed(hint, spec)}"
-    elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return f"must be {allowed(hint, spec)}"
-    elif hint is str and not isinstance(value, str):
-        return f"must be {allowed(hint, spec)}" if spec.choices else "must be text (in quotes)"
-    if spec.choices and value not in spec.choices:
-        return f"must be {allowed(hint, spec)}"
-    if hint in (int, float):
-        low = spec.minimum if spec.minimum is not None else -math.inf
-        high = spec.maximum if spec.maximum is not None else math.inf
-        if not low <= value <= high or (spec.above is not None and value <= spec.above):
-            return f"must be {allowed(hint, spec)}"
-    if isinstance(value, str):
-        if spec.max_length is not None and len(value) > spec.max_length:
-            return f"is {len(value)} characters long; at most {spec.max_length} are allowed"
-        if spec.pattern is not None and not (spec.empty_ok and value == "") and not spec.pattern.match(value):
-            return f"must be {spec.describe}"
-    if spec.check is not None:
-        return spec.check(value)
-    return None
-
-
 def hyperparameter_problem(name: str, value: Any) -> str | None:
     """What is wrong with `value` for hyperparameter `name` (a [hyperparameters] or [model] key, as
     `train --hp name=value` overrides it); None when it fits, or when the schema has no such key."""
@@ -1213,67 +841,13 @@ def hyperparameter_problem(name: str, value: Any) -> str | None:
         fields = {f.name: f for f in dataclasses.fields(table)}
         if name in fields:
             hint = typing.get_type_hints(table)[name]
-            return _problem(value, hint, fields[name].metadata.get("spec", Spec()))
+            return value_problem(value, hint, fields[name].metadata.get("spec", Spec()))
     return None
-
-
-def _convert(value: Any, hint: Any, spec: Spec, path: tuple[str, ...], problems: list[Problem]) -> Any:
-    """`value` as `hint` (a table becomes its dataclass); records problems and returns ABSENT on any."""
-    hint = _without_none(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, path, problems)
-    if typing.get_origin(hint) is dict:
-        if not isinstance(value, dict):
-            problems.append(Problem(path, ABSENT, "must be a table"))
-            return ABSENT
-        item = typing.get_args(hint)[1]
-        converted = {key: _convert(v, item, spec, path + (key,), problems) for key, v in value.items()}
-        return ABSENT if ABSENT in converted.values() else converted
-    message = _problem(value, hint, spec)
-    if message:
-        problems.append(Problem(path, value, message))
-        return ABSENT
-    if hint is float:
-        return float(value)
-    if typing.get_origin(hint) is tuple:
-        return tuple(value)
-    return value
-
-
-def _build(cls: type, value: Any, path: tuple[str, ...], problems: list[Problem]) -> Any:
-    if not isinstance(value, dict):
-        problems.append(Problem(path, value, "must be a table"))
-        return ABSENT
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    for key in value:
-        if key not in known:
-            problems.append(Problem(path + (key,), ABSENT, "is not a known key; known: " + ", ".join(known)))
-    complete = not any(key not in known for key in value)
-    arguments = {}
-    for f in dataclasses.fields(cls):
-        spec = f.metadata.get("spec", Spec())
-        if f.name in value:
-            arguments[f.name] = _convert(value[f.name], hints[f.name], spec, path + (f.name,), problems)
-            complete = complete and arguments[f.name] is not ABSENT
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            expected = allowed(hints[f.name], spec)
-            problems.append(Problem(path + (f.name,), ABSENT, f"is missing; expected {expected}"))
-            complete = False
-    # A table whose every key has a usable value is built, and its cross-key rules run, even
-    # when a table inside it broke such a rule: one pass reports as much as it can.
-    if not complete:
-        return ABSENT
-    instance = cls(**arguments)
-    check = getattr(instance, "problems", None)
-    if check is not None:
-        problems.extend(check(path))
-    return instance
 
 
 def _check(document: dict[str, Any]) -> tuple[Any, list[Problem]]:
     problems: list[Problem] = []
-    settings = _build(Settings, document, (), problems)
+    settings = build(Settings, document, (), problems)
     first: dict[tuple[str, ...], Problem] = {}
     for problem in problems:  # one problem per key: the first rule it breaks
         first.setdefault(problem.path, problem)
