@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import project_module
+from conftest import PACKAGE, project_module
 
 checks = project_module("checks.project_check")
 main = project_module("cli").main
@@ -124,12 +124,12 @@ def test_a_missing_notebook_fails_unless_the_render_declined_it(project_root, tm
 
 
 def test_a_notebook_importing_what_the_package_lacks_fails(project_root, tmp_path):
-    package = checks.__package__
+    package = PACKAGE
     cell = {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None}
     notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}
     project = copy_of(project_root, tmp_path)
     for source, ok in [
-        (f"%matplotlib inline\nfrom {package} import launcher, tables\n", True),
+        (f"%matplotlib inline\nfrom {package}.report import tables\nfrom {package}.aws import state\n", True),
         (f"from {package} import no_such_module\n", False),
         (f"from {package}.no_such_module import thing\n", False),
     ]:

@@ -29,6 +29,7 @@ from launch_helpers import copy_project
 from PIL import Image
 
 data = project_module("workflow.dataset")
+dataset_source = project_module("workflow.dataset_source")
 cli = project_module("cli")
 data_commands = project_module("cli.dataset")
 job_commands = project_module("cli.jobs")
@@ -288,7 +289,7 @@ def click_options(command) -> set[str]:
 
 def test_every_option_named_in_a_data_or_training_message_exists():
     """Messages of data.py, local_training.py and the data and train commands name only real options."""
-    sources = [inspect.getsource(data), inspect.getsource(local_training)]
+    sources = [inspect.getsource(data), inspect.getsource(dataset_source), inspect.getsource(local_training)]
     sources += [
         inspect.getsource(function)
         for function in (
@@ -355,7 +356,7 @@ def test_a_zip_bomb_is_refused_in_one_line_before_anything_is_written(tiny_datas
 )
 def test_zip_member_count_and_size_are_bounded(tiny_dataset, tmp_path, monkeypatch, limit, value, words):
     archive = write_zip(tmp_path / "set.zip", dataset_members(tiny_dataset), zipfile.ZIP_STORED)
-    monkeypatch.setattr(data, limit, value)
+    monkeypatch.setattr(dataset_source, limit, value)
     with pytest.raises(data.DataError, match=re.escape(words)):
         data.prepare(archive, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -366,8 +367,8 @@ def test_a_zip_larger_than_the_free_space_is_refused():
     for member in members:
         member.file_size = member.compress_size = 600
     with pytest.raises(data.DataError, match="expands to 1,200 bytes, over 1,000"):
-        data.check_zip_bounds(Path("set.zip"), members, free_bytes=1000)
-    data.check_zip_bounds(Path("set.zip"), members, free_bytes=1200)
+        dataset_source.check_zip_bounds(Path("set.zip"), members, free_bytes=1000)
+    dataset_source.check_zip_bounds(Path("set.zip"), members, free_bytes=1200)
 
 
 def test_zip_slip_members_stay_inside(tiny_dataset, tmp_path, monkeypatch):
@@ -496,7 +497,7 @@ def http_base():
 def test_a_failed_http_download_is_one_line_and_leaves_no_part_file(
     http_base, tmp_path, monkeypatch, name, reason
 ):
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(dataset_source, "DOWNLOAD_TIMEOUT_SECONDS", 0.2)
     url = f"{http_base}/{name}"
     with pytest.raises(data.DataError) as failure:
         data.prepare(url, tmp_path / "out", download_dir=tmp_path / "downloads")
@@ -512,7 +513,7 @@ def test_a_failed_http_download_is_one_line_and_leaves_no_part_file(
 STALLED_PREPARE = f"""
 import sys, time
 from pathlib import Path
-from {PACKAGE} import data
+from {PACKAGE}.workflow import dataset as data
 data.check_image = lambda path: time.sleep(600)
 data.prepare(Path(sys.argv[1]), Path(sys.argv[2]))
 """

@@ -28,6 +28,7 @@ from launch_helpers import (
 )
 
 launcher = project_module("workflow.launcher")
+workflow_resources = project_module("workflow.resources")
 dryrun = project_module("aws.offline")
 open_session = project_module("aws.session").open_session
 ProjectConfig = project_module("config").ProjectConfig
@@ -313,7 +314,7 @@ def test_dry_runs_chain_from_tuning_to_teardown_across_sessions(config, tiny_dat
     )
     with open_session(config, dry_run=True, folder=tmp_path) as session:
         (prediction,) = launcher.predict(config, session, [image], top_k=3)
-        statuses = {item["kind"]: item["status"] for item in launcher.status(config, session)}
+        statuses = {item["kind"]: item["status"] for item in workflow_resources.status(config, session)}
     assert prediction["top_k"] == [] and prediction["status"] == "captured, not run"
     call = only(requests_of(tmp_path), "InvokeEndpoint")
     assert call["EndpointName"] == deployment.endpoint_name
@@ -322,7 +323,7 @@ def test_dry_runs_chain_from_tuning_to_teardown_across_sessions(config, tiny_dat
     assert call["Body"] == f"<{image.stat().st_size} bytes>"
     assert set(statuses.values()) == {"captured, not run"}
     with open_session(config, dry_run=True, folder=tmp_path) as session:
-        actions = launcher.teardown(config, session)
+        actions = workflow_resources.teardown(config, session)
         client = session.aws.client("sagemaker")
         assert client.list_endpoints()["Endpoints"] == []
     assert {(kind, outcome) for kind, _, outcome in actions} == {
@@ -353,7 +354,7 @@ def test_teardown_removes_exactly_what_deploy_created(config, tmp_path):
         }
         resources = session.state.resources()
         assert {r["kind"]: r["name"] for r in resources if r["name"] in created.values()} == created
-        actions = launcher.teardown(config, session)
+        actions = workflow_resources.teardown(config, session)
         client = session.aws.client("sagemaker")
         assert client.list_endpoints()["Endpoints"] == []
         assert client.list_endpoint_configs()["EndpointConfigs"] == []
@@ -514,7 +515,7 @@ def test_teardown_by_tag_deletes_one_owners_resources_and_nothing_else(config, t
     shutil.rmtree(dry / "state")  # a fresh clone: no local record of what was created
     with open_session(alice, dry_run=True, folder=dry) as session:
         assert session.state.resources() == []
-        actions = launcher.teardown(alice, session)
+        actions = workflow_resources.teardown(alice, session)
         client = session.aws.client("sagemaker")
         endpoints = {item["EndpointName"] for item in client.list_endpoints()["Endpoints"]}
         models = {item["ModelName"] for item in client.list_models()["Models"]}
@@ -528,8 +529,8 @@ def test_teardown_by_tag_deletes_one_owners_resources_and_nothing_else(config, t
     assert models == {theirs.model_name, "not-this-project"}
     # Staff, from alice's machine: bob's by his id.
     with open_session(alice, dry_run=True, folder=dry) as session:
-        listed = launcher.status(alice, session, owner="bob")
-        actions = launcher.teardown(alice, session, owner="bob")
+        listed = workflow_resources.status(alice, session, owner="bob")
+        actions = workflow_resources.teardown(alice, session, owner="bob")
         assert session.aws.client("sagemaker").list_endpoints()["Endpoints"] == []
     assert {item["name"] for item in listed} == {
         theirs.endpoint_name,

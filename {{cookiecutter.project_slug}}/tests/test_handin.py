@@ -316,7 +316,7 @@ def test_with_an_account_the_endpoint_and_cost_come_from_status(project, monkeyp
     """What `status` finds (here a stand-in for the account's answer) decides the two AWS items."""
     import contextlib
 
-    launcher = project_module("workflow.launcher")
+    resources = project_module("workflow.resources")
     session = project_module("aws.session")
     asked = []
 
@@ -330,7 +330,7 @@ def test_with_an_account_the_endpoint_and_cost_come_from_status(project, monkeyp
         {"kind": "training-job", "name": "dogs-train-1", "status": "Completed", "usd": 1.5},
     ]
     monkeypatch.setattr(session, "open_session", account)
-    monkeypatch.setattr(launcher, "status", lambda config, opened: rows if opened == "the session" else [])
+    monkeypatch.setattr(resources, "status", lambda config, opened: rows if opened == "the session" else [])
     endpoint, cost = handin.aws_items(project, offline=False)
     assert asked == [{}], "a real session: no dry run"
     slug = ProjectConfig.load(project).section("project")["slug"]

@@ -171,7 +171,7 @@ def test_first_code_cell_is_the_dry_run_switch_and_the_last_tears_down(notebook)
     cells = code_cells(notebook)
     assert re.search(r"^DRY_RUN = .*NOTEBOOK_DRY_RUN", cells[0].source, re.MULTILINE)
     deletion = "predictor.delete()" if SDK_V3 else "predictor.delete_endpoint()"
-    assert deletion in cells[-1].source and "launcher.teardown(" in cells[-1].source
+    assert deletion in cells[-1].source and "resources.teardown(" in cells[-1].source
     assert notebook.cells[-2].cell_type == "markdown" and "Tear down" in notebook.cells[-2].source
 
 

@@ -255,7 +255,7 @@ ENDPOINT_ITEM, COST_ITEM = "endpoint deleted", "cost so far"
 
 
 def endpoint_item(rows: Iterable[dict[str, Any]], slug: str) -> Finding:
-    """From `launcher.status`'s rows: a billed endpoint still up is a fail, any other one a warn."""
+    """From `resources.status`'s rows: a billed endpoint still up is a fail, any other one a warn."""
     endpoints = [row for row in rows if row.get("kind") == "endpoint" and row.get("status") != "Deleted"]
     billed = [f"{row['name']} ({row['status']})" for row in endpoints if row["status"] in BILLED]
     if billed:
@@ -281,7 +281,7 @@ def cost_item(rows: Iterable[dict[str, Any]], budget_usd: float | None) -> Findi
 
 
 def aws_items(root: Path, offline: bool) -> list[Finding]:
-    """The endpoint and the cost, from `launcher.status` (the local record and the tags), as `status` reads
+    """The endpoint and the cost, from `resources.status` (the local record and the tags), as `status` reads
     them; "not checked" when offline, without an account, or when AWS does not answer."""
     from ..config import ConfigError, ProjectConfig
 
@@ -302,11 +302,11 @@ def aws_items(root: Path, offline: bool) -> list[Finding]:
 
         from ..aws.context import AwsSetupError
         from ..aws.session import open_session
-        from ..workflow import launcher
+        from ..workflow import resources
 
         try:
             with open_session(config) as session:
-                rows = launcher.status(config, session)
+                rows = resources.status(config, session)
             return [endpoint_item(rows, slug), cost_item(rows, config.settings.budget.usd)]
         except AwsSetupError as error:
             why = f"not checked: {error}"

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..aws.session import open_session
 from ..config import ProjectConfig, aws_tables
-from ..workflow import launcher
+from ..workflow import launcher, resources
 from ..workflow.synthetic import make_dataset
 from . import preflight
 
@@ -93,8 +93,8 @@ def captured_operations(config: ProjectConfig) -> list[tuple[str, str]]:
             endpoint = session.state.latest("endpoint")["name"]
             launcher.verify_endpoint(config, session, endpoint)
             launcher.endpoint_log_tail(session, endpoint)
-            launcher.status(config, session)
-            launcher.teardown(config, session, stop_jobs=True)
+            resources.status(config, session)
+            resources.teardown(config, session, stop_jobs=True)
             calls = list(session.offline.calls)
     # The Price List API is never asked in a dry run (it is not in the offline AWS), but `cost` and the
     # budget checks ask it on an account.

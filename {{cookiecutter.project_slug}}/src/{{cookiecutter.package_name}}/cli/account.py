@@ -129,7 +129,7 @@ def iam_policy(ctx: click.Context, principal: str) -> None:
     click.echo(json.dumps(policy, indent=2))
 
 
-# Whose resources status and teardown reach (launcher.scope_of), and the dry-run options.
+# Whose resources status and teardown reach (resources.scope_of), and the dry-run options.
 owner_options = options(
     click.option(
         "--owner",
@@ -150,14 +150,14 @@ def status(
 ) -> None:
     """List what this project (or --owner, --all-owners) has on AWS, what is running and its cost so far."""
     from ..aws.session import session_state
-    from ..workflow import launcher
+    from ..workflow import resources
 
     config = project_config(ctx)
-    scope = launcher.scope_of(config, owner, all_owners)
+    scope = resources.scope_of(config, owner, all_owners)
     recorded = session_state(config, dry_run=dry_run, folder=dry_run_dir)
     try:
         with command_session(config, dry_run, dry_run_dir) as session:
-            records = launcher.status(config, session, owner=owner, all_owners=all_owners)
+            records = resources.status(config, session, owner=owner, all_owners=all_owners)
     except AwsSetupError as error:
         if recorded.resources() or owner or all_owners:
             raise
@@ -184,7 +184,7 @@ def status(
         )
         running += item["usd"] or 0.0
     console.print(table)
-    live = [item for item in records if item["status"] in launcher.RUNNING_STATUSES + ("InService",)]
+    live = [item for item in records if item["status"] in resources.RUNNING_STATUSES + ("InService",)]
     console.print(f"running now: {len(live)}; cost so far: {running:.2f} USD (from start and end times)")
 
 
@@ -204,17 +204,17 @@ def teardown(
 ) -> None:
     """Delete the endpoints, endpoint configs and models of this project (found in the local record and by
     tags, so a fresh clone finds them too), or of --owner / --all-owners (they cost money while up)."""
-    from ..workflow import launcher
+    from ..workflow import resources
 
     config = project_config(ctx)
-    scope = launcher.scope_of(config, owner, all_owners)
+    scope = resources.scope_of(config, owner, all_owners)
     question = f"Delete the endpoints, endpoint configs and models of {scope.describe()}?"
     if all_owners and not yes and not click.confirm(question + " This reaches every owner's resources."):
         raise click.exceptions.Abort()
     if not (yes or dry_run or all_owners) and not click.confirm(question):
         raise click.exceptions.Abort()
     with command_session(config, dry_run, dry_run_dir) as session:
-        actions = launcher.teardown(config, session, stop_jobs=stop_jobs, owner=owner, all_owners=all_owners)
+        actions = resources.teardown(config, session, stop_jobs=stop_jobs, owner=owner, all_owners=all_owners)
         for kind, name, outcome in actions:
             console.print(f"{kind} {name}: {outcome}")
         if not actions:

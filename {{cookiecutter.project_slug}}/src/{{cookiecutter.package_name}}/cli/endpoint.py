@@ -35,7 +35,7 @@ def deploy(
     ctx: click.Context, model_data: str | None, wait: bool, teardown_on_failure: bool | None, launch: Launch
 ) -> None:
     """Deploy the model behind an endpoint (inference.py, image bytes in, JSON out) and prove it answers."""
-    from ..workflow import launcher
+    from ..workflow import launcher, resources
 
     config = project_config(ctx)
     with launch.session(config, "deploy") as session:
@@ -61,7 +61,7 @@ def deploy(
                 "Delete this endpoint, its config and model now?", default=True
             )
         if teardown_on_failure:
-            for kind, name, outcome in launcher.teardown_deployment(session, deployment):
+            for kind, name, outcome in resources.teardown_deployment(session, deployment):
                 console.print(f"{kind} {name}: {outcome}")
             kept = "deleted"
         else:

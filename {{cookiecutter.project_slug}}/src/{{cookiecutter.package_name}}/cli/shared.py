@@ -41,7 +41,7 @@ _EXPECTED_ERRORS = (
     f"{_ROOT}.config.ConfigError",
     f"{_ROOT}.aws.context.AwsSetupError",
     f"{_ROOT}.extras.MissingExtraError",
-    f"{_ROOT}.workflow.dataset.DataError",
+    f"{_ROOT}.workflow.dataset_source.DataError",
     f"{_ROOT}.workflow.launcher.LaunchError",
     f"{_ROOT}.local.endpoint.LocalEndpointError",
     f"{_ROOT}.local.training_run.LocalTrainingError",
@@ -215,7 +215,7 @@ def _before_launch(
 ) -> None:
     """`preflight` for `command` (a fail stops it), then the budget (over it stops it, unless --yes)."""
     from ..checks import preflight
-    from ..workflow import launcher
+    from ..workflow import resources
 
     if not skip_preflight:
         checks = preflight.run(config, session, command)
@@ -226,7 +226,7 @@ def _before_launch(
             raise click.ClickException(
                 f"preflight failed ({names}): fix what the table says, or pass --skip-preflight"
             )
-    problem = launcher.budget_problem(config, session, command)
+    problem = resources.budget_problem(config, session, command)
     if problem and not yes:
         raise click.ClickException(problem)
     if problem:
