@@ -631,7 +631,7 @@ V3_PYTHON_ENV = "SDK_V3_PYTHON"
 
 
 def sdk_generation_of(project: Path) -> str:
-    """The project's `[aws] sagemaker_sdk` ("v2" or "v3"), as its own sdk.py reads it; its answers record
+    """The project's `[aws] sagemaker_sdk` ("v2" or "v3"), as its own aws/sdk.py reads it; its answers record
     when config.toml cannot be read (the check then reports the config), "v2" when neither says."""
     try:
         with (project / "config.toml").open("rb") as file:

@@ -15,7 +15,7 @@ if [ "$(cat "$v3_stamp" 2>/dev/null)" != "$v3_wanted" ]; then
     rm -rf "$V3_VENV"
     "${PYTHON:-python3}" -m venv "$V3_VENV"
     python -m cookiecutter --no-input -o "$V3_VENV/render" "$ROOT" sagemaker_sdk=v3 include_notebook=no >/dev/null
-    # sagemaker-inference (the `local` extra's, without torch): a Ray Serve package carries it (ray_package.py),
+    # sagemaker-inference (the `local` extra's, without torch): a Ray Serve package carries it (aws/ray_package.py),
     # so a v3 `deploy --dry-run` with [endpoint] server = "ray_serve" builds one. The `debug` extra (matplotlib,
     # for the notebook's `%matplotlib inline`) and a kernel: the notebook's SageMaker cells run as a dry run.
     v3_render=("$V3_VENV"/render/*/)

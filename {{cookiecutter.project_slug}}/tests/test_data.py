@@ -288,7 +288,8 @@ def click_options(command) -> set[str]:
 
 
 def test_every_option_named_in_a_data_or_training_message_exists():
-    """Messages of data.py, local_training.py and the data and train commands name only real options."""
+    """Messages of the dataset modules, local/training_run.py and the data and train commands name only
+    real options."""
     sources = [inspect.getsource(data), inspect.getsource(dataset_source), inspect.getsource(local_training)]
     sources += [
         inspect.getsource(function)

@@ -48,7 +48,7 @@ SDK_PICKED_NAMES = (
     # replace with the project's when they send the request).
     (re.compile(r"-\d{14}/input/"), "-<time>/input/"),
 )
-# The tag that records when a resource was made (tagging.py): the time, not a choice.
+# The tag that records when a resource was made (aws/tagging.py): the time, not a choice.
 TIME_TAG = project_module("aws.tagging").CREATED_TAG
 
 pytestmark = [

@@ -815,7 +815,7 @@ def settable_parameters(rule: str) -> dict[str, object]:
 def parse_rule_parameters(text: str) -> dict[str, dict]:
     """`--rule_parameters` (JSON, `{"overfit": {"patience": 3}}`) -> checked per-rule keyword arguments.
 
-    config_schema.py checks config.toml's [debugger.rule_parameters] fully (ranges, choices); this
+    config/schema.py checks config.toml's [debugger.rule_parameters] fully (ranges, choices); this
     refuses what would make a rule fail in the job: unknown rules or names, values of the wrong type."""
     try:
         document = json.loads(text or "{}")

@@ -62,7 +62,7 @@ SDK_END: dict[str, SupportDate] = {
         "sagemaker SDK v2",
         datetime.date(2027, 7, 6),
         "end of support (v2 is in maintenance)",
-        'move to SDK v3: set [aws] sagemaker_sdk = "v3" (sagemaker_api.py alone imports the SDK)',
+        'move to SDK v3: set [aws] sagemaker_sdk = "v3" (aws/sagemaker_api.py alone imports the SDK)',
     ),
 }
 DEBUGGER_CLOSED = SupportDate(

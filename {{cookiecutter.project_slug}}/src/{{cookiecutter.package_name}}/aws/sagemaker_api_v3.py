@@ -103,7 +103,7 @@ def sdk_environment(aws: AwsContext) -> Iterator[None]:
     """What v3 reads from the environment while it builds and sends requests, set for the duration only.
 
     ModelTrainer and ModelBuilder check the role with iam:SimulatePrincipalPolicy, which the project's policy
-    (iam.py) does not grant and moto does not answer; `preflight` checks the role itself, so
+    (checks/iam.py) does not grant and moto does not answer; `preflight` checks the role itself, so
     SAGEMAKER_VALIDATE_ROLE=false skips it. `sagemaker.serve` needs a region when it is imported and used."""
     wanted = {"SAGEMAKER_VALIDATE_ROLE": "false", "AWS_DEFAULT_REGION": aws.region}
     before = {name: os.environ.get(name) for name in wanted}

@@ -8,7 +8,7 @@ Every Create request (tuning and training jobs, models, endpoint configs, endpoi
 
 `status` and `teardown` look resources up through the Resource Groups Tagging API, so a fresh clone,
 another machine, or staff with a student's id (`--owner`) find the same things the local record names.
-A leaf like `context.py`: it imports neither the SageMaker SDK nor moto.
+A leaf like `aws/context.py`: it imports neither the SageMaker SDK nor moto.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""The command line: thin click commands over the launcher's plain functions.
+"""The command line: `main`, with each stage's commands from its own module, in the order of the flow.
+
+Thin click commands over the workflow's plain functions: dataset.py (`data`), jobs.py (`tune`,
+`train`, `report`, `runs`), endpoint.py (`deploy`, `predict`, `serve`), account.py (`cost`,
+`preflight`, `iam-policy`, `status`, `teardown`), grading.py (`check`, `handin`); shared.py holds
+what they share.
 
 Every command that touches AWS takes `--dry-run`: it then opens the same session on the offline AWS,
 whose record lives in `dry-run/` (or `--dry-run-dir`) and carries over from one command to the next, so

@@ -1,6 +1,6 @@
 """The project's configuration: `config.toml` at the project root, read once and checked against the schema.
 
-The schema (every key, its type and what it allows) is `config_schema.py`, shared with the
+The schema (every key, its type and what it allows) is `config/schema.py`, shared with the
 render hook; `ProjectConfig.load` refuses a file that does not fit it, in
 one line naming the file, the key, the value and what is allowed.
 """
@@ -108,7 +108,7 @@ class ProjectConfig:
 
     @cached_property
     def settings(self) -> schema.Settings:
-        """config.toml typed by config_schema.py; ConfigError when it does not fit."""
+        """config.toml typed by config/schema.py; ConfigError when it does not fit."""
         try:
             return schema.parse(self.data)
         except validation.SchemaError as error:

@@ -148,7 +148,7 @@ def image_in_region(scope: str, version: str, region: str) -> bool:
 
 def newest_image(generation: str, scope: str, region: str = "") -> tuple[str, str]:
     """The default image of a render: the newest PyTorch `scope` image its SDK generation knows (in
-    `region`, when given), with its Python version. Newer images are patched longer (support.py's
+    `region`, when given), with its Python version. Newer images are patched longer (aws/image_support.py's
     table, whose test holds it so), so this is the one patched longest."""
     known = PYTORCH_IMAGES.get(generation, PYTORCH_IMAGES[DEFAULT_SDK])[scope]
     version = max((v for v in known if not region or image_in_region(scope, v, region)), key=version_tuple)

@@ -111,7 +111,7 @@ from classifier.choices import (  # noqa: E402
     SCHEDULERS,
 )
 
-# The package reads these through the schema (config.py's `schema`), which makes `classifier` importable.
+# The package reads these through the schema (config's `schema`), which makes `classifier` importable.
 from classifier.choices import IMAGE_SUFFIXES as IMAGE_SUFFIXES  # noqa: E402
 from classifier.choices import readable_class_name as readable_class_name  # noqa: E402
 from classifier.choices import resize_size_for as resize_size_for  # noqa: E402

@@ -10,7 +10,7 @@ One module per job, in the order a report is made:
 - `build`: the entry points that assemble them (`build_report`, `build_local_report`, `build_job_report`,
   and `training_report`, SageMaker's view that the notebook shows).
 
-The names below are those the CLI, the notebook, writeup.py, tables.py and the tests use.
+The names below are those the CLI, the notebook, checks/writeup.py, report/tables.py and the tests use.
 """
 
 from ..config import schema

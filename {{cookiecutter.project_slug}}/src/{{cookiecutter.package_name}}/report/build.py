@@ -1,5 +1,6 @@
-"""Assembling a report: a job's or a local run's outputs fetched, read, drawn and written to
-`reports/<run>/`."""
+"""Assembling a report: a run's outputs fetched, read, drawn and written to `reports/<run>/`.
+
+The run is a training job (its archives in S3) or a local run (its folder)."""
 
 from __future__ import annotations
 

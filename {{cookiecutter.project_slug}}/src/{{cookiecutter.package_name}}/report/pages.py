@@ -1,5 +1,7 @@
-"""Writing the report's pages: `index.html` (tables, and PNG figures as files beside it: nothing is fetched
-from the network) and `summary.md` (a few lines to paste into a write-up)."""
+"""Writing the report's pages: `index.html` and `summary.md`.
+
+`index.html` holds tables, with the PNG figures as files beside it (nothing is fetched from the
+network); `summary.md` is a few lines to paste into a write-up."""
 
 from __future__ import annotations
 

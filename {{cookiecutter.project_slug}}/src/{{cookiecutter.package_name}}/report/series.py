@@ -1,5 +1,6 @@
-"""Reading a run's series: epochs, steps, per-class accuracy and the profiler's figures, and what the
-rule verdicts mean in words."""
+"""Reading a run's series: epochs, steps, per-class accuracy, the profiler's figures, the verdicts.
+
+And what the rule verdicts mean, in words."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The project's resources on AWS: their status, what they have cost so far, and tearing them down.
 
 Found from the project's record (`.state/`) and, for `--owner`/`--all-owners`, by their tags from
-any machine. Like launcher.py, every function takes the config and an open `session.Session`.
+any machine. Like workflow/launcher.py, every function takes the config and an open `session.Session`.
 """
 
 from __future__ import annotations
