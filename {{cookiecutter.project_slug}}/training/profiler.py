@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from recorder import Observer
-from rules import Verdict, quantile
+from rule_verdict import Verdict, quantile
 
 
 def _cpu_times() -> list[tuple[int, int]] | None:

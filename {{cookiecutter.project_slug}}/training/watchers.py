@@ -19,10 +19,10 @@ from loaders import Data
 from optimisation import Training
 from profiler import Profiler, TorchTrace, write_report
 from recorder import Observers, Recorder
+from rule_verdict import Verdict
 from rules import (
     ACTIVATION_RULES,
     DEBUGGER_RULES,
-    Verdict,
     evaluate_debugger_rules,
     evaluate_profiler_rules,
     parse_rule_parameters,
