@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SERVED_CLASS_NAMES, project_module
+from conftest import PACKAGE, SERVED_CLASS_NAMES, project_module
 from PIL import Image
 
 from classifier.artifact import readable_class_name
@@ -522,7 +522,7 @@ SHRINK_PROBE = """
 import json, sys, time
 from pathlib import Path
 from PIL import Image
-from PACKAGE.payload import REALTIME_BODY_LIMIT, request_body
+from PACKAGE.workflow.payload import REALTIME_BODY_LIMIT, request_body
 
 def high_water_mark():
     with open("/proc/self/status", encoding="ascii") as status:
@@ -542,7 +542,7 @@ print(json.dumps(dict(peak_bytes=high_water_mark() - before, cpu_s=cpu, sent=len
 def test_shrinking_a_large_photo_is_bounded_in_time_and_memory(large_photo, project_root):
     """Measured in a process of its own, with large buffers mapped and returned rather than reused unseen:
     the photo is decoded once (a JPEG at reduced scale where that is enough), never held as file bytes."""
-    code = SHRINK_PROBE.replace("PACKAGE", local_endpoint.__name__.rpartition(".")[0])
+    code = SHRINK_PROBE.replace("PACKAGE", PACKAGE)
     environment = {**os.environ, "PYTHONPATH": str(project_root / "src"), "MALLOC_MMAP_THRESHOLD_": "65536"}
     completed = subprocess.run(
         [sys.executable, "-c", code, str(large_photo)],

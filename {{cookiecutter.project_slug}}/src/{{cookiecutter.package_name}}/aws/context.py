@@ -63,3 +63,60 @@ def configured_region(config: ProjectConfig) -> str:
 def configured_role(config: ProjectConfig) -> str:
     """[aws] role_arn, else $SAGEMAKER_ROLE_ARN, else ''."""
     return config.aws.get("role_arn") or os.environ.get(ROLE_ENV) or ""
+
+
+def connect_account(
+    config: ProjectConfig,
+    default_bucket: Callable[[Any], str],
+    execution_role: Callable[[Any], str],
+) -> AwsContext:
+    """The real account, with each missing piece reported as one line naming what to set.
+
+    `default_bucket(boto_session)` and `execution_role(boto_session)` are the SDK generation's own calls
+    (`sagemaker_api.connect`, `sagemaker_api_v3.connect`), asked only when config.toml leaves them out
+    (the role on first use: uploads, predictions and teardown need none)."""
+    import boto3
+    import botocore.exceptions
+
+    region = configured_region(config)
+    if not region:
+        raise AwsSetupError("no AWS region: set [aws] region in config.toml or $AWS_DEFAULT_REGION")
+    try:
+        boto_session = boto3.Session(region_name=region)
+        credentials = boto_session.get_credentials()
+    except botocore.exceptions.BotoCoreError as error:
+        raise AwsSetupError(f"cannot load AWS credentials: {error}") from None
+    if credentials is None:
+        raise AwsSetupError(
+            "no AWS credentials: run `aws configure` or `aws sso login`, or set $AWS_PROFILE "
+            "(try `--dry-run` to preview without an account)"
+        )
+    bucket = config.aws.get("bucket")
+    if not bucket:
+        try:
+            # The SDK's default bucket, `sagemaker-<region>-<account>` (created when missing).
+            bucket = default_bucket(boto_session)
+        except botocore.exceptions.BotoCoreError as error:
+            raise AwsSetupError(
+                f"cannot find the default SageMaker bucket ({error}): set [aws] bucket"
+            ) from None
+    role = configured_role(config)
+    return AwsContext(
+        boto_session=boto_session,
+        region=region,
+        bucket=bucket,
+        prefix=config.aws.get("prefix", ""),
+        role_resolver=lambda: role or execution_role(boto_session),
+    )
+
+
+def execution_role_or_setup_error(find_role: Callable[[], str]) -> str:
+    """[aws] role_arn / $SAGEMAKER_ROLE_ARN were empty: the notebook's or Studio's execution role, as the
+    SDK's `find_role` finds it; outside SageMaker, one line naming the setting."""
+    try:
+        return find_role()
+    except Exception:  # ValueError, or a botocore error, outside SageMaker
+        raise AwsSetupError(
+            f"no SageMaker execution role: set [aws] role_arn in config.toml or ${ROLE_ENV} "
+            "(outside SageMaker Studio it cannot be found automatically)"
+        ) from None

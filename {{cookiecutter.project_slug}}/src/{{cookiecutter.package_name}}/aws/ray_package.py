@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .. import extras
 from ..config import ProjectConfig, aws_tables
+from .context import AwsContext
 
 RAY_SERVE_DIR = "ray_serve"
 # What the container reads at the model's root, from the project's ray_serve/ folder.
@@ -165,3 +166,16 @@ def build_package(config: ProjectConfig, trained_model: Path, destination: Path)
 
 def _no_caches_in_archive(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return None if "__pycache__" in Path(member.name).parts else member
+
+
+def upload_package(config: ProjectConfig, aws: AwsContext, model_data: str, *, model_name: str) -> str:
+    """`model_data` (an S3 URI) packaged for AWS's Ray Serve container (config.yaml, deployment.py and
+    the same code/ as TorchServe's) and uploaded beside the project's models; its S3 URI."""
+    bucket, _, key = model_data.removeprefix("s3://").partition("/")
+    package_key = aws.s3_key("models", model_name, "ray-serve", "model.tar.gz")
+    with tempfile.TemporaryDirectory(prefix="ray-serve-") as scratch:
+        trained = Path(scratch) / "trained.tar.gz"
+        aws.client("s3").download_file(bucket, key, str(trained))
+        package = build_package(config, trained, Path(scratch) / "model.tar.gz")
+        aws.client("s3").upload_file(str(package), aws.bucket, package_key)
+    return aws.s3_uri("models", model_name, "ray-serve", "model.tar.gz")

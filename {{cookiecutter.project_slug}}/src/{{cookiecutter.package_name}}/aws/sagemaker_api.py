@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
@@ -41,7 +39,6 @@ def _not_unfinished_job_warning(record: logging.LogRecord) -> bool:
 
 logging.getLogger("sagemaker.estimator").addFilter(_not_unfinished_job_warning)
 
-import boto3  # noqa: E402
 import botocore.exceptions  # noqa: E402
 import sagemaker  # noqa: E402
 from sagemaker.debugger import (  # noqa: E402
@@ -67,9 +64,9 @@ from sagemaker.tuner import (  # noqa: E402
 )
 from sagemaker.utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 
-from ..config import ConfigError, ProjectConfig, aws_tables  # noqa: E402
+from ..config import ProjectConfig  # noqa: E402
 from . import ray_package, tagging  # noqa: E402
-from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
+from .context import AwsContext, connect_account, execution_role_or_setup_error  # noqa: E402
 
 # Re-exported: callers and the notebook read these here, whichever generation they use.
 from .sagemaker_jobs import (  # noqa: E402, F401
@@ -85,11 +82,14 @@ from .sagemaker_jobs import (  # noqa: E402, F401
     RuleSet,
     TrainingLaunch,
     data_channels,
+    image_uri_of,
     in_job_rules,
     job_environment,
     job_name_base,
     metric_definitions,
+    parameter_ranges,
     refused_for_debugger,
+    repack_on_disk,
     rule_job_count,
     rule_notes,
     rule_parameters,
@@ -114,47 +114,18 @@ def sagemaker_session(aws: AwsContext) -> sagemaker.Session:
 
 
 def _execution_role(boto_session: Any) -> str:
-    """[aws] role_arn / $SAGEMAKER_ROLE_ARN were empty: the notebook's or Studio's execution role."""
-    try:
-        return sagemaker.get_execution_role(sagemaker.Session(boto_session=boto_session))
-    except Exception:  # ValueError, or a botocore error, outside SageMaker
-        raise AwsSetupError(
-            f"no SageMaker execution role: set [aws] role_arn in config.toml or ${ROLE_ENV} "
-            "(outside SageMaker Studio it cannot be found automatically)"
-        ) from None
+    """The notebook's or Studio's execution role, as SDK v2 finds it; one line naming the setting outside."""
+    return execution_role_or_setup_error(
+        lambda: sagemaker.get_execution_role(sagemaker.Session(boto_session=boto_session))
+    )
 
 
 def connect(config: ProjectConfig) -> AwsContext:
-    """The real account, with each missing piece reported as one line naming what to set."""
-    region = configured_region(config)
-    if not region:
-        raise AwsSetupError("no AWS region: set [aws] region in config.toml or $AWS_DEFAULT_REGION")
-    try:
-        boto_session = boto3.Session(region_name=region)
-        credentials = boto_session.get_credentials()
-    except botocore.exceptions.BotoCoreError as error:
-        raise AwsSetupError(f"cannot load AWS credentials: {error}") from None
-    if credentials is None:
-        raise AwsSetupError(
-            "no AWS credentials: run `aws configure` or `aws sso login`, or set $AWS_PROFILE "
-            "(try `--dry-run` to preview without an account)"
-        )
-    bucket = config.aws.get("bucket")
-    if not bucket:
-        try:
-            # The SDK's default bucket, `sagemaker-<region>-<account>` (created when missing).
-            bucket = sagemaker.Session(boto_session=boto_session).default_bucket()
-        except botocore.exceptions.BotoCoreError as error:
-            raise AwsSetupError(
-                f"cannot find the default SageMaker bucket ({error}): set [aws] bucket"
-            ) from None
-    role = configured_role(config)
-    return AwsContext(
-        boto_session=boto_session,
-        region=region,
-        bucket=bucket,
-        prefix=config.aws.get("prefix", ""),
-        role_resolver=lambda: role or _execution_role(boto_session),
+    """The real account (`context.connect_account`), with SDK v2's default bucket and execution role."""
+    return connect_account(
+        config,
+        default_bucket=lambda boto_session: sagemaker.Session(boto_session=boto_session).default_bucket(),
+        execution_role=_execution_role,
     )
 
 
@@ -172,39 +143,16 @@ def training_source_archive(config: ProjectConfig, destination: Path) -> Path:
 
 
 def repack_model_locally(config: ProjectConfig, model_data: Path, destination: Path) -> Path:
-    """model.tar.gz with `code/` added, as `PyTorchModel` repacks it for the endpoint, but on this disk."""
-    arguments = source_arguments(config, "inference")
-    repack_model(
-        INFERENCE_ENTRY_POINT,
-        arguments["source_dir"],
-        arguments["dependencies"],
-        f"file://{Path(model_data).resolve()}",
-        f"file://{Path(destination).resolve()}",
-        # For file:// URIs the SDK reads only the session's settings; no AWS session is needed.
-        sagemaker_session=SimpleNamespace(settings=SessionSettings()),
-    )
-    return Path(destination)
+    """model.tar.gz with `code/` added, as the endpoint receives it, but on this disk (SDK v2's repack)."""
+    return repack_on_disk(config, model_data, destination, repack_model, SessionSettings)
 
 
 # --- configuration turned into SDK objects ---------------------------------------------------------
 
 
 def hyperparameter_ranges(config: ProjectConfig) -> dict[str, Any]:
-    """[tuning.ranges.<name>] tables as SDK parameter ranges."""
-    ranges = {}
-    for name, spec in config.section("tuning").get("ranges", {}).items():
-        kind = spec.get("type")
-        if kind == "categorical":
-            ranges[name] = CategoricalParameter(list(spec["values"]))
-        elif kind in _RANGE_TYPES:
-            ranges[name] = _RANGE_TYPES[kind](
-                spec["min"], spec["max"], scaling_type=spec.get("scaling", "Auto")
-            )
-        else:
-            raise ConfigError(
-                f"[tuning.ranges.{name}] type is {kind!r}; choose continuous, integer or categorical"
-            )
-    return ranges
+    """[tuning.ranges.<name>] tables as SDK v2 parameter ranges."""
+    return parameter_ranges(config, CategoricalParameter, _RANGE_TYPES)
 
 
 def rule_collections(
@@ -267,22 +215,8 @@ def _image_arguments(config: ProjectConfig, role: str) -> dict[str, str | None]:
 
 
 def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, region: str) -> str:
-    """The image the SDK would run for [images.<scope>] ("training" or "inference") on `instance_type`
-    (None: serverless, a CPU image); a custom image_uri as it is; AWS's Ray Serve image for an endpoint
-    with [endpoint] server = "ray_serve". ValueError when there is none."""
-    if scope == "inference" and config.data.get("endpoint", {}).get("server") == "ray_serve":
-        return ray_package.image_uri(config, region, instance_type)
-    images = config.section("images")[scope]
-    if images.get("image_uri"):
-        return images["image_uri"]
-    return sagemaker.image_uris.retrieve(
-        aws_tables.sdk_image_framework(images["framework_version"]),
-        region=region,
-        version=images["framework_version"],
-        py_version=images["py_version"],
-        instance_type=instance_type or "ml.m5.large",
-        image_scope=scope,
-    )
+    """The image SDK v2 names for [images.<scope>] (`sagemaker_jobs.image_uri_of`)."""
+    return image_uri_of(config, scope, instance_type, region, sagemaker.image_uris.retrieve)
 
 
 def job_name(config: ProjectConfig, kind: str, max_length: int = 63) -> str:
@@ -518,16 +452,10 @@ def ray_serve_model(config: ProjectConfig, aws: AwsContext, model_data: str, *, 
     deployment.py and the same code/ as TorchServe's), uploaded beside it, in a plain `Model`."""
     endpoint = config.section("instances")["endpoint"]
     instance_type = None if config.settings.endpoint.serverless else endpoint["type"]
-    bucket, _, key = model_data.removeprefix("s3://").partition("/")
-    package_key = aws.s3_key("models", model_name, "ray-serve", "model.tar.gz")
-    with tempfile.TemporaryDirectory(prefix="ray-serve-") as scratch:
-        trained = Path(scratch) / "trained.tar.gz"
-        aws.client("s3").download_file(bucket, key, str(trained))
-        package = ray_package.build_package(config, trained, Path(scratch) / "model.tar.gz")
-        aws.client("s3").upload_file(str(package), aws.bucket, package_key)
+    package = ray_package.upload_package(config, aws, model_data, model_name=model_name)
     return Model(
         image_uri=ray_package.image_uri(config, aws.region, instance_type),
-        model_data=aws.s3_uri("models", model_name, "ray-serve", "model.tar.gz"),
+        model_data=package,
         role=aws.role_arn,
         sagemaker_session=sagemaker_session(aws),
         name=model_name,

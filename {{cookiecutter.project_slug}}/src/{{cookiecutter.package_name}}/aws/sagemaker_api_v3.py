@@ -27,15 +27,12 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 # The SDK logs each step of a build or upload at INFO and DEBUG; the CLI prints what matters itself.
 for _name in ("sagemaker", "sagemaker.config"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-import boto3  # noqa: E402
-import botocore.exceptions  # noqa: E402
 from sagemaker.core import image_uris  # noqa: E402
 from sagemaker.core.common_utils import create_tar_file, name_from_base, repack_model  # noqa: E402
 from sagemaker.core.helper.session_helper import Session, get_execution_role  # noqa: E402
@@ -60,9 +57,9 @@ from sagemaker.train import ModelTrainer  # noqa: E402
 from sagemaker.train.distributed import Torchrun  # noqa: E402
 from sagemaker.train.tuner import HyperparameterTuner  # noqa: E402
 
-from ..config import ConfigError, ProjectConfig, aws_tables  # noqa: E402
+from ..config import ProjectConfig  # noqa: E402
 from . import ray_package, tagging  # noqa: E402
-from .context import ROLE_ENV, AwsContext, AwsSetupError, configured_region, configured_role  # noqa: E402
+from .context import AwsContext, connect_account, execution_role_or_setup_error  # noqa: E402
 
 # Re-exported: callers and the notebook read these here, whichever generation they use.
 from .sagemaker_jobs import (  # noqa: E402, F401
@@ -77,10 +74,13 @@ from .sagemaker_jobs import (  # noqa: E402, F401
     RuleSet,
     TrainingLaunch,
     data_channels,
+    image_uri_of,
     in_job_rules,
     job_environment,
     job_name_base,
     metric_definitions,
+    parameter_ranges,
+    repack_on_disk,
     rule_job_count,
     rule_notes,
     rule_set,
@@ -135,46 +135,16 @@ def sagemaker_session(aws: AwsContext) -> Session:
 
 
 def _execution_role(boto_session: Any) -> str:
-    """[aws] role_arn / $SAGEMAKER_ROLE_ARN were empty: the notebook's or Studio's execution role."""
-    try:
-        return get_execution_role(Session(boto_session=boto_session))
-    except Exception:  # ValueError, or a botocore error, outside SageMaker
-        raise AwsSetupError(
-            f"no SageMaker execution role: set [aws] role_arn in config.toml or ${ROLE_ENV} "
-            "(outside SageMaker Studio it cannot be found automatically)"
-        ) from None
+    """The notebook's or Studio's execution role, as SDK v3 finds it; one line naming the setting outside."""
+    return execution_role_or_setup_error(lambda: get_execution_role(Session(boto_session=boto_session)))
 
 
 def connect(config: ProjectConfig) -> AwsContext:
-    """The real account, with each missing piece reported as one line naming what to set."""
-    region = configured_region(config)
-    if not region:
-        raise AwsSetupError("no AWS region: set [aws] region in config.toml or $AWS_DEFAULT_REGION")
-    try:
-        boto_session = boto3.Session(region_name=region)
-        credentials = boto_session.get_credentials()
-    except botocore.exceptions.BotoCoreError as error:
-        raise AwsSetupError(f"cannot load AWS credentials: {error}") from None
-    if credentials is None:
-        raise AwsSetupError(
-            "no AWS credentials: run `aws configure` or `aws sso login`, or set $AWS_PROFILE "
-            "(try `--dry-run` to preview without an account)"
-        )
-    bucket = config.aws.get("bucket")
-    if not bucket:
-        try:
-            bucket = Session(boto_session=boto_session).default_bucket()
-        except botocore.exceptions.BotoCoreError as error:
-            raise AwsSetupError(
-                f"cannot find the default SageMaker bucket ({error}): set [aws] bucket"
-            ) from None
-    role = configured_role(config)
-    return AwsContext(
-        boto_session=boto_session,
-        region=region,
-        bucket=bucket,
-        prefix=config.aws.get("prefix", ""),
-        role_resolver=lambda: role or _execution_role(boto_session),
+    """The real account (`context.connect_account`), with SDK v3's default bucket and execution role."""
+    return connect_account(
+        config,
+        default_bucket=lambda boto_session: Session(boto_session=boto_session).default_bucket(),
+        execution_role=_execution_role,
     )
 
 
@@ -205,58 +175,21 @@ def training_source_archive(config: ProjectConfig, destination: Path) -> Path:
 
 
 def repack_model_locally(config: ProjectConfig, model_data: Path, destination: Path) -> Path:
-    """model.tar.gz with `code/` added, as the endpoint receives it, but on this disk."""
-    arguments = source_arguments(config, "inference")
-    repack_model(
-        INFERENCE_ENTRY_POINT,
-        arguments["source_dir"],
-        arguments["dependencies"],
-        f"file://{Path(model_data).resolve()}",
-        f"file://{Path(destination).resolve()}",
-        sagemaker_session=SimpleNamespace(settings=SessionSettings()),
-    )
-    return Path(destination)
+    """model.tar.gz with `code/` added, as the endpoint receives it, but on this disk (SDK v3's repack)."""
+    return repack_on_disk(config, model_data, destination, repack_model, SessionSettings)
 
 
 # --- configuration turned into SDK objects ---------------------------------------------------------
 
 
 def hyperparameter_ranges(config: ProjectConfig) -> dict[str, Any]:
-    """[tuning.ranges.<name>] tables as SDK parameter ranges."""
-    ranges = {}
-    for name, spec in config.section("tuning").get("ranges", {}).items():
-        kind = spec.get("type")
-        if kind == "categorical":
-            ranges[name] = CategoricalParameter(list(spec["values"]))
-        elif kind in _RANGE_TYPES:
-            ranges[name] = _RANGE_TYPES[kind](
-                spec["min"], spec["max"], scaling_type=spec.get("scaling", "Auto")
-            )
-        else:
-            raise ConfigError(
-                f"[tuning.ranges.{name}] type is {kind!r}; choose continuous, integer or categorical"
-            )
-    return ranges
+    """[tuning.ranges.<name>] tables as SDK v3 parameter ranges."""
+    return parameter_ranges(config, CategoricalParameter, _RANGE_TYPES)
 
 
 def image_uri(config: ProjectConfig, scope: str, instance_type: str | None, region: str) -> str:
-    """The image SDK v3 names for [images.<scope>] ("training" or "inference") on `instance_type`
-    (None: serverless, a CPU image); a custom image_uri as it is; AWS's Ray Serve image for an endpoint
-    with [endpoint] server = "ray_serve". ValueError when there is none."""
-    if scope == "inference" and config.data.get("endpoint", {}).get("server") == "ray_serve":
-        return ray_package.image_uri(config, region, instance_type)
-    images = config.section("images")[scope]
-    if images.get("image_uri"):
-        return images["image_uri"]
-    return image_uris.retrieve(
-        # From 2.11 the training images are Amazon Linux 2023 ones, a framework of their own in the tables.
-        aws_tables.sdk_image_framework(images["framework_version"]),
-        region=region,
-        version=images["framework_version"],
-        py_version=images["py_version"],
-        instance_type=instance_type or "ml.m5.large",
-        image_scope=scope,
-    )
+    """The image SDK v3 names for [images.<scope>] (`sagemaker_jobs.image_uri_of`)."""
+    return image_uri_of(config, scope, instance_type, region, image_uris.retrieve)
 
 
 def job_name(config: ProjectConfig, kind: str, max_length: int = 63) -> str:
@@ -427,19 +360,6 @@ def model_builder(config: ProjectConfig, aws: AwsContext, model_data: str, sourc
     return builder
 
 
-def ray_serve_package(config: ProjectConfig, aws: AwsContext, model_data: str, *, model_name: str) -> str:
-    """`model_data` (an S3 URI) packaged for AWS's Ray Serve container (`ray_package`: config.yaml,
-    deployment.py and the same code/ as TorchServe's), uploaded beside it; its S3 URI, where v2 puts it."""
-    bucket, _, key = model_data.removeprefix("s3://").partition("/")
-    package_key = aws.s3_key("models", model_name, "ray-serve", "model.tar.gz")
-    with tempfile.TemporaryDirectory(prefix="ray-serve-") as scratch:
-        trained = Path(scratch) / "trained.tar.gz"
-        aws.client("s3").download_file(bucket, key, str(trained))
-        package = ray_package.build_package(config, trained, Path(scratch) / "model.tar.gz")
-        aws.client("s3").upload_file(str(package), aws.bucket, package_key)
-    return aws.s3_uri("models", model_name, "ray-serve", "model.tar.gz")
-
-
 def deploy_ray_serve(
     config: ProjectConfig,
     aws: AwsContext,
@@ -455,7 +375,7 @@ def deploy_ray_serve(
     instance_type = config.section("instances")["endpoint"]["type"]  # the schema refuses a serverless one
     count = config.section("instances")["endpoint"]["count"]
     tags = [Tag(key=tag["Key"], value=tag["Value"]) for tag in tagging.project_tags(config)]
-    package = ray_serve_package(config, aws, model_data, model_name=model_name)
+    package = ray_package.upload_package(config, aws, model_data, model_name=model_name)
     where = {"session": aws.boto_session, "region": aws.region}
     Model.create(
         model_name=model_name,

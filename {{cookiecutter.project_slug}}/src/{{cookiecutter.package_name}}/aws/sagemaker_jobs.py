@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import botocore.exceptions
 
 from .. import experiments
-from ..config import ProjectConfig, schema
+from ..config import ConfigError, ProjectConfig, aws_tables, schema
+from . import ray_package
 from .context import AwsContext
 
 DATA_CHANNEL = "training"
@@ -225,3 +229,66 @@ def job_name_base(config: ProjectConfig, kind: str, max_length: int) -> tuple[st
     timestamp_length = 12 if short else 24  # "-yyMMdd-HHmm" or "-yyyy-mm-dd-HH-MM-SS-mmm"
     slug = config.section("project")["slug"][: max_length - timestamp_length - len(kind) - 1].rstrip("-")
     return f"{slug}-{kind}", short
+
+
+def parameter_ranges(
+    config: ProjectConfig, categorical: Callable[[list], Any], numeric: Mapping[str, Callable[..., Any]]
+) -> dict[str, Any]:
+    """[tuning.ranges.<name>] tables as the SDK generation's parameter ranges: `categorical(values)`, and
+    `numeric["continuous" | "integer"](min, max, scaling_type=...)`."""
+    ranges = {}
+    for name, spec in config.section("tuning").get("ranges", {}).items():
+        kind = spec.get("type")
+        if kind == "categorical":
+            ranges[name] = categorical(list(spec["values"]))
+        elif kind in numeric:
+            ranges[name] = numeric[kind](spec["min"], spec["max"], scaling_type=spec.get("scaling", "Auto"))
+        else:
+            raise ConfigError(
+                f"[tuning.ranges.{name}] type is {kind!r}; choose continuous, integer or categorical"
+            )
+    return ranges
+
+
+def repack_on_disk(
+    config: ProjectConfig,
+    model_data: Path,
+    destination: Path,
+    repack_model: Callable[..., Any],
+    session_settings: Callable[[], Any],
+) -> Path:
+    """model.tar.gz with `code/` added, as the endpoint receives it, but on this disk: the SDK generation's
+    own `repack_model` (and its `SessionSettings`), on file:// URIs."""
+    arguments = source_arguments(config, "inference")
+    repack_model(
+        INFERENCE_ENTRY_POINT,
+        arguments["source_dir"],
+        arguments["dependencies"],
+        f"file://{Path(model_data).resolve()}",
+        f"file://{Path(destination).resolve()}",
+        # For file:// URIs the SDK reads only the session's settings; no AWS session is needed.
+        sagemaker_session=SimpleNamespace(settings=session_settings()),
+    )
+    return Path(destination)
+
+
+def image_uri_of(
+    config: ProjectConfig, scope: str, instance_type: str | None, region: str, retrieve: Callable[..., str]
+) -> str:
+    """The image for [images.<scope>] ("training" or "inference") on `instance_type` (None: serverless, a
+    CPU image), as the SDK generation's `image_uris.retrieve` names it; a custom image_uri as it is; AWS's
+    Ray Serve image for an endpoint with [endpoint] server = "ray_serve". ValueError when there is none."""
+    if scope == "inference" and config.data.get("endpoint", {}).get("server") == "ray_serve":
+        return ray_package.image_uri(config, region, instance_type)
+    images = config.section("images")[scope]
+    if images.get("image_uri"):
+        return images["image_uri"]
+    return retrieve(
+        # From 2.11 the training images are Amazon Linux 2023 ones, a framework of their own in the tables.
+        aws_tables.sdk_image_framework(images["framework_version"]),
+        region=region,
+        version=images["framework_version"],
+        py_version=images["py_version"],
+        instance_type=instance_type or "ml.m5.large",
+        image_scope=scope,
+    )

@@ -386,7 +386,7 @@ def _known_rules(rules: tuple[str, ...]) -> str | None:
 
 
 # The parameters of each debugger rule that [debugger.rule_parameters.<rule>] may set, with what AWS's
-# page allows ("Valid values"; training/'s rule functions hold the defaults, and a test keeps the two in step).
+# page allows ("Valid values"; training/'s rule functions hold the defaults; a test keeps the two in step).
 # Regex and collection parameters are left out: the in-job recording names tensors by module.
 RULE_PARAMETERS: dict[str, dict[str, tuple[type, Spec]]] = {
     "vanishing_gradient": {"threshold": (float, Spec(above=0))},
