@@ -2,7 +2,7 @@
 suffixes, class names as people read them, the eval resize, and which network an endpoint serves.
 
 Standard library only and torch-free: the containers import it with the rest of `classifier/`, and the
-launcher's config schema (src/<package>/config_schema.py) and report read the same names from it.
+launcher's config schema (src/<package>/config/schema.py) and report read the same names from it.
 """
 
 from __future__ import annotations
