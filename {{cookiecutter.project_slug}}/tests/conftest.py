@@ -157,7 +157,7 @@ def shared_tmp_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_local_run(project_config, tmp_path_factory) -> LocalRun:
     """SHARED_RUN_TRAINING run once for the session: the first worker that asks trains under a file lock,
-    the other waits and reads the same folder (a minute of CPU each module would otherwise spend)."""
+    the other waits and reads the same folder (one run of some 30 s, not one per module)."""
     from filelock import FileLock
 
     shared = shared_tmp_path(tmp_path_factory)
