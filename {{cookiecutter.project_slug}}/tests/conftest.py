@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -122,6 +125,61 @@ def project_config() -> ProjectConfig:
 def tiny_dataset(tmp_path_factory) -> Path:
     """3 classes of 48x40 JPEGs: 6 train, 2 valid, 2 test each."""
     return make_dataset(tmp_path_factory.mktemp("data") / "dogImages", num_classes=3)
+
+
+# The session's one tiny `train --local` of train_model.py (shared_local_run): two epochs, a debugger rule
+# of each kind and the profiler's report, every step saved, int8 as config.toml says. test_tracking.py
+# reads what it recorded into MLflow, test_report.py the report of its folder.
+SHARED_RUN_TRAINING = {
+    **TINY_TRAINING,
+    "rules": "loss_not_decreasing,overfit,LowGPUUtilization,ProfilerReport",
+    "train_save_interval": 1,
+    "eval_save_interval": 1,
+}
+
+
+@dataclass(frozen=True)
+class LocalRun:
+    """A finished `train --local`: where it recorded (an MLflow URI; empty without mlflow), its run folder
+    and its data."""
+
+    store: str
+    run_dir: Path
+    data_dir: Path
+
+
+def shared_tmp_path(tmp_path_factory) -> Path:
+    """The session's temporary folder that every xdist worker sees (each has its own beneath it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def shared_local_run(project_config, tmp_path_factory) -> LocalRun:
+    """SHARED_RUN_TRAINING run once for the session: the first worker that asks trains under a file lock,
+    the other waits and reads the same folder (one run of some 30 s, not one per module)."""
+    from filelock import FileLock
+
+    shared = shared_tmp_path(tmp_path_factory)
+    folder = shared / "shared-local-run"
+    mlflow_db = (folder / "mlflow.db").as_posix()
+    run = LocalRun(
+        store=f"sqlite:///{mlflow_db}" if importlib.util.find_spec("mlflow") else "",
+        run_dir=folder / "run",
+        data_dir=folder / "dogImages",
+    )
+    with FileLock(shared / "shared-local-run.lock"):
+        finished = folder / "finished"
+        if not finished.is_file():  # a worker whose run failed leaves no mark: the next one tries again
+            shutil.rmtree(folder, ignore_errors=True)
+            make_dataset(run.data_dir, num_classes=3)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("MLFLOW_TRACKING_URI", run.store)
+                project_module("local.training_run").run_local_training(
+                    project_config, run.data_dir, run.run_dir, SHARED_RUN_TRAINING, quiet=True
+                )
+            finished.touch()
+    return run
 
 
 @pytest.fixture(scope="session")

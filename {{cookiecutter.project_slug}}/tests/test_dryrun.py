@@ -366,6 +366,7 @@ def test_teardown_removes_exactly_what_deploy_created(config, tmp_path):
     assert len(calls_of(calls, "DeleteEndpoint")) == 2
 
 
+@pytest.mark.slow  # it trains: hpo.py under the training toolkit
 @v2_layout
 def test_a_hand_written_estimator_over_training_runs_hpo_under_the_toolkit(config, tiny_dataset, tmp_path):
     """`PyTorch(source_dir="training", dependencies=["classifier"])`, as a notebook author writes it:

@@ -93,27 +93,6 @@ def test_debugger_advice_names_the_real_setting_and_a_possible_value(training):
     assert "eval_save_interval" in debugger.saving_advice("PREDICT", saved=0, needed=1, steps=5)
 
 
-def test_progress_lines_inside_an_epoch(project_config, tiny_dataset, tmp_path):
-    """A job's log shows step, loss, rate and ETA every N steps, as torchvision's MetricLogger does."""
-    local_training.run_local_training(
-        project_config,
-        tiny_dataset,
-        tmp_path,
-        {**TINY_TRAINING, "epochs": 1, "batch_size": 2, "log_every": 3, "backbone": "resnet18"},
-        entry_point="hpo.py",
-        quiet=True,
-    )
-    log = (tmp_path / "training.log").read_text()
-    # 18 training images in batches of 2: 9 steps, a line at 3, 6 and 9.
-    lines = [line for line in log.splitlines() if line.startswith("train epoch 1 [")]
-    assert [line.split("]")[0] for line in lines] == [
-        "train epoch 1 [3/9",
-        "train epoch 1 [6/9",
-        "train epoch 1 [9/9",
-    ]
-    assert all("images/s" in line and "loss " in line and "eta " in line for line in lines)
-
-
 def test_data_prepare_reports_a_class_count_that_differs_from_the_config(project_root, tmp_path):
     """A 3-class folder in a project whose config says otherwise: said at once, with the key to set."""
     make_dataset = project_module("workflow.synthetic").make_dataset

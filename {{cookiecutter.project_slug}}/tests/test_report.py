@@ -679,17 +679,10 @@ def test_cli_report_dry_run_chains_from_the_recorded_job(project, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_real_local_run_reports_its_confusion_matrix(project_config, tiny_dataset, tmp_path):
-    """train_model.py under the training toolkit: the recorder's test-pass counts reach the report."""
-    run_dir = tmp_path / "run"
-    project_module("local.training_run").run_local_training(
-        project_config,
-        tiny_dataset,
-        run_dir,
-        {**TINY_TRAINING, "rules": "loss_not_decreasing,overfit,LowGPUUtilization,ProfilerReport",
-         "train_save_interval": 1, "eval_save_interval": 1},
-        quiet=True,
-    )  # fmt: skip
+def test_a_real_local_run_reports_its_confusion_matrix(project_config, shared_local_run, tmp_path):
+    """train_model.py under the training toolkit (the session's shared tiny run: conftest's
+    SHARED_RUN_TRAINING, four rules, every step saved): the recorder's test-pass counts reach the report."""
+    run_dir, tiny_dataset = shared_local_run.run_dir, shared_local_run.data_dir
     result = report.build_local_report(project_config, run_dir, reports_dir=tmp_path / "reports")
     # The int8 section reads what the job saved, and decides as model_fn does for a CPU endpoint.
     from classifier.artifact import choose_precision, load_metadata

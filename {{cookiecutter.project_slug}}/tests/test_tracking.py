@@ -1,8 +1,9 @@
 """Experiment tracking with MLflow, offline, in MLflow's own local store (an sqlite file in tmp_path).
 
-One store for the module (creating one runs MLflow's migrations: seconds); mlflow is imported only by the
-tests that read a store, so the fast ones do not pay for it. One tiny `train --local` run
-(module fixture) feeds the checks of what a run holds, `runs` and the report's link; hpo.py runs twice in
+One store (creating one runs MLflow's migrations: seconds); mlflow is imported only by the tests that read
+a store, so the fast ones do not pay for it. The session's tiny `train --local` run (conftest's
+shared_local_run, which test_report.py reads too) records into it and feeds the checks of what a run
+holds, `runs` and the report's link; hpo.py runs twice in
 this process with the names a tuning job's training jobs get, and their runs must sit under one parent; a
 server that refuses connections costs one line, a few seconds, and no training.
 conftest.py sets MLFLOW_TRACKING_URI empty for every other test, so their runs record nothing.
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import PROJECT_ROOT, TINY_TRAINING, project_module, tiny_args
+from conftest import PROJECT_ROOT, SHARED_RUN_TRAINING, project_module, tiny_args
 
 experiments = project_module("experiments")
 schema = project_module("config").schema
-RULES = "loss_not_decreasing,LowGPUUtilization"  # one debugger rule, one profiler rule (its report)
-TRACKED_TRAINING = {**TINY_TRAINING, "rules": RULES, "quantize": "float"}
+# The session's shared run: debugger rules and profiler rules (its report among them).
+TRACKED_TRAINING = SHARED_RUN_TRAINING
+RULES = TRACKED_TRAINING["rules"]
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team-server"
 
 
@@ -36,10 +38,17 @@ def client_of(uri: str):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """The module's local store: the first run that records creates it, as in the project's mlflow.db."""
+def local_run(shared_local_run) -> tuple[str, Path]:
+    """The session's tiny `train --local` of train_model.py (conftest.shared_local_run), recorded into its
+    own local store (an sqlite file, as the project's mlflow.db; creating it runs MLflow's migrations)."""
     needs_mlflow()
-    return f"sqlite:///{(tmp_path_factory.mktemp('store') / 'mlflow.db').as_posix()}"
+    return shared_local_run.store, shared_local_run.run_dir
+
+
+@pytest.fixture(scope="module")
+def store(local_run) -> str:
+    """The module's local store: the shared run's."""
+    return local_run[0]
 
 
 def runs_of(uri: str, experiment: str) -> list:
@@ -56,18 +65,6 @@ def artifact_paths(uri: str, run_id: str) -> set[str]:
         for item in client.list_artifacts(run_id, folders.pop()):
             (folders.append(item.path) if item.is_dir else paths.add(item.path))
     return paths
-
-
-@pytest.fixture(scope="module")
-def local_run(project_config, tiny_dataset, tmp_path_factory, store):
-    """A tiny `train --local` of train_model.py: two epochs, a debugger and a profiler rule, no int8 copy
-    (seconds of calibration this module does not look at)."""
-    uri, run_dir = store, tmp_path_factory.mktemp("tracked") / "run"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        local_training = project_module("local.training_run")
-        local_training.run_local_training(project_config, tiny_dataset, run_dir, TRACKED_TRAINING, quiet=True)
-    return uri, run_dir
 
 
 @pytest.mark.slow

@@ -30,11 +30,15 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**env, "SAGEMAKER_SUPPRESS_V2_WARNING": "1", **extra}
 
 
+# Batches of 2 and a progress line every 3 steps: 18 training images make 9 steps an epoch, lines at 3, 6, 9.
+HPO_RUN_TRAINING = {**TINY_TRAINING, "batch_size": 2, "log_every": 3}
+
+
 @pytest.fixture(scope="module")
 def hpo_run(project_config, tiny_dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("local-hpo")
     archive = local_training.run_local_training(
-        project_config, tiny_dataset, output_dir, TINY_TRAINING, entry_point="hpo.py"
+        project_config, tiny_dataset, output_dir, HPO_RUN_TRAINING, entry_point="hpo.py"
     )
     return archive, output_dir
 
@@ -56,6 +60,21 @@ def test_objective_is_printed_each_epoch_and_the_saved_epoch_last(hpo_run, proje
     assert values[-1] == min(values[:-1])
     metadata = json.loads((output_dir / "opt_ml" / "model" / "metadata.json").read_text())
     assert metadata["training"]["validation_loss"] == pytest.approx(values[-1], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_progress_lines_inside_an_epoch(hpo_run):
+    """A job's log shows step, loss, rate and ETA every N steps, as torchvision's MetricLogger does."""
+    _, output_dir = hpo_run
+    log = (output_dir / "training.log").read_text()
+    for epoch in range(1, HPO_RUN_TRAINING["epochs"] + 1):
+        lines = [line for line in log.splitlines() if line.startswith(f"train epoch {epoch} [")]
+        assert [line.split("]")[0] for line in lines] == [
+            f"train epoch {epoch} [3/9",
+            f"train epoch {epoch} [6/9",
+            f"train epoch {epoch} [9/9",
+        ]
+        assert all("images/s" in line and "loss " in line and "eta " in line for line in lines)
 
 
 @pytest.mark.slow
