@@ -75,6 +75,7 @@ def connect_account(
     `default_bucket(boto_session)` and `execution_role(boto_session)` are the SDK generation's own calls
     (`sagemaker_api.connect`, `sagemaker_api_v3.connect`), asked only when config.toml leaves them out
     (the role on first use: uploads, predictions and teardown need none)."""
+    # Here, not at the top: every command (`--help` too) imports this module for its types.
     import boto3
     import botocore.exceptions
 
