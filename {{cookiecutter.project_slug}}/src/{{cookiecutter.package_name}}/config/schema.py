@@ -69,7 +69,6 @@ from .validation import (
     ABSENT,
     REF0,
     REF1,
-    SAGEMAKER_SDKS,
     Problem,
     SchemaError,
     Spec,
@@ -542,7 +541,7 @@ class Aws:
         describe="an IAM role ARN like arn:aws:iam::123456789012:role/Name, or empty",
     )
     # The SageMaker SDK generation the launcher uses (src/<package>/sdk.py picks its module).
-    sagemaker_sdk: str = setting("v2", choices=SAGEMAKER_SDKS)
+    sagemaker_sdk: str = setting("v2", choices=SDK_GENERATIONS)
 
     def problems(self, path: tuple[str, ...]) -> Iterator[Problem]:
         match = ROLE_ARN_RE.match(self.role_arn)

@@ -28,8 +28,6 @@ class _Absent:
 ABSENT: Any = _Absent()  # the value of a Problem about a missing key
 # Placeholders for the keys a message names (Problem.refs). Not written as doubled braces in
 # f-strings: cookiecutter renders this file with Jinja, which would read those as its own.
-# The SageMaker Python SDK generations a project can use ([aws] sagemaker_sdk).
-SAGEMAKER_SDKS = ("v2", "v3")
 REF0, REF1 = "{0}", "{1}"
 
 
